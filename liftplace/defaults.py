@@ -1,0 +1,57 @@
+"""Every default and limit of liftplace, defined once.
+
+The CLI, the training loop and (later) the API schema and web form read these values
+from here, so a default changes in one place only.
+"""
+
+from __future__ import annotations
+
+# --- LIFT / PLACE (docs: the LIFT and PLACE contract) -------------------------------
+GROUP_SIZE: int = 16  # K, positions per PLACE group; the paper fixes K = 16
+COARSE_DISTANCE: str = "l1"  # "l1" (default) or "l2"
+COARSE_DISTANCES: tuple[str, ...] = ("l1", "l2")
+REDUCTION: str = "sum"  # "sum" (pixel-space DDPM) or "mean" (latent codebases)
+REDUCTIONS: tuple[str, ...] = ("sum", "mean")
+ABLATIONS: tuple[str | None, ...] = (None, "coarse", "fine")
+LIFT_EPS: float = 1e-7
+CURRICULUM: bool = True
+
+# --- loss weights, pixel-space DDPM defaults of the paper --------------------------
+LAMBDA_DIFF: float = 1.0
+LAMBDA_KD: float = 1.0
+LAMBDA_FEAT: float = 1e-6
+
+# --- DDPM ------------------------------------------------------------------------------
+NUM_TRAIN_TIMESTEPS: int = 1000
+BETA_START: float = 1e-4
+BETA_END: float = 0.02
+BETA_SCHEDULE: str = "linear"
+
+# --- optimisation ------------------------------------------------------------------
+LEARNING_RATE: float = 2e-4
+ADAM_EPS: float = 1e-8
+GRAD_CLIP: float = 1.0
+EMA_DECAY: float = 0.9999
+BATCH_SIZE: int = 64
+CHECKPOINT_EVERY: int = 0  # 0: no periodic checkpoints
+LOG_EVERY: int = 1
+
+# --- students (Diff-Pruning) -------------------------------------------------------
+STUDENT_RATIO: float = 0.9
+PRUNING_IMPORTANCES: tuple[str, ...] = ("taylor", "magnitude")
+PRUNING_IMPORTANCE: str = "taylor"
+TAYLOR_BATCHES: int = 4  # batches of the diffusion loss accumulated for Taylor scores
+TAYLOR_MAX_TIMESTEP_FRACTION: float = 0.3  # "early" timesteps: t < 0.3 T (low noise)
+
+# --- sampling ----------------------------------------------------------------------
+DDIM_STEPS: int = 100
+DDIM_ETA: float = 0.0
+SAMPLE_BATCH_SIZE: int = 256
+
+# --- data --------------------------------------------------------------------------
+DIGITS_RESOLUTION: int = 8  # native sklearn digits size; K = 16 divides 8*8
+IMAGE_FOLDER_RESOLUTION: int = 64
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+
+# --- limits ------------------------------------------------------------------------
+MAX_STEPS: int = 10_000_000
