@@ -1,0 +1,332 @@
+"""The `liftplace` command line: train-teacher, prune, distill, sample (and fid, table).
+
+Every flag's help states its default (read from liftplace.defaults / liftplace.methods);
+a bad value ends with a message naming the flag and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from liftplace import defaults
+from liftplace.methods import METHOD_NAMES, METHODS
+
+__all__ = ["main", "build_parser"]
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" except where there is no default to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.required or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+# --- argument types: each names the problem so argparse can report it against the flag ----
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {value}")
+    return value
+
+
+def _group_size(text: str) -> int | None:
+    if text.lower() in ("none", "lift"):
+        return None
+    return _positive_int(text)
+
+
+def _existing_dir(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a directory")
+    return path
+
+
+# --- shared flag groups ----------------------------------------------------------------------
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="digits",
+                   help="'digits' (embedded sklearn digits) or a local folder of png/jpg images")
+    p.add_argument("--resolution", type=_positive_int, default=None,
+                   help=f"image size; default {defaults.DIGITS_RESOLUTION} for digits, "
+                        f"{defaults.IMAGE_FOLDER_RESOLUTION} for image folders")
+
+
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=_positive_int, required=True, help="optimisation steps")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of data order, noise and init")
+    p.add_argument("--batch-size", type=_positive_int, default=defaults.BATCH_SIZE, help="images per step")
+    p.add_argument("--lr", type=_positive_float, default=defaults.LEARNING_RATE, help="Adam learning rate")
+    p.add_argument("--ema-decay", type=float, default=defaults.EMA_DECAY, help="EMA decay (warmed up)")
+    p.add_argument("--flip", action="store_true", help="random horizontal flips (not for digits)")
+    p.add_argument("--checkpoint-every", type=_non_negative_int, default=500,
+                   help="write OUTPUT/checkpoint/last.pt every N steps (0: only at the end)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint/last.pt if it exists")
+    p.add_argument("--device", default=None, help="torch device; default cuda if available, else cpu")
+    p.add_argument("--output", type=Path, required=True, help="folder for the model, checkpoint and summary")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = _HelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="liftplace",
+        description="Distill tiny diffusion students with LIFT and PLACE (CVPR 2026), and the baselines.",
+        formatter_class=fmt,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from liftplace.models import PRESET_NAMES
+
+    p = sub.add_parser("train-teacher", help="train a DDPM teacher (UNet2DModel preset) on a dataset",
+                       formatter_class=fmt, description="Train a DDPM epsilon-prediction teacher.")
+    p.add_argument("--preset", choices=PRESET_NAMES, default="digits-s", help="teacher architecture")
+    _add_data_flags(p)
+    _add_training_flags(p)
+    p.set_defaults(func=_cmd_train_teacher)
+
+    p = sub.add_parser("prune", help="make a student by Diff-Pruning a teacher", formatter_class=fmt,
+                       description="Structurally prune a teacher UNet with torch-pruning (Diff-Pruning).")
+    p.add_argument("--teacher", type=_existing_dir, required=True, help="diffusers model folder of the teacher")
+    p.add_argument("--ratio", type=_ratio, default=defaults.STUDENT_RATIO,
+                   help="fraction of each layer's channels removed, in (0, 1)")
+    p.add_argument("--importance", choices=defaults.PRUNING_IMPORTANCES, default=defaults.PRUNING_IMPORTANCE,
+                   help="channel importance: Taylor (diffusion loss, early timesteps) or weight magnitude")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the Taylor batches")
+    _add_data_flags(p)
+    p.add_argument("--output", type=Path, required=True, help="folder for the pruned student (diffusers format)")
+    p.set_defaults(func=_cmd_prune)
+
+    methods_help = " ".join(f"{m.name}: {m.description}" for m in METHODS.values())
+    p = sub.add_parser("distill", help="distill a teacher into a pruned student", formatter_class=fmt,
+                       description="Distill a frozen teacher into a student. Methods. " + methods_help)
+    p.add_argument("--teacher", type=_existing_dir, required=True, help="diffusers model folder of the teacher")
+    p.add_argument("--method", choices=METHOD_NAMES, default="lift+place+featkd", help="distillation method")
+    p.add_argument("--student-ratio", type=_ratio, default=defaults.STUDENT_RATIO,
+                   help="Diff-Pruning ratio that makes the student from the teacher, in (0, 1)")
+    p.add_argument("--student", type=_existing_dir, default=None,
+                   help="start from this student folder instead of pruning the teacher")
+    p.add_argument("--importance", choices=defaults.PRUNING_IMPORTANCES, default=defaults.PRUNING_IMPORTANCE,
+                   help="pruning importance")
+    p.add_argument("--group-size", type=_group_size, default=defaults.GROUP_SIZE,
+                   help="PLACE group size K (must divide H*W); 'none' = one group (LIFT)")
+    p.add_argument("--coarse", choices=defaults.COARSE_DISTANCES, default=defaults.COARSE_DISTANCE,
+                   help="distance of the coarse LIFT term")
+    p.add_argument("--no-curriculum", action="store_true", help="fix the adaptive weight w to 1")
+    p.add_argument("--ablation", choices=["coarse", "fine"], default=None,
+                   help="LIFT ablation: coarse term only or fine term only")
+    p.add_argument("--reduction", choices=defaults.REDUCTIONS, default=defaults.REDUCTION,
+                   help="'sum' over C*H*W per sample (pixel DDPM) or 'mean' over all elements")
+    p.add_argument("--lambda-diff", type=_non_negative_float, default=None,
+                   help=f"weight of the diffusion loss (default: the method's, {defaults.LAMBDA_DIFF})")
+    p.add_argument("--lambda-kd", type=_non_negative_float, default=None,
+                   help=f"weight of the output KD loss (default: the method's, {defaults.LAMBDA_KD}; 0 for finetune)")
+    p.add_argument("--lambda-feat", type=_non_negative_float, default=None,
+                   help=f"weight of FeatKD (default: the method's, {defaults.LAMBDA_FEAT} with featkd, else 0)")
+    _add_data_flags(p)
+    _add_training_flags(p)
+    p.add_argument("--samples", type=_non_negative_int, default=64,
+                   help="images in the sample grid written at the end (0: none)")
+    p.add_argument("--sample-steps", type=_positive_int, default=defaults.DDIM_STEPS, help="DDIM steps for the grid")
+    p.set_defaults(func=_cmd_distill)
+
+    p = sub.add_parser("sample", help="sample a grid of images with DDIM", formatter_class=fmt,
+                       description="Generate images from a teacher or student folder with DDIM (eta = 0).")
+    p.add_argument("--model", type=_existing_dir, required=True, help="diffusers model folder")
+    p.add_argument("--num-samples", type=_positive_int, default=64, help="number of images")
+    p.add_argument("--steps", type=_positive_int, default=defaults.DDIM_STEPS, help="DDIM steps")
+    p.add_argument("--eta", type=_non_negative_float, default=defaults.DDIM_ETA, help="DDIM eta")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the initial noise")
+    p.add_argument("--batch-size", type=_positive_int, default=defaults.SAMPLE_BATCH_SIZE, help="images per batch")
+    p.add_argument("--scale", type=_positive_int, default=4, help="pixel enlargement of the saved grid")
+    p.add_argument("--output", type=Path, required=True, help="PNG file for the grid (a .pt tensor is saved beside)")
+    p.add_argument("--device", default=None, help="torch device; default cuda if available, else cpu")
+    p.set_defaults(func=_cmd_sample)
+
+    try:
+        from liftplace import cli_eval
+    except ImportError:  # the evaluation commands ship with liftplace.fid / liftplace.stats
+        cli_eval = None
+    if cli_eval is not None:
+        cli_eval.register(sub)
+    return parser
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def _load_data(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    from liftplace.data import load_dataset
+
+    try:
+        return load_dataset(args.dataset, args.resolution)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(f"--dataset/--resolution: {exc}")
+
+
+def _device(args: argparse.Namespace):
+    import torch
+
+    if args.device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(args.device)
+
+
+def _write_summary(output: Path, summary: dict) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+
+
+def _cmd_train_teacher(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from liftplace.models import build_unet, save_unet
+    from liftplace.training import ProgressCallback, train_teacher
+
+    data = _load_data(args, parser)
+    try:
+        model = build_unet(args.preset, sample_size=data.shape[-1], in_channels=data.shape[1], seed=args.seed)
+    except ValueError as exc:
+        parser.error(f"--preset/--resolution: {exc}")
+    result = train_teacher(
+        model, data, steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+        ema_decay=args.ema_decay, flip=args.flip, device=_device(args),
+        checkpoint_dir=args.output / "checkpoint", checkpoint_every=args.checkpoint_every, resume=args.resume,
+        callbacks=[ProgressCallback("teacher")],
+    )
+    summary = {"command": "train-teacher", "preset": args.preset, "dataset": args.dataset, "steps": args.steps,
+               "seed": args.seed, "outcome": result.outcome, "reason": result.reason,
+               "parameters": result.parameters, "last_metrics": result.last_metrics}
+    save_unet(result.ema_model, args.output, extra=summary)
+    _write_summary(args.output, summary)
+    print(f"teacher: {result.reason}; {result.parameters:,} parameters; saved to {args.output}")
+    return 0 if result.outcome == "completed" else 1
+
+
+def _cmd_prune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from liftplace.models import load_unet, save_unet
+    from liftplace.pruning import prune
+
+    teacher = load_unet(args.teacher)
+    data = _load_data(args, parser) if args.importance == "taylor" else None
+    result = prune(teacher, args.ratio, args.importance, data=data, seed=args.seed, progress=True)
+    summary = {"command": "prune", "teacher": str(args.teacher), "ratio": args.ratio, "importance": args.importance,
+               "params_before": result.params_before, "params_after": result.params_after,
+               "remaining_fraction": result.remaining_fraction}
+    save_unet(result.model, args.output, extra=summary)
+    _write_summary(args.output, summary)
+    print(f"pruned {result.params_before:,} -> {result.params_after:,} parameters "
+          f"({100 * result.remaining_fraction:.2f}% remain); saved to {args.output}")
+    return 0
+
+
+def _cmd_distill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from liftplace.models import load_unet, save_unet
+    from liftplace.sampling import sample, save_grid
+    from liftplace.training import ProgressCallback, distill
+
+    teacher = load_unet(args.teacher)
+    data = _load_data(args, parser)
+    student = load_unet(args.student) if args.student is not None else None
+    try:
+        result = distill(
+            teacher, args.student_ratio, args.method, args.seed, args.steps, data=data, student=student,
+            importance=args.importance, batch_size=args.batch_size, lr=args.lr, group_size=args.group_size,
+            coarse=args.coarse, curriculum=not args.no_curriculum, ablation=args.ablation, reduction=args.reduction,
+            lambda_diff=args.lambda_diff, lambda_kd=args.lambda_kd, lambda_feat=args.lambda_feat,
+            ema_decay=args.ema_decay, flip=args.flip, device=_device(args),
+            checkpoint_dir=args.output / "checkpoint", checkpoint_every=args.checkpoint_every, resume=args.resume,
+            callbacks=[ProgressCallback(f"distill {args.method} seed {args.seed}")],
+        )
+    except ValueError as exc:
+        field = str(exc).split(":", 1)[0]
+        parser.error(f"--{field.replace('_', '-')}: {exc}")
+    summary = {"command": "distill", "teacher": str(args.teacher), "method": args.method, "seed": args.seed,
+               "steps": args.steps, "student_ratio": args.student_ratio, "outcome": result.outcome,
+               "reason": result.reason, "diverged_step": result.diverged_step,
+               "student_parameters": result.parameters, "teacher_parameters": result.teacher_parameters,
+               "last_metrics": result.last_metrics}
+    save_unet(result.ema_model, args.output, extra=summary)
+    _write_summary(args.output, summary)
+    if args.samples and result.outcome != "diverged":
+        images = sample(result.ema_model, args.samples, seed=args.seed, num_inference_steps=args.sample_steps,
+                        progress=True)
+        save_grid(images, args.output / "samples.png", scale=4)
+    print(f"distill {args.method} seed {args.seed}: {result.reason}; student {result.parameters:,} of "
+          f"{result.teacher_parameters:,} teacher parameters; saved to {args.output}")
+    return 0 if result.outcome == "completed" else 1
+
+
+def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
+    from liftplace.models import load_unet
+    from liftplace.sampling import sample, save_grid
+
+    model = load_unet(args.model, device=_device(args))
+    images = sample(model, args.num_samples, seed=args.seed, num_inference_steps=args.steps, eta=args.eta,
+                    batch_size=args.batch_size, progress=True)
+    save_grid(images, args.output, scale=args.scale)
+    torch.save(images, args.output.with_suffix(".pt"))
+    print(f"{args.num_samples} samples -> {args.output}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sub_parser = parser._subparsers._group_actions[0].choices[args.command]  # the subcommand's own parser
+    return int(args.func(args, sub_parser) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

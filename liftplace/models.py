@@ -1,0 +1,156 @@
+"""Teacher models: diffusers `UNet2DModel` presets, parameter counts, save and load.
+
+A teacher is a plain diffusers `UNet2DModel`. The presets below are sized for the
+embedded digits data; any local diffusers model directory (a `unet/` subfolder of a
+pipeline, or a bare model folder) loads through `load_unet`. Pruned students keep
+per-layer widths that no longer match their diffusers config, so `save_unet` records
+the pruned widths beside the safetensors weights and `load_unet` rebuilds them (see
+`liftplace.pruning`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DModel
+from torch import nn
+
+from liftplace import defaults
+
+__all__ = [
+    "TeacherPreset",
+    "TEACHER_PRESETS",
+    "PRESET_NAMES",
+    "build_unet",
+    "count_parameters",
+    "save_unet",
+    "load_unet",
+    "LIFTPLACE_META_FILE",
+]
+
+LIFTPLACE_META_FILE = "liftplace.json"
+
+
+@dataclass(frozen=True)
+class TeacherPreset:
+    """A UNet2DModel configuration for the embedded digits data."""
+
+    name: str
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    down_block_types: tuple[str, ...]
+    up_block_types: tuple[str, ...]
+    norm_num_groups: int
+    attention: bool
+    description: str
+
+    def config(self, sample_size: int, in_channels: int = 1) -> dict:
+        return dict(
+            sample_size=sample_size,
+            in_channels=in_channels,
+            out_channels=in_channels,
+            block_out_channels=self.block_out_channels,
+            layers_per_block=self.layers_per_block,
+            down_block_types=self.down_block_types,
+            up_block_types=self.up_block_types,
+            norm_num_groups=self.norm_num_groups,
+            add_attention=self.attention,
+            attention_head_dim=8,
+        )
+
+
+_DOWN3 = ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D")
+_UP3 = ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D")
+
+TEACHER_PRESETS: dict[str, TeacherPreset] = {
+    p.name: p
+    for p in (
+        TeacherPreset("digits-s", (32, 64, 64), 1, _DOWN3, _UP3, 8, True, "small digits teacher"),
+        TeacherPreset("digits-m", (64, 128, 128), 1, _DOWN3, _UP3, 8, True, "medium digits teacher"),
+        TeacherPreset("digits-l", (96, 192, 192), 2, _DOWN3, _UP3, 8, True, "large digits teacher"),
+        # Test-sized: a few thousand parameters, for unit tests and smoke runs.
+        TeacherPreset(
+            "tiny", (16, 32), 1, ("DownBlock2D", "AttnDownBlock2D"), ("AttnUpBlock2D", "UpBlock2D"), 4, True,
+            "test-sized teacher",
+        ),
+    )
+}
+PRESET_NAMES: tuple[str, ...] = tuple(TEACHER_PRESETS)
+
+
+def build_unet(
+    preset: str,
+    *,
+    sample_size: int = defaults.DIGITS_RESOLUTION,
+    in_channels: int = 1,
+    seed: int | None = 0,
+) -> UNet2DModel:
+    """A freshly initialised UNet2DModel of a preset (seeded, so the weights repeat)."""
+    if preset not in TEACHER_PRESETS:
+        raise ValueError(f"preset: unknown preset {preset!r}; choose one of {', '.join(PRESET_NAMES)}")
+    n_down = len(TEACHER_PRESETS[preset].block_out_channels) - 1
+    if sample_size % (2**n_down) != 0:
+        raise ValueError(f"sample_size: {sample_size} is not divisible by 2**{n_down} (the preset's downsamplings)")
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return UNet2DModel(**TEACHER_PRESETS[preset].config(sample_size, in_channels))
+    return UNet2DModel(**TEACHER_PRESETS[preset].config(sample_size, in_channels))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters of a model."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_unet(model: UNet2DModel, path: str | Path, *, extra: dict | None = None) -> Path:
+    """Save a (possibly pruned) UNet in diffusers format (config.json + safetensors).
+
+    A pruned model also gets `liftplace.json` with the widths needed to rebuild it;
+    `extra` is stored there too (the job spec or training record, for example).
+    """
+    from liftplace.pruning import pruned_layout  # local import: pruning imports models
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    meta = {"parameters": count_parameters(model), "layout": pruned_layout(model)}
+    if extra:
+        meta["extra"] = extra
+    (path / LIFTPLACE_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return path
+
+
+def load_unet(path: str | Path, *, device: str | torch.device = "cpu") -> UNet2DModel:
+    """Load a UNet2DModel from a local diffusers directory (or its `unet/` subfolder).
+
+    Pruned students saved by `save_unet` are rebuilt to their pruned widths first.
+    Nothing is downloaded: `path` must be a local folder.
+    """
+    from liftplace.pruning import apply_layout
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model: {path} is not a directory holding a diffusers model")
+    if not (path / "config.json").is_file() and (path / "unet" / "config.json").is_file():
+        path = path / "unet"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model: no config.json in {path}; expected a diffusers UNet2DModel folder")
+    meta_file = path / LIFTPLACE_META_FILE
+    layout = json.loads(meta_file.read_text()).get("layout") if meta_file.is_file() else None
+    if not layout:
+        model = UNet2DModel.from_pretrained(path, local_files_only=True)
+        return model.to(device)
+    config = UNet2DModel.load_config(path, local_files_only=True)
+    model = UNet2DModel.from_config(config)
+    apply_layout(model, layout)
+    from safetensors.torch import load_file
+
+    weights = path / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"model: {weights} is missing")
+    model.load_state_dict(load_file(str(weights)), strict=True)
+    return model.to(device)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The project's one test command (README "Quick start"; .ci/run runs exactly this).
+# On first use it creates .venv with Python 3.11 and installs the package with its pinned
+# dependencies; afterwards it reinstalls only when pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+VENV=${LIFTPLACE_VENV:-.venv}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "==> creating $VENV with $("$PYTHON" --version)"
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.liftplace-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "==> installing liftplace and its pinned dependencies into $VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+  touch "$stamp"
+fi
+
+echo "==> ruff"
+"$VENV/bin/ruff" check .
+echo "==> pytest"
+# Tests write their cache (digits features, FID statistics) into a throw-away folder.
+export LIFTPLACE_CACHE_DIR=${LIFTPLACE_CACHE_DIR:-$(mktemp -d)}
+exec "$VENV/bin/python" -m pytest "$@"
