@@ -1,0 +1,105 @@
+"""Benchmark: cost of LIFT+PLACE(+FeatKD) against OutKD+FeatKD per training step.
+
+A CelebA-sized teacher (the paper's 78.7M DDPM, preset `ddpm-celeba64`) and its 90%-pruned
+student (magnitude importance, so the benchmark needs no data), RGB at 64x64 and 128x128,
+batch 8. For each method it times one full distillation step (student forward+backward,
+teacher forward, losses, Adam step) and the loss alone, and prints medians and ratios.
+The paper reports +0.6% per step at 256x256 on a GPU (reference table 9).
+
+    python bench/bench_losses.py [--resolutions 64 128] [--repeats 5] [--device cpu]
+
+A benchmark prints figures; it never passes or fails on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import time
+
+import torch
+
+from liftplace import defaults
+from liftplace.losses import FeatureKD, diffusion_loss, lift_place, outkd
+from liftplace.models import build_unet, count_parameters
+from liftplace.pruning import prune
+from liftplace.schedulers import make_ddpm_scheduler
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench(resolution: int, repeats: int, batch: int, device: torch.device) -> dict[str, float]:
+    teacher = build_unet("ddpm-celeba64", sample_size=resolution, in_channels=3, seed=0).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    base_student = prune(teacher, 0.9, "magnitude").model
+    print(f"  teacher {count_parameters(teacher):,} params, student {count_parameters(base_student):,} params")
+    sched = make_ddpm_scheduler()
+    g = torch.Generator().manual_seed(0)
+    x0 = (torch.rand(batch, 3, resolution, resolution, generator=g) * 2 - 1).to(device)
+    noise = torch.randn(x0.shape, generator=g).to(device)
+    t = torch.randint(0, 1000, (batch,), generator=g).to(device)
+    x_t = sched.add_noise(x0, noise, t)
+    out: dict[str, float] = {}
+    for method in ("outkd+featkd", "lift+place+featkd"):
+        student = copy.deepcopy(base_student).to(device).train()
+        feat = FeatureKD(teacher, student)
+        opt = torch.optim.Adam(list(student.parameters()) + list(feat.parameters()), lr=defaults.LEARNING_RATE)
+        step_times, loss_times = [], []
+        for i in range(repeats + 1):  # the first repeat warms up
+            _sync(device)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                u = teacher(x_t, t).sample
+            s = student(x_t, t).sample
+            _sync(device)
+            t1 = time.perf_counter()
+            kd = outkd(s, u) if method == "outkd+featkd" else lift_place(s, u, group_size=16).loss
+            _sync(device)
+            t2 = time.perf_counter()
+            loss = diffusion_loss(s, noise) + kd + defaults.LAMBDA_FEAT * feat.loss()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            opt.step()
+            _sync(device)
+            t3 = time.perf_counter()
+            if i:
+                step_times.append(t3 - t0)
+                loss_times.append(t2 - t1)
+        feat.remove()
+        out[f"{method} step"] = statistics.median(step_times)
+        out[f"{method} loss"] = statistics.median(loss_times)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads, device {device}, batch {args.batch}, median of {args.repeats}")
+    for res in args.resolutions:
+        print(f"{res}x{res}:")
+        r = bench(res, args.repeats, args.batch, device)
+        for key, value in r.items():
+            print(f"  {key:28s} {1000 * value:10.1f} ms")
+        step_ratio = r["lift+place+featkd step"] / r["outkd+featkd step"]
+        loss_ratio = r["lift+place+featkd loss"] / r["outkd+featkd loss"]
+        print(f"  step ratio lift+place+featkd / outkd+featkd = {step_ratio:.4f}")
+        print(f"  loss ratio lift+place / outkd               = {loss_ratio:.2f}")
+        print(f"  LIFT+PLACE loss share of its step           = "
+              f"{100 * r['lift+place+featkd loss'] / r['lift+place+featkd step']:.2f}%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from liftplace.cli import build_parser, main
+from liftplace.methods import METHOD_NAMES
+
+
+def _help(capsys, *argv):
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--help"])
+    assert exc.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["train-teacher", "prune", "distill", "sample"])
+def test_help_explains_every_flag(command, capsys):
+    text = _help(capsys, command)
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        flag = action.option_strings[0]
+        assert flag in text
+        assert action.help and len(action.help) > 5, f"{flag} has no explanation"
+        if action.default not in (None, False) and not action.required:
+            assert "default" in action.help or "(default:" in text
+
+
+def test_distill_help_lists_methods_and_defaults(capsys):
+    text = _help(capsys, "distill")
+    for name in METHOD_NAMES:
+        assert name in text
+    assert re.search(r"--group-size.*\n?.*default: 16\)", text, re.S)
+    assert "default: lift+place+featkd" in text
+
+
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["distill", "--teacher", ".", "--steps", "1", "--output", "x", "--method", "kd"], "--method"),
+        (["distill", "--teacher", ".", "--steps", "1", "--output", "x", "--student-ratio", "1.5"], "--student-ratio"),
+        (["distill", "--teacher", ".", "--steps", "0", "--output", "x"], "--steps"),
+        (["distill", "--teacher", "/no/such/dir", "--steps", "1", "--output", "x"], "--teacher"),
+        (["prune", "--teacher", ".", "--ratio", "0", "--output", "x"], "--ratio"),
+        (["sample", "--model", ".", "--num-samples", "-3", "--output", "x.png"], "--num-samples"),
+    ],
+)
+def test_bad_values_exit_2_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert flag in capsys.readouterr().err
