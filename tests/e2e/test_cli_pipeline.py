@@ -24,11 +24,12 @@ def test_teacher_prune_distill_sample(tmp_path, capsys):
     pruned = load_unet(student_dir)
     assert count_parameters(pruned) < 0.1 * count_parameters(teacher)
 
-    for method in ("lift+place+featkd", "outkd"):
+    # One method prunes the teacher itself, the other starts from the pruned student folder.
+    for method, student_args in (("lift+place+featkd", []), ("outkd", ["--student", str(student_dir)])):
         out = tmp_path / method
         assert main(["distill", "--teacher", str(teacher_dir), "--method", method, "--steps", "12",
                      "--batch-size", "16", "--samples", "16", "--sample-steps", "5", "--checkpoint-every", "5",
-                     "--output", str(out)]) == 0
+                     "--output", str(out), *student_args]) == 0
         s = json.loads((out / "summary.json").read_text())
         assert s["outcome"] == "completed" and s["method"] == method
         assert s["student_parameters"] < 0.1 * s["teacher_parameters"]
