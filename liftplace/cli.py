@@ -200,6 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
         cli_eval = None
     if cli_eval is not None:
         cli_eval.register(sub)
+    # Commands of the platform (e.g. `serve`) plug in through an entry point, so that this
+    # library never imports the server: each entry point is a register(subparsers) function.
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="liftplace.commands"):
+        try:
+            register = ep.load()
+        except ImportError:  # the platform's extra dependencies are not installed
+            continue
+        register(sub)
     return parser
 
 
