@@ -1,0 +1,375 @@
+"""Run one job: a JobSpec in, a JobOutcome out, everything tracked in one MLflow run.
+
+`run_job(spec, reporter=...)` is what a Ray task calls (see `worker.ray_tasks`), and what a
+test or a script can call directly. It never raises for a problem of the job: a bad spec, a
+missing teacher, a crash in training all end as status "failed" with a readable reason.
+
+- kind "distill": load the teacher, prune it at `student_ratio` and distill with `method`
+  (`liftplace.training.distill`), checkpointing to `output_dir/checkpoint` and always resuming
+  from there, so a retried job continues where it stopped. A completed run saves the EMA
+  student to `output_dir/model` (diffusers format), a sample grid and teacher-student error
+  maps, and computes FID; a diverged run ends "diverged" at its step; a run stopped because
+  the reporter asked to cancel ends "cancelled" (its checkpoint stays for a later resume).
+- kind "teacher": train a fresh `preset`, or prune `base_teacher_path` at `prune_ratio` and
+  retrain it (the paper's smaller teachers), save its EMA to `output_dir/model`, compute FID.
+
+Files in `output_dir`: checkpoint/last.pt, model/, samples.png, error_map.png (distill and
+pruned teachers), job.log, outcome.json, mlflow_run_id, mlflow_logged_step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from worker.spec import JobOutcome, JobSpec
+
+__all__ = ["Reporter", "run_job", "pick_device", "PROGRESS_INTERVAL_S", "GRID_SAMPLES", "ERROR_MAP_IMAGES"]
+
+PROGRESS_INTERVAL_S = 1.0  # progress reaches the reporter at most about this often (and at the last step)
+GRID_SAMPLES = 64  # images in the sample grid
+ERROR_MAP_IMAGES = 8  # columns of the error-map figure
+
+
+@runtime_checkable
+class Reporter(Protocol):
+    """Where a running job reports to (the server's progress store, a test double, ...).
+
+    `progress` is called at most about once a second (and at the last step); `should_cancel`
+    once per training step, so an implementation that asks a remote service should cache it;
+    `log` gets human-readable lines (start, resume, checkpoints, divergence, FID, end).
+    """
+
+    def progress(self, job_id: int, step: int, total: int, metrics: dict[str, float]) -> None: ...
+
+    def should_cancel(self, job_id: int) -> bool: ...
+
+    def log(self, job_id: int, line: str) -> None: ...
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """`device` if given, else cuda when visible (Ray sets CUDA_VISIBLE_DEVICES per task), else cpu."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_job(spec: JobSpec, *, reporter: Reporter | None = None, device: str | torch.device | None = None) -> JobOutcome:
+    """Run `spec` to its end and return the outcome; job problems never raise (status "failed").
+
+    `device` overrides the automatic choice (cuda when available, else cpu).
+    """
+    return _Job(spec, reporter, device).run()
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _Callbacks:
+    """Adapts liftplace's TrainingCallback hooks to the reporter and the MLflow tracker."""
+
+    def __init__(self, job: _Job):
+        self.job = job
+        self.cancelled = False
+        self._last_progress = -math.inf
+
+    def on_start(self, start_step: int, total_steps: int) -> None:
+        job = self.job
+        if start_step > 0:
+            job.resumed_from_step = start_step
+            job.log(f"resumed from the checkpoint at step {start_step} of {total_steps}")
+        else:
+            job.log(f"training {total_steps} steps from scratch")
+        job.steps_done = start_step
+        job.progress(start_step, total_steps, {})
+
+    def on_step(self, step: int, total_steps: int, metrics: dict[str, float]) -> None:
+        job = self.job
+        job.steps_done = step
+        if job.tracker is not None:
+            job.tracker.log_step(step, metrics)
+        now = time.monotonic()
+        if step == total_steps or now - self._last_progress >= PROGRESS_INTERVAL_S:
+            self._last_progress = now
+            job.progress(step, total_steps, metrics)
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        job = self.job
+        if job.tracker is not None:
+            job.tracker.flush()  # what MLflow holds is never behind the checkpoint
+        job.log(f"checkpoint at step {step}")
+
+    def on_end(self, result) -> None: ...
+
+    def should_stop(self) -> bool:
+        if self.job.cancel_requested():
+            self.cancelled = True
+        return self.cancelled
+
+
+class _Job:
+    def __init__(self, spec: JobSpec, reporter: Reporter | None, device):
+        self.spec = spec
+        self.reporter = reporter
+        self.device_arg = device
+        self.device: torch.device | None = None
+        self.out = Path(spec.output_dir)
+        self.tracker = None
+        self.steps_done = 0
+        self.resumed_from_step: int | None = None
+        self.model_dir: str | None = None
+        self.parameters: int | None = None
+
+    # --- reporting (never lets a reporter problem end the job) -------------------------------------
+
+    def log(self, line: str) -> None:
+        stamped = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}"
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / "job.log", "a") as f:
+                f.write(stamped + "\n")
+        except OSError:
+            pass
+        if self.reporter is not None:
+            try:
+                self.reporter.log(self.spec.job_id, stamped)
+            except Exception:
+                pass
+
+    def progress(self, step: int, total: int, metrics: dict[str, float]) -> None:
+        if self.reporter is not None:
+            try:
+                self.reporter.progress(self.spec.job_id, step, total, _finite(metrics))
+            except Exception:
+                pass
+
+    def cancel_requested(self) -> bool:
+        if self.reporter is None:
+            return False
+        try:
+            return bool(self.reporter.should_cancel(self.spec.job_id))
+        except Exception:
+            return False
+
+    # --- the job -------------------------------------------------------------------------------------
+
+    def run(self) -> JobOutcome:
+        spec = self.spec
+        start = time.monotonic()
+        try:
+            self.device = pick_device(self.device_arg)
+            if spec.kind not in ("distill", "teacher"):
+                raise ValueError(f"kind: expected 'distill' or 'teacher', got {spec.kind!r}")
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.log(f"job {spec.job_id} ({spec.kind}, attempt {spec.attempt}) starting on {self.device}")
+            if self.cancel_requested():
+                outcome = self._outcome("cancelled", "cancelled before it started")
+            else:
+                from worker.tracking import JobTracker
+
+                self.tracker = JobTracker.start(spec)
+                self.log(f"MLflow run {self.tracker.run_id} ({'reopened' if self.tracker.resumed else 'new'})")
+                outcome = self._distill() if spec.kind == "distill" else self._teacher()
+        except Exception as exc:
+            outcome = self._outcome("failed", _describe(exc))
+            self.log(f"failed: {outcome.reason}")
+            for line in traceback.format_exc().rstrip().splitlines():
+                self.log(line)
+        except BaseException as exc:  # KeyboardInterrupt / SystemExit: a Ray cancel or a shutdown
+            self._close_tracker(self._outcome("cancelled", f"interrupted ({type(exc).__name__})"))
+            raise
+        self._close_tracker(outcome)
+        outcome.metrics.setdefault("duration_s", round(time.monotonic() - start, 3))
+        self.log(f"job {spec.job_id} ended: {outcome.status}" + (f" ({outcome.reason})" if outcome.reason else ""))
+        try:
+            (self.out / "outcome.json").write_text(json.dumps(outcome.to_dict(), indent=2, sort_keys=True))
+        except OSError:
+            pass
+        return outcome
+
+    def _outcome(self, status: str, reason: str = "", **fields) -> JobOutcome:
+        run_id = self.tracker.run_id if self.tracker is not None else _recorded_run_id(self.out)
+        base = dict(
+            job_id=self.spec.job_id,
+            status=status,
+            reason=reason,
+            steps_done=self.steps_done,
+            mlflow_run_id=run_id,
+            model_dir=self.model_dir,
+            parameters=self.parameters,
+            resumed_from_step=self.resumed_from_step,
+        )
+        base.update(fields)
+        return JobOutcome(**base)
+
+    def _close_tracker(self, outcome: JobOutcome) -> None:
+        if self.tracker is None:
+            return
+        from worker.tracking import mlflow_status
+
+        try:
+            tags = {"outcome": outcome.status, "reason": outcome.reason or None, "steps_done": outcome.steps_done}
+            if outcome.diverged_step is not None:
+                tags["diverged_step"] = outcome.diverged_step
+            if outcome.resumed_from_step is not None:
+                tags["resumed_from_step"] = outcome.resumed_from_step
+            self.tracker.set_tags(tags)
+            if (self.out / "job.log").is_file():
+                self.tracker.log_artifact(self.out / "job.log")
+            self.tracker.end(mlflow_status(outcome.status))
+        except Exception as exc:
+            self.log(f"warning: could not close the MLflow run: {_describe(exc)}")
+        for err in self.tracker.errors:
+            self.log(f"warning: {err}")
+
+    # --- kinds ---------------------------------------------------------------------------------------
+
+    def _data(self) -> torch.Tensor:
+        from liftplace.data import load_dataset
+
+        data = load_dataset(self.spec.dataset, self.spec.resolution)
+        self.log(f"data {self.spec.dataset_name}: {data.shape[0]} images of {tuple(data.shape[1:])}")
+        return data
+
+    def _distill(self) -> JobOutcome:
+        from liftplace.models import count_parameters, load_unet
+        from liftplace.training import distill
+
+        spec = self.spec
+        if not spec.teacher_path:
+            raise ValueError("teacher_path: a distill job needs the teacher's model folder")
+        teacher = load_unet(spec.teacher_path, device=self.device)
+        self.log(f"teacher {spec.teacher_name or spec.teacher_path}: {count_parameters(teacher):,} parameters")
+        data = self._data()
+        callbacks = _Callbacks(self)
+        result = distill(
+            teacher, spec.student_ratio, spec.method, spec.seed, spec.steps, data=data,
+            importance=spec.importance, batch_size=spec.batch_size, lr=spec.lr, group_size=spec.group_size,
+            coarse=spec.coarse, curriculum=spec.curriculum, ablation=spec.ablation, reduction=spec.reduction,
+            lambda_kd=spec.lambda_kd, lambda_feat=spec.lambda_feat, device=self.device,
+            checkpoint_dir=self.out / "checkpoint", checkpoint_every=spec.checkpoint_every, resume=True,
+            callbacks=[callbacks],
+        )
+        counts = {
+            "student_parameters": result.parameters,
+            "teacher_parameters": result.teacher_parameters,
+            "remaining_fraction": result.parameters / max(1, result.teacher_parameters),
+        }
+        return self._after_training(result, counts, reference=teacher, data=data)
+
+    def _teacher(self) -> JobOutcome:
+        from liftplace.models import build_unet, count_parameters, load_unet
+        from liftplace.training import train_teacher
+
+        spec = self.spec
+        data = self._data()
+        reference = None
+        counts: dict[str, float] = {}
+        if spec.base_teacher_path and spec.prune_ratio is not None:
+            from liftplace.pruning import prune
+
+            base = load_unet(spec.base_teacher_path, device=self.device)
+            pruned = prune(base, spec.prune_ratio, spec.importance, data=data, seed=spec.seed)
+            model = pruned.model
+            reference = base
+            counts["base_teacher_parameters"] = pruned.params_before
+            self.log(f"pruned {spec.base_teacher_path} at {spec.prune_ratio} ({spec.importance}): "
+                     f"{pruned.params_before:,} -> {pruned.params_after:,} parameters; retraining")
+        elif spec.preset:
+            model = build_unet(spec.preset, sample_size=data.shape[-1], in_channels=data.shape[1], seed=spec.seed)
+            self.log(f"preset {spec.preset}: {count_parameters(model):,} parameters")
+        else:
+            raise ValueError("teacher job: needs either `preset`, or `base_teacher_path` with `prune_ratio`")
+        callbacks = _Callbacks(self)
+        result = train_teacher(
+            model, data, steps=spec.steps, seed=spec.seed, batch_size=spec.batch_size, lr=spec.lr,
+            reduction=spec.reduction, device=self.device, checkpoint_dir=self.out / "checkpoint",
+            checkpoint_every=spec.checkpoint_every, resume=True, callbacks=[callbacks],
+        )
+        counts["teacher_parameters"] = result.parameters
+        return self._after_training(result, counts, reference=reference, data=data)
+
+    # --- after training: save, sample, error maps, FID ---------------------------------------------
+
+    def _after_training(self, result, counts: dict[str, float], *, reference, data: torch.Tensor) -> JobOutcome:
+        spec = self.spec
+        self.steps_done = result.steps
+        self.parameters = result.parameters
+        tracker = self.tracker
+        tracker.flush()
+        tracker.log_metrics(counts, step=result.steps)
+        metrics = {**_finite(result.last_metrics), **counts}
+        if result.outcome == "diverged":
+            self.log(f"diverged at step {result.diverged_step}: the loss or its gradient is not finite")
+            return self._outcome("diverged", f"diverged at step {result.diverged_step}",
+                                 diverged_step=result.diverged_step, metrics=metrics)
+        if result.outcome == "stopped":
+            self.log(f"cancelled at step {result.steps} of {result.total_steps} (checkpoint kept for a resume)")
+            return self._outcome("cancelled", f"cancelled at step {result.steps} of {result.total_steps}",
+                                 metrics=metrics)
+
+        from liftplace.fid import DivergedSamplesError, compute_fid
+        from liftplace.models import save_unet
+        from liftplace.sampling import sample, save_grid
+
+        model = result.ema_model.eval()
+        summary = {"job": spec.to_dict(), "outcome": result.outcome, "steps": result.steps,
+                   "last_metrics": _finite(result.last_metrics), **counts}
+        model_dir = save_unet(model, self.out / "model", extra=summary)
+        self.model_dir = str(model_dir)
+        self.log(f"saved the {'student' if spec.kind == 'distill' else 'teacher'} (EMA) to {model_dir}")
+
+        t0 = time.monotonic()
+        n = spec.fid_samples if spec.fid_samples >= 2 else GRID_SAMPLES  # fid_samples 0: no FID
+        images = sample(model, n, seed=spec.seed, num_inference_steps=spec.sample_steps, device=self.device)
+        h = images.shape[-1]
+        grid = save_grid(images[:GRID_SAMPLES], self.out / "samples.png", scale=max(1, min(8, 128 // h)))
+        if reference is not None:
+            from liftplace.diagnostics import ERROR_MAP_TIMESTEPS, error_maps, error_means, save_error_maps
+
+            gen = torch.Generator().manual_seed(spec.seed)
+            idx = torch.randperm(data.shape[0], generator=gen)[:ERROR_MAP_IMAGES]
+            maps = error_maps(reference, model, data[idx], ERROR_MAP_TIMESTEPS, seed=spec.seed)
+            emap = save_error_maps(maps, self.out / "error_map.png", scale=max(1, min(8, 64 // h)))
+            errors = {f"error_t{t}": v for t, v in error_means(maps, ERROR_MAP_TIMESTEPS).items()}
+            metrics.update(errors)
+            tracker.log_metrics(errors, step=result.steps)
+            tracker.log_artifact(emap)
+        tracker.log_artifact(grid)
+        tracker.log_artifacts(model_dir, "model")
+
+        if spec.fid_samples < 2:
+            self.log("no FID (fid_samples < 2)")
+            return self._outcome("succeeded", "", metrics=_finite(metrics))
+        try:
+            fid = compute_fid(images, spec.dataset, features=spec.fid_features, seed=spec.seed, device=self.device)
+        except DivergedSamplesError as exc:
+            self.log(f"the samples hold NaN or inf values after step {result.steps}: {exc}")
+            return self._outcome("diverged", f"samples not finite after step {result.steps} (diverged sampling)",
+                                 diverged_step=result.steps, metrics=metrics)
+        metrics[fid.metric_name] = fid.fid
+        tracker.log_metrics({fid.metric_name: fid.fid}, step=result.steps)
+        self.log(f"{fid.metric_name} = {fid.fid:.4f} ({fid.num_samples} samples, {spec.sample_steps} DDIM steps, "
+                 f"{time.monotonic() - t0:.1f} s)")
+        return self._outcome("succeeded", "", fid=fid.fid, fid_metric=fid.metric_name, metrics=_finite(metrics))
+
+
+def _recorded_run_id(out: Path) -> str | None:
+    from worker.tracking import RUN_ID_FILE
+
+    try:
+        return (out / RUN_ID_FILE).read_text().strip() or None
+    except OSError:
+        return None

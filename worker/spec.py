@@ -1,0 +1,98 @@
+"""The job spec: the only thing the server hands to a worker, and the outcome it gets back.
+
+The server resolves every registered name (teacher, dataset) to a location the worker can
+read before it builds a spec; the worker never looks anything up in the server's database.
+Both sides import this module; it depends on nothing but the standard library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+JobKind = Literal["distill", "teacher"]
+Outcome = Literal["succeeded", "failed", "diverged", "cancelled"]
+
+
+@dataclass
+class JobSpec:
+    """One unit of work for a worker.
+
+    kind "distill": prune `teacher_path` at `student_ratio` and distill with `method`.
+    kind "teacher": train a teacher, either a fresh `preset` or, with `base_teacher_path`
+    and `prune_ratio`, a pruned-and-retrained copy of another teacher; the result is saved
+    in diffusers format to `output_dir/model`.
+    """
+
+    job_id: int
+    kind: JobKind
+    output_dir: str  # checkpoints, the student/teacher and artifacts go here (a retry reuses it)
+    seed: int = 0
+    steps: int = 100
+    dataset: str = "digits"  # "digits" or a resolved local image folder
+    dataset_name: str = "digits"
+    resolution: int | None = None
+    batch_size: int = 64
+    lr: float = 2e-4
+    checkpoint_every: int = 100
+    # distill
+    teacher_name: str = ""
+    teacher_path: str = ""
+    student_ratio: float = 0.9
+    method: str = "lift+place+featkd"
+    importance: str = "taylor"
+    group_size: int | None = 16
+    coarse: str = "l1"
+    curriculum: bool = True
+    ablation: str | None = None
+    reduction: str = "sum"
+    lambda_kd: float | None = None
+    lambda_feat: float | None = None
+    # teacher
+    preset: str | None = None
+    base_teacher_path: str | None = None
+    prune_ratio: float | None = None
+    # evaluation
+    fid_samples: int = 1000
+    fid_features: str = "digits"
+    sample_steps: int = 100
+    # tracking
+    study_id: int | None = None
+    study_name: str | None = None
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = "liftplace"
+    mlflow_parent_run_id: str | None = None
+    attempt: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"job spec: unknown fields {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class JobOutcome:
+    """What a worker returns when a job ends (also when it fails)."""
+
+    job_id: int
+    status: Outcome
+    reason: str = ""
+    diverged_step: int | None = None
+    steps_done: int = 0
+    fid: float | None = None
+    fid_metric: str | None = None  # "fid_digits" or "fid_inception": the features behind `fid`
+    metrics: dict[str, float] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    model_dir: str | None = None  # the saved student/teacher (diffusers format)
+    parameters: int | None = None
+    resumed_from_step: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
