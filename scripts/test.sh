@@ -17,7 +17,7 @@ stamp="$VENV/.liftplace-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "==> installing liftplace and its pinned dependencies into $VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+  "$VENV/bin/python" -m pip install --quiet -e ".[platform,dev]"
   touch "$stamp"
 fi
 
