@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from liftplace.models import PRESET_NAMES
+    from liftplace.presets import PRESET_NAMES
 
     p = sub.add_parser("train-teacher", help="train a DDPM teacher (UNet2DModel preset) on a dataset",
                        formatter_class=fmt, description="Train a DDPM epsilon-prediction teacher.")
