@@ -26,4 +26,7 @@ echo "==> ruff"
 echo "==> pytest"
 # Tests write their cache (digits features, FID statistics) into a throw-away folder.
 export LIFTPLACE_CACHE_DIR=${LIFTPLACE_CACHE_DIR:-$(mktemp -d)}
+# The data layer is tested on SQLite and on PostgreSQL (127.0.0.1:5432, database "test"):
+# "require" fails, rather than skips, when PostgreSQL does not answer.
+export LIFTPLACE_TEST_POSTGRES=${LIFTPLACE_TEST_POSTGRES:-require}
 exec "$VENV/bin/python" -m pytest "$@"

@@ -1,0 +1,163 @@
+"""Study aggregation: from a study's jobs to its Table-6 grid and its stored cell summaries.
+
+Everything here is computed from the jobs, with `liftplace.stats` doing the statistics (mean,
+sample std, collapses), so a cell can always be recomputed. `update_cell` writes the summary of
+a (teacher, method) cell once every seed of it has ended, inside the caller's transaction:
+the row is written complete together with the outcome that completed it, or not at all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, selectinload
+
+from liftplace.methods import METHOD_NAMES
+from liftplace.stats import Run, StabilityTable, build_table
+from server.models import JOB_STATUSES, TERMINAL_STATUSES, Job, Study, StudyCell, Teacher, utcnow
+
+DEFAULT_METRIC = "fid"  # shown while no run has reported its FID features yet
+
+
+@dataclass
+class CellData:
+    """A (teacher, method) cell computed from its jobs."""
+
+    teacher: str
+    method: str
+    tries: list[dict[str, Any]]
+    n: int
+    mean: float | None
+    std: float | None
+    collapses: int
+    status_counts: dict[str, int]
+    complete: bool
+    fid_metric: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _run(job: Job, teacher: str) -> Run | None:
+    """The job as a stats Run; None while it has not ended, or when it was cancelled (not a try)."""
+    if job.status not in ("succeeded", "diverged", "failed") or job.method is None:
+        return None
+    return Run(teacher=teacher, method=job.method, seed=job.seed, fid=job.fid, status=job.status)
+
+
+def _teacher_name(job: Job) -> str:
+    return job.teacher.name if job.teacher is not None else "?"
+
+
+def study_jobs(session: Session, study: Study) -> list[Job]:
+    return list(session.scalars(
+        select(Job).where(Job.study_id == study.id).options(selectinload(Job.teacher)).order_by(Job.id)))
+
+
+def _metric(jobs: list[Job]) -> str:
+    found = Counter(j.fid_metric for j in jobs if j.fid_metric)
+    return found.most_common(1)[0][0] if found else DEFAULT_METRIC
+
+
+def compute_cell(teacher: str, method: str, jobs: list[Job]) -> CellData:
+    """Summarise one cell's jobs with liftplace.stats (mean/std of succeeded runs, collapses)."""
+    counts = {s: 0 for s in JOB_STATUSES} | Counter(j.status for j in jobs)
+    runs = [r for j in jobs if (r := _run(j, teacher)) is not None]
+    n, mean, std, collapses = 0, None, None, 0
+    if runs:
+        cell = build_table(runs, metric=_metric(jobs)).cell(method, teacher)
+        assert cell is not None
+        collapses = cell.collapses
+        if cell.summary is not None:
+            n, mean, std = cell.summary.n, _finite(cell.summary.mean), _finite(cell.summary.std)
+    tries = [{"seed": j.seed, "job_id": j.id, "status": j.status, "fid": _finite(j.fid)}
+             for j in sorted(jobs, key=lambda j: (j.seed, j.id))]
+    return CellData(teacher=teacher, method=method, tries=tries, n=n, mean=mean, std=std, collapses=collapses,
+                    status_counts=dict(counts), complete=bool(jobs) and all(j.ended for j in jobs),
+                    fid_metric=next((j.fid_metric for j in jobs if j.fid_metric), None))
+
+
+def ordered_methods(study: Study) -> list[str]:
+    return [m for m in METHOD_NAMES if m in study.methods]
+
+
+def study_cells(study: Study, jobs: list[Job]) -> list[CellData]:
+    """Every cell of the study, teachers in the study's order, methods in METHOD_NAMES order."""
+    by_cell: dict[tuple[str, str], list[Job]] = {}
+    for j in jobs:
+        by_cell.setdefault((_teacher_name(j), j.method or ""), []).append(j)
+    return [compute_cell(t, m, by_cell.get((t, m), [])) for t in study.teachers for m in ordered_methods(study)]
+
+
+def _params_label(parameters: int | None) -> str | None:
+    if not parameters:
+        return None
+    return f"{parameters / 1e6:.2f}M" if parameters >= 10_000 else f"{parameters:,}"
+
+
+def study_table(session: Session, study: Study, jobs: list[Job] | None = None) -> StabilityTable:
+    """The study as a liftplace `StabilityTable` (csv / md / latex export), with every study cell."""
+    jobs = study_jobs(session, study) if jobs is None else jobs
+    runs = [r for j in jobs if (r := _run(j, _teacher_name(j))) is not None]
+    metric = _metric(jobs)
+    table = build_table(runs, metric=metric) if runs else StabilityTable(metric=metric, methods=(), teachers=(),
+                                                                          cells={})
+    # Rows and columns for every cell of the study, also those with no ended run yet.
+    table.methods = tuple(ordered_methods(study))
+    table.teachers = tuple(study.teachers)
+    teachers = session.scalars(select(Teacher).where(Teacher.name.in_(study.teachers))).all()
+    table.teacher_params = {t.name: _params_label(t.parameters) for t in teachers}
+    return table
+
+
+def update_cell(session: Session, study: Study, teacher: str, method: str) -> StudyCell | None:
+    """Write the cell's summary if every seed has ended (else remove a stale one). Caller commits."""
+    jobs = list(session.scalars(
+        select(Job).join(Teacher, Job.teacher_id == Teacher.id).options(selectinload(Job.teacher))
+        .where(Job.study_id == study.id, Teacher.name == teacher, Job.method == method)))
+    data = compute_cell(teacher, method, jobs)
+    existing = session.scalar(select(StudyCell).where(
+        StudyCell.study_id == study.id, StudyCell.teacher == teacher, StudyCell.method == method))
+    if not data.complete:
+        if existing is not None:
+            session.delete(existing)
+        return None
+    row = existing or StudyCell(study_id=study.id, teacher=teacher, method=method)
+    row.fid_metric = data.fid_metric
+    row.tries = data.tries
+    row.n, row.mean, row.std, row.collapses = data.n, data.mean, data.std, data.collapses
+    row.status_counts = data.status_counts
+    row.logged_to_mlflow = False
+    row.computed_at = utcnow()
+    if existing is None:
+        session.add(row)
+    return row
+
+
+def recompute_study(session: Session, study: Study) -> list[StudyCell]:
+    """Rebuild all the study's cell rows from its jobs (caller commits)."""
+    session.execute(delete(StudyCell).where(StudyCell.study_id == study.id))
+    session.flush()
+    rows = []
+    for t in study.teachers:
+        for m in ordered_methods(study):
+            if (row := update_cell(session, study, t, m)) is not None:
+                rows.append(row)
+    return rows
+
+
+def study_status(counts: dict[str, int]) -> str:
+    total = sum(counts.values())
+    if total and sum(counts.get(s, 0) for s in TERMINAL_STATUSES) == total:
+        return "ended"
+    if counts.get("queued", 0) == total:
+        return "queued"
+    return "running"

@@ -1,0 +1,507 @@
+"""The dispatcher: hands queued jobs to the executor and keeps the database in step with it.
+
+A background thread started with the app. Each round it
+
+1. passes cancel requests of running jobs to the executor,
+2. records the jobs that ended (outcome, teacher readiness, study cells) or whose worker died
+   (retried while attempts remain, LIFTPLACE_MAX_ATTEMPTS; the worker resumes from its checkpoint),
+3. copies progress and log lines from the executor into the database,
+4. requeues running jobs the executor no longer knows (a lost task),
+5. fails queued jobs whose teacher failed to train,
+6. claims queued jobs whose teacher is ready and submits them, and
+7. logs finished study cells to the study's MLflow parent run.
+
+Claiming is a compare-and-set (``UPDATE jobs SET status='running' WHERE id=? AND
+status='queued'``), committed before the submit, so a job is never dispatched twice. At start-up
+every job left "running" by an earlier server is requeued (or marked cancelled if a cancel was
+asked for): a restart loses no queued job and leaves none stuck. One dispatcher per database.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from server import aggregation
+from server.executors import Executor, Finished
+from server.models import TERMINAL_STATUSES, Dataset, Job, JobLog, Study, StudyCell, Teacher, utcnow
+from server.settings import Settings
+from server.tracking import Tracking
+from worker.spec import JobSpec
+from worker.tracking import RUN_ID_FILE
+
+log = logging.getLogger(__name__)
+
+MLFLOW_RETRY_S = 30.0  # after an MLflow error, wait this long before logging cells again
+START_RETRY_S = 10.0  # after the executor failed to start, wait this long before trying again
+
+
+def _finite_metrics(metrics: dict[str, Any] | None) -> dict[str, float]:
+    """Only finite numbers: NaN/inf are not JSON, and the outcome already says 'diverged'."""
+    out = {}
+    for k, v in (metrics or {}).items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if math.isfinite(v):
+            out[str(k)] = float(v)
+    return out
+
+
+def add_log(session: Session, job_id: int, line: str) -> None:
+    """A dispatcher line in the job's log (stamped like the worker's)."""
+    session.add(JobLog(job_id=job_id, line=f"{time.strftime('%Y-%m-%d %H:%M:%S')} [server] {line}"))
+
+
+def teacher_path(settings: Settings, teacher: Teacher) -> str:
+    """Where a worker finds the teacher: a folder under the teachers root, or a trained model."""
+    if teacher.source == "local":
+        return str(settings.teacher_folder(teacher.folder or teacher.name))
+    if not teacher.model_dir:
+        raise ValueError(f"teacher {teacher.name!r} has no trained model yet")
+    return teacher.model_dir
+
+
+def dataset_location(settings: Settings, dataset: Dataset) -> str:
+    """"digits" (embedded) or the dataset's folder under the datasets root."""
+    if dataset.kind == "embedded":
+        return dataset.name
+    return str(settings.dataset_folder(dataset.folder or dataset.name))
+
+
+def build_spec(settings: Settings, job: Job, *, parent_run_id: str | None = None) -> JobSpec:
+    """The JobSpec of a claimed job: every registered name resolved to a location."""
+    known = JobSpec.__dataclass_fields__
+    opts = {k: v for k, v in (job.options or {}).items() if k in known}
+    dataset = job.dataset
+    common: dict[str, Any] = dict(
+        job_id=job.id,
+        kind=job.kind,
+        output_dir=str(settings.jobs_dir / str(job.id)),  # stable across retries: a retry resumes
+        seed=job.seed,
+        steps=job.steps,
+        dataset=dataset_location(settings, dataset),
+        dataset_name=dataset.name,
+        fid_features="digits" if dataset.kind == "embedded" else "inception",
+        mlflow_tracking_uri=settings.mlflow_tracking_uri,
+        mlflow_experiment=settings.mlflow_experiment,
+        attempt=max(1, job.attempts),
+    )
+    if opts.get("resolution") is None:
+        opts["resolution"] = dataset.resolution
+    if job.kind == "teacher":
+        out = job.output_teacher
+        assert out is not None
+        common.update(teacher_name=out.name, preset=out.preset, prune_ratio=out.prune_ratio)
+        if out.base_teacher is not None:
+            common["base_teacher_path"] = teacher_path(settings, out.base_teacher)
+    else:
+        assert job.teacher is not None
+        common.update(teacher_name=job.teacher.name, teacher_path=teacher_path(settings, job.teacher),
+                      student_ratio=job.student_ratio, method=job.method)
+        if job.study is not None:
+            common.update(study_id=job.study.id, study_name=job.study.name, mlflow_parent_run_id=parent_run_id)
+    return JobSpec(**{**opts, **common})
+
+
+def end_job(s: Session, settings: Settings, job: Job, status: str, reason: str) -> None:
+    """Put a job in a terminal state, with what depends on it: its teacher, its study cell.
+
+    Used by the dispatcher (outcomes) and the API (cancelling a queued job), inside their transaction.
+    """
+    job.status, job.reason, job.finished_at, job.claimed_by = status, reason, utcnow(), None
+    add_log(s, job.id, f"{status}" + (f": {reason}" if reason else ""))
+    if job.kind == "teacher" and job.output_teacher is not None:
+        teacher = job.output_teacher
+        if status == "succeeded":
+            teacher.status, teacher.reason = "ready", ""
+            teacher.model_dir = job.model_dir or str(settings.jobs_dir / str(job.id) / "model")
+            teacher.parameters = job.parameters
+        else:
+            teacher.status = "failed"
+            teacher.reason = f"training job {job.id} {status}" + (f": {reason}" if reason else "")
+            s.flush()
+            fail_waiting_on(s, settings, [teacher])
+    if job.study is not None and job.teacher is not None and job.method is not None:
+        s.flush()
+        aggregation.update_cell(s, job.study, job.teacher.name, job.method)
+
+
+def fail_waiting_on(s: Session, settings: Settings, teachers: Iterable[Teacher]) -> None:
+    """Fail the queued jobs that wait for teachers that will not be ready (their training failed)."""
+    for teacher in teachers:
+        waiting = list(s.scalars(select(Job).where(Job.status == "queued", Job.teacher_id == teacher.id)))
+        for job in waiting:
+            end_job(s, settings, job, "failed", f"teacher {teacher.name!r} did not train ({teacher.reason})")
+
+
+class Dispatcher:
+    """Moves jobs between the database and an Executor; see the module docstring."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], executor: Executor,
+                 tracking: Tracking | None = None, *, recover_on_start: bool = True) -> None:
+        self.settings = settings
+        self.recover_on_start = recover_on_start
+        self.sessions = sessions
+        self.executor = executor
+        self.tracking = tracking
+        self.instance_id = f"{socket.gethostname()[:32]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.executor_description: str | None = None
+        self.error: str | None = None  # the last error of a round, for /api/status
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._started = False
+        self._cancel_sent: set[int] = set()
+        self._unrecorded: dict[int, Finished] = {}  # ended in the executor; recording failed, retried next round
+        self._mlflow_wait_until = 0.0
+
+    # --- thread ------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the background thread (it starts the executor and recovers before the first round)."""
+        if self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="liftplace-dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def wake(self) -> None:
+        """Run the next round now (a job was submitted or cancelled)."""
+        self._wake.set()
+
+    def start_executor(self) -> None:
+        """Start the executor and recover jobs an earlier server left running (idempotent)."""
+        if self._started:
+            return
+        self.executor_description = self.executor.start()
+        log.info("dispatcher %s: %s", self.instance_id, self.executor_description)
+        if self.recover_on_start:
+            self.recover()
+        self._started = True
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.start_executor()
+                self.tick()
+                self.error = None
+            except Exception as exc:  # a bad round must not end the dispatcher
+                log.exception("dispatcher round failed")
+                self.error = f"{type(exc).__name__}: {exc}"
+                if not self._started:
+                    self._stop.wait(START_RETRY_S)
+            self._wake.wait(self.settings.poll_interval)
+            self._wake.clear()
+
+    # --- the round ---------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One round (see the module docstring); tests call it directly instead of the thread."""
+        if not self._started:
+            self.start_executor()
+        self._send_cancels()
+        self._collect()
+        self._copy_progress()
+        self._reconcile()
+        self._fail_orphans()
+        self._dispatch()
+        self._log_cells()
+
+    def recover(self) -> None:
+        """Requeue every job an earlier server left running (or mark it cancelled if asked to)."""
+        with self.sessions.begin() as s:
+            for job in s.scalars(select(Job).where(Job.status == "running")):
+                if job.cancel_requested:
+                    end_job(s, self.settings, job, "cancelled", "cancelled (the server restarted while it ran)")
+                else:
+                    job.status, job.claimed_by = "queued", None
+                    add_log(s, job.id, "the server restarted while this job ran; requeued (it resumes from its "
+                                       "checkpoint)")
+
+    def _mine(self, s: Session, *, cancel: bool | None = None) -> list[Job]:
+        q = select(Job).where(Job.status == "running", Job.claimed_by == self.instance_id)
+        if cancel is not None:
+            q = q.where(Job.cancel_requested.is_(cancel))
+        return list(s.scalars(q.order_by(Job.id)))
+
+    def _send_cancels(self) -> None:
+        with self.sessions() as s:
+            ids = [j.id for j in self._mine(s, cancel=True) if j.id not in self._cancel_sent]
+        for job_id in ids:
+            self.executor.cancel(job_id)
+            self._cancel_sent.add(job_id)
+
+    # --- outcomes ----------------------------------------------------------------------------
+
+    def _collect(self) -> None:
+        for finished in self.executor.finished():
+            self._unrecorded[finished.job_id] = finished
+        for job_id, finished in list(self._unrecorded.items()):
+            try:
+                with self.sessions() as s:
+                    offset = s.scalar(select(Job.log_offset).where(Job.id == job_id)) or 0
+                lines = self._read_logs(job_id, offset)  # the last lines, before the store forgets them
+                self._record(finished, offset, lines)
+            except Exception:  # e.g. the database is briefly unreachable: keep the outcome, retry next round
+                log.exception("job %s: could not record its end; retrying next round", job_id)
+                continue
+            del self._unrecorded[job_id]
+            self.executor.release(job_id)
+            self._cancel_sent.discard(job_id)
+
+    def _read_logs(self, job_id: int, offset: int) -> list[str]:
+        try:
+            return self.executor.logs(job_id, offset)
+        except Exception as exc:  # logs are a convenience; never lose an outcome over them
+            log.warning("job %s: could not read its logs: %s", job_id, exc)
+            return []
+
+    @staticmethod
+    def _store_logs(s: Session, job: Job, offset: int, lines: list[str]) -> None:
+        if job.log_offset != offset:  # read from another offset meanwhile (not expected): skip, no duplicates
+            return
+        for line in lines:
+            s.add(JobLog(job_id=job.id, line=line))
+        job.log_offset += len(lines)
+
+    def _record(self, finished: Finished, offset: int, lines: list[str]) -> None:
+        with self.sessions.begin() as s:
+            job = s.get(Job, finished.job_id)
+            if job is None or job.status != "running":
+                log.warning("job %s ended in the executor but is %s in the database; ignored", finished.job_id,
+                            job.status if job else "missing")
+                return
+            self._store_logs(s, job, offset, lines)
+            if finished.lost is not None:
+                self._lost(s, job, finished.lost)
+            else:
+                self._apply_outcome(s, job, finished.outcome or {})
+
+    def _lost(self, s: Session, job: Job, why: str) -> None:
+        """The worker died: retry while attempts remain (the next attempt resumes), else fail."""
+        if job.cancel_requested:
+            end_job(s, self.settings, job, "cancelled", f"cancelled (its worker was lost: {why})")
+        elif job.attempts < self.settings.max_attempts:
+            job.status, job.claimed_by = "queued", None
+            add_log(s, job.id, f"attempt {job.attempts} lost ({why}); requeued for attempt {job.attempts + 1} "
+                               f"of {self.settings.max_attempts}")
+        else:
+            end_job(s, self.settings, job, "failed", f"the worker was lost on all {job.attempts} attempts; last: {why}")
+
+    def _apply_outcome(self, s: Session, job: Job, outcome: dict[str, Any]) -> None:
+        status = outcome.get("status")
+        if status not in TERMINAL_STATUSES:
+            status, outcome = "failed", {**outcome, "reason": f"the worker returned an unknown status {status!r}"}
+        fid = outcome.get("fid")
+        job.fid = float(fid) if isinstance(fid, (int, float)) and math.isfinite(fid) else None
+        job.fid_metric = outcome.get("fid_metric")
+        job.diverged_step = outcome.get("diverged_step")
+        job.parameters = outcome.get("parameters")
+        job.resumed_from_step = outcome.get("resumed_from_step")
+        job.model_dir = outcome.get("model_dir")
+        job.metrics = {**(job.metrics or {}), **_finite_metrics(outcome.get("metrics"))}
+        if outcome.get("steps_done"):
+            job.progress_step = int(outcome["steps_done"])
+            job.progress_total = job.progress_total or job.steps
+        if outcome.get("mlflow_run_id"):
+            job.mlflow_run_id = outcome["mlflow_run_id"]
+            if job.mlflow_experiment_id is None and self.tracking is not None:
+                try:
+                    job.mlflow_experiment_id = self.tracking.client.get_run(job.mlflow_run_id).info.experiment_id
+                except Exception as exc:
+                    log.warning("job %s: MLflow run %s not found: %s", job.id, job.mlflow_run_id, exc)
+        reason = outcome.get("reason") or ""
+        if status == "diverged" and not reason:
+            reason = f"diverged at step {job.diverged_step}"
+        end_job(s, self.settings, job, status, reason)
+
+    def _fail_orphans(self) -> None:
+        """Queued jobs whose teacher failed (e.g. it failed while this server was down)."""
+        with self.sessions() as s:
+            any_orphan = s.scalar(select(Job.id).join(Teacher, Job.teacher_id == Teacher.id).where(
+                Job.status == "queued", Teacher.status == "failed").limit(1))
+        if any_orphan is None:
+            return
+        with self.sessions.begin() as s:
+            failed = list(s.scalars(select(Teacher).where(Teacher.status == "failed").where(
+                Teacher.id.in_(select(Job.teacher_id).where(Job.status == "queued")))))
+            fail_waiting_on(s, self.settings, failed)
+
+    # --- progress ----------------------------------------------------------------------------
+
+    def _running_run_id(self, job_id: int) -> str | None:
+        """The MLflow run id a running worker recorded in its output folder (so the URL shows early)."""
+        try:
+            return (self.settings.jobs_dir / str(job_id) / RUN_ID_FILE).read_text().strip() or None
+        except OSError:  # not written yet, or the folder is not shared with this machine
+            return None
+
+    def _copy_progress(self) -> None:
+        with self.sessions() as s:
+            jobs = self._mine(s)
+            offsets = {j.id: j.log_offset for j in jobs}
+            without_run = {j.id for j in jobs if j.mlflow_run_id is None}
+        if not offsets:
+            return
+        # Ask the executor outside any transaction: the database stays unlocked meanwhile.
+        reports = self.executor.progress(list(offsets))
+        logs = {job_id: self._read_logs(job_id, offsets[job_id]) for job_id in reports}
+        run_ids = {job_id: self._running_run_id(job_id) for job_id in reports if job_id in without_run}
+        if not reports:
+            return
+        with self.sessions.begin() as s:
+            for job_id, report in reports.items():
+                job = s.get(Job, job_id)
+                if job is None or job.status != "running" or job.claimed_by != self.instance_id:
+                    continue
+                now = utcnow()
+                job.progress_step, job.progress_total = report.get("step"), report.get("total")
+                job.metrics = {**(job.metrics or {}), **_finite_metrics(report.get("metrics"))}
+                job.progress_at = now
+                if job.started_at is None:
+                    job.started_at = now
+                if run_ids.get(job_id):
+                    job.mlflow_run_id = run_ids[job_id]
+                self._store_logs(s, job, offsets[job_id], logs[job_id])
+
+    def _reconcile(self) -> None:
+        """Running jobs of this dispatcher that the executor does not know: their task was lost."""
+        active = self.executor.active() | set(self._unrecorded)
+        with self.sessions.begin() as s:
+            for job in self._mine(s):
+                if job.id not in active:
+                    self._lost(s, job, "the executor no longer knows this job")
+
+    # --- dispatch ----------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        room = self.settings.max_in_flight - len(self.executor.active()) - len(self._unrecorded)
+        if room <= 0:
+            return
+        with self.sessions() as s:
+            ready = or_(Job.teacher_id.is_(None), Job.teacher_id.in_(select(Teacher.id).where(
+                Teacher.status == "ready")))
+            ids = list(s.scalars(select(Job.id).where(Job.status == "queued", ready).order_by(Job.id).limit(room)))
+        for job_id in ids:
+            if self._stop.is_set() or not self._submit(job_id):
+                break
+
+    def _claim(self, job_id: int) -> bool:
+        """Compare-and-set queued -> running, committed: only one dispatcher ever wins a job."""
+        with self.sessions.begin() as s:
+            result = s.execute(
+                update(Job).where(Job.id == job_id, Job.status == "queued").values(
+                    status="running", claimed_by=self.instance_id, attempts=Job.attempts + 1, dispatched_at=utcnow(),
+                    started_at=None, log_offset=0)
+            )
+            return result.rowcount == 1
+
+    def _submit(self, job_id: int) -> bool:
+        """Claim, build the spec, submit; False when the executor refused (stop dispatching this round)."""
+        if not self._claim(job_id):
+            return True
+        parent, experiment = self._study_run(job_id)
+        with self.sessions.begin() as s:
+            job = s.get(Job, job_id, options=[selectinload(Job.teacher), selectinload(Job.dataset)])
+            assert job is not None
+            job.mlflow_experiment_id = experiment or job.mlflow_experiment_id
+            try:
+                spec = build_spec(self.settings, job, parent_run_id=parent)
+            except (ValueError, OSError) as exc:  # a teacher or dataset folder that is gone
+                end_job(s, self.settings, job, "failed", f"cannot build the job: {exc}")
+                return True
+            add_log(s, job.id, f"dispatched (attempt {job.attempts} of at most {self.settings.max_attempts})")
+        try:
+            self.executor.submit(spec)
+        except Exception as exc:
+            log.exception("job %s: the executor refused it", job_id)
+            with self.sessions.begin() as s:  # undo the claim: the job waits for the next round
+                s.execute(update(Job).where(Job.id == job_id, Job.claimed_by == self.instance_id).values(
+                    status="queued", claimed_by=None, attempts=Job.attempts - 1))
+                add_log(s, job_id, f"not dispatched, the executor refused it ({type(exc).__name__}: {exc}); "
+                                   "it stays queued")
+            self.error = f"submit failed: {type(exc).__name__}: {exc}"
+            return False
+        return True
+
+    # --- MLflow --------------------------------------------------------------------------------
+
+    def _study_run(self, job_id: int) -> tuple[str | None, str | None]:
+        """(parent run id, experiment id) for a job; a study's parent run is created on first use."""
+        if self.tracking is None or time.monotonic() < self._mlflow_wait_until:
+            return None, None
+        with self.sessions() as s:
+            study = s.scalar(select(Study).join(Job, Job.study_id == Study.id).where(Job.id == job_id))
+            if study is not None:
+                study_id, name, run_id = study.id, study.name, study.mlflow_run_id
+                params = {"teachers": ",".join(study.teachers), "methods": ",".join(study.methods),
+                          "seeds": ",".join(map(str, study.seeds)), "student_ratio": study.student_ratio,
+                          "dataset": study.dataset.name, **(study.options or {})}
+        try:
+            experiment = self.tracking.experiment_id()
+            if study is None or run_id is not None:
+                return (run_id if study is not None else None), experiment
+            experiment, run_id = self.tracking.start_study_run(study_id, name, params)
+            with self.sessions.begin() as s:
+                s.execute(update(Study).where(Study.id == study_id, Study.mlflow_run_id.is_(None)).values(
+                    mlflow_run_id=run_id, mlflow_experiment_id=experiment))
+            return run_id, experiment
+        except Exception as exc:
+            log.warning("MLflow unavailable (%s); jobs run without a study parent run for %.0fs", exc,
+                        MLFLOW_RETRY_S)
+            self._mlflow_wait_until = time.monotonic() + MLFLOW_RETRY_S
+            return None, None
+
+    def _log_cells(self) -> None:
+        """Log ended cells to their study's parent run (again after a recomputation)."""
+        if self.tracking is None or time.monotonic() < self._mlflow_wait_until:
+            return
+        with self.sessions() as s:
+            study_ids = set(s.scalars(select(StudyCell.study_id).join(Study).where(
+                StudyCell.logged_to_mlflow.is_(False), Study.mlflow_run_id.is_not(None))))
+        for study_id in sorted(study_ids):
+            try:
+                self.log_study_cells(study_id)
+            except Exception as exc:
+                log.warning("study %s: could not log its cells to MLflow (%s); retrying in %.0fs", study_id, exc,
+                            MLFLOW_RETRY_S)
+                self._mlflow_wait_until = time.monotonic() + MLFLOW_RETRY_S
+                return
+
+    def log_study_cells(self, study_id: int) -> None:
+        assert self.tracking is not None
+        with self.sessions() as s:
+            study = s.get(Study, study_id)
+            assert study is not None and study.mlflow_run_id is not None
+            cells = [{"teacher": c.teacher, "method": c.method, "mean": c.mean, "std": c.std,
+                      "collapses": c.collapses, "n": c.n} for c in study.cells]
+            logged = [c.id for c in study.cells]
+            table = aggregation.study_table(s, study)
+            tables = {"study_table.md": table.to_markdown(), "study_table.csv": table.to_csv()}
+            complete = len(cells) == len(study.teachers) * len(study.methods)
+            run_id = study.mlflow_run_id
+        self.tracking.log_cells(run_id, cells, tables=tables, complete=complete)
+        with self.sessions.begin() as s:
+            s.execute(update(StudyCell).where(StudyCell.id.in_(logged)).values(logged_to_mlflow=True))
+

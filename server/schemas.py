@@ -1,0 +1,360 @@
+"""Request and response bodies of the REST API (pydantic v2).
+
+Validation lives here, so that a bad request is refused before any code runs and the
+OpenAPI document states the same rules. Checks that need the database or the runtime
+limits (does the teacher exist? is `steps` under LIFTPLACE_MAX_STEPS?) are done by the
+routers and answered in the same 422 shape (see `invalid`).
+
+Method names, pruning importances, distances and their defaults come from
+`liftplace.methods` / `liftplace.defaults`; the remaining job defaults from the job-spec
+contract (`worker.spec.JobSpec`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic_core import PydanticCustomError
+
+from liftplace import defaults
+from liftplace.methods import METHOD_NAMES, PAPER_METHOD
+from liftplace.presets import PRESET_NAMES
+from server.models import JOB_STATUSES
+from worker.spec import JobSpec
+
+_SPEC_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(JobSpec) if f.default is not dataclasses.MISSING
+}
+DEFAULT_STEPS: int = _SPEC_DEFAULTS["steps"]
+DEFAULT_FID_SAMPLES: int = _SPEC_DEFAULTS["fid_samples"]
+DEFAULT_CHECKPOINT_EVERY: int = _SPEC_DEFAULTS["checkpoint_every"]
+DEFAULT_SEEDS: int = 5  # the paper's five tries per cell
+EMBEDDED_DATASETS: tuple[str, ...] = ("digits",)
+MAX_NAME_LENGTH: int = 128
+MAX_SEEDS: int = 10_000
+
+MethodName = Literal[METHOD_NAMES]  # type: ignore[valid-type]
+PresetName = Literal[PRESET_NAMES]  # type: ignore[valid-type]
+JobStatus = Literal[JOB_STATUSES]  # type: ignore[valid-type]
+
+# --- names ---------------------------------------------------------------------------------------
+
+_NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+\-]*")
+
+
+def check_name(value: str) -> str:
+    """A registered name (teacher, dataset, a sub-folder of a configured root): never a path.
+
+    Refused: empty, surrounding spaces, path separators, '..', a leading '.', and any
+    character but letters, digits, '.', '_', '-' and '+'.
+    """
+    if value != value.strip():
+        raise PydanticCustomError("name", "must not start or end with spaces")
+    if not value:
+        raise PydanticCustomError("name", "must not be empty")
+    if "/" in value or "\\" in value:
+        raise PydanticCustomError("name", "must be a name, not a path: no path separators ('/' or '\\')")
+    if ".." in value:
+        raise PydanticCustomError("name", "must not contain '..'")
+    if len(value) > MAX_NAME_LENGTH:
+        raise PydanticCustomError("name", f"must be at most {MAX_NAME_LENGTH} characters")
+    if not _NAME_CHARS.fullmatch(value):
+        raise PydanticCustomError(
+            "name", "may only hold letters, digits, '.', '_', '-' and '+', and must start with a letter or digit"
+        )
+    return value
+
+
+def _check_study_name(value: str) -> str:
+    if value != value.strip():
+        raise PydanticCustomError("name", "must not start or end with spaces")
+    if not value:
+        raise PydanticCustomError("name", "must not be empty")
+    if any(ord(c) < 32 for c in value):
+        raise PydanticCustomError("name", "must not hold control characters")
+    return value
+
+
+Name = Annotated[str, AfterValidator(check_name)]
+StudyName = Annotated[str, Field(max_length=200), AfterValidator(_check_study_name)]
+
+
+def _seed_count(value: Any) -> Any:
+    """`seeds` may be a count n: seeds 0..n-1."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 1 <= value <= MAX_SEEDS:
+            raise PydanticCustomError("seeds", "a seed count must be between 1 and {max}", {"max": MAX_SEEDS})
+        return list(range(value))
+    return value
+
+
+Seeds = Annotated[
+    list[Annotated[int, Field(ge=0, le=2**31 - 1)]],
+    BeforeValidator(_seed_count),
+    WithJsonSchema({"anyOf": [{"type": "array", "items": {"type": "integer", "minimum": 0}},
+                              {"type": "integer", "minimum": 1, "maximum": MAX_SEEDS}]}),
+]
+Ratio = Annotated[float, Field(gt=0, lt=1, description="strictly between 0 and 1")]
+
+
+def invalid(field: str | tuple[str | int, ...], msg: str, value: Any = None) -> RequestValidationError:
+    """A 422 in FastAPI's own shape for a check done outside the schema (database, runtime limits)."""
+    loc = ("body", field) if isinstance(field, str) else ("body", *field)
+    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg, "input": value}])
+
+
+def _unique(values: list[Any]) -> list[Any]:
+    seen: set[Any] = set()
+    dupes = [v for v in values if v in seen or seen.add(v)]
+    if dupes:
+        raise PydanticCustomError("unique", "must not repeat {dupes}", {"dupes": ", ".join(map(str, dupes))})
+    return values
+
+
+# --- requests ------------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    # Unknown fields are refused: a misspelt option must not silently fall back to its default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainOptions(_Strict):
+    """Options shared by every training job (distillation and teacher training)."""
+
+    steps: int = Field(DEFAULT_STEPS, ge=1, le=defaults.MAX_STEPS,
+                       description="training steps (at most LIFTPLACE_MAX_STEPS)")
+    dataset: Name = Field("digits", description="a registered dataset name")
+    resolution: int | None = Field(None, ge=8, le=1024, description="image size; default: the dataset's")
+    batch_size: int = Field(defaults.BATCH_SIZE, ge=1, le=4096)
+    lr: float = Field(defaults.LEARNING_RATE, gt=0, le=1)
+    checkpoint_every: int = Field(DEFAULT_CHECKPOINT_EVERY, ge=0, description="steps between checkpoints (a retry "
+                                  "resumes from the last one)")
+
+
+class DistillOptions(TrainOptions):
+    """Options of a distillation job, beyond teacher, ratio, method and seed."""
+
+    importance: Literal[defaults.PRUNING_IMPORTANCES] = defaults.PRUNING_IMPORTANCE  # type: ignore[valid-type]
+    group_size: int | None = Field(defaults.GROUP_SIZE, ge=1, description="PLACE group size K (must divide H*W); "
+                                   "null: one group (LIFT)")
+    coarse: Literal[defaults.COARSE_DISTANCES] = defaults.COARSE_DISTANCE  # type: ignore[valid-type]
+    curriculum: bool = defaults.CURRICULUM
+    ablation: Literal["coarse", "fine"] | None = None
+    reduction: Literal[defaults.REDUCTIONS] = defaults.REDUCTION  # type: ignore[valid-type]
+    lambda_kd: float | None = Field(None, ge=0, description="default: the method's")
+    lambda_feat: float | None = Field(None, ge=0, description="default: the method's")
+    fid_samples: int = Field(DEFAULT_FID_SAMPLES, ge=2, le=100_000, description="samples generated for the FID")
+    sample_steps: int = Field(defaults.DDIM_STEPS, ge=1, le=defaults.NUM_TRAIN_TIMESTEPS, description="DDIM steps")
+
+
+class JobCreate(DistillOptions):
+    """POST /api/jobs: one distillation run."""
+
+    teacher: Name = Field(description="a registered teacher name")
+    student_ratio: Ratio = defaults.STUDENT_RATIO
+    method: MethodName = PAPER_METHOD
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class StudyCreate(DistillOptions):
+    """POST /api/studies: one distillation job per teacher x method x seed."""
+
+    name: StudyName
+    teachers: list[Name] = Field(min_length=1)
+    methods: list[MethodName] = Field(min_length=1)
+    seeds: Seeds = Field(default_factory=lambda: list(range(DEFAULT_SEEDS)),
+                         description=f"a list of seeds, or a count n for seeds 0..n-1 (default {DEFAULT_SEEDS})")
+    student_ratio: Ratio = defaults.STUDENT_RATIO
+
+    _unique_lists = field_validator("teachers", "methods")(_unique)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise PydanticCustomError("seeds", "must hold at least one seed")
+        return _unique(v)
+
+
+class LocalTeacherCreate(_Strict):
+    """Register a diffusers folder under the teachers root (LIFTPLACE_TEACHERS_DIR) by name."""
+
+    source: Literal["local"]
+    name: Name
+    folder: Name | None = Field(None, description="sub-folder of the teachers root; default: the name")
+
+
+class PresetTeacherCreate(TrainOptions):
+    """Queue the training of a fresh teacher of a preset architecture."""
+
+    source: Literal["preset"]
+    name: Name
+    preset: PresetName
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class PrunedTeacherCreate(TrainOptions):
+    """Queue a pruned-and-retrained copy of another teacher (how the paper made its smaller teachers)."""
+
+    source: Literal["pruned"]
+    name: Name
+    base_teacher: Name
+    prune_ratio: Ratio
+    importance: Literal[defaults.PRUNING_IMPORTANCES] = defaults.PRUNING_IMPORTANCE  # type: ignore[valid-type]
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+TeacherCreate = Annotated[LocalTeacherCreate | PresetTeacherCreate | PrunedTeacherCreate,
+                          Field(discriminator="source")]
+
+
+class DatasetCreate(_Strict):
+    """Register an image folder under the datasets root (LIFTPLACE_DATASETS_DIR) by name."""
+
+    name: Name
+    folder: Name | None = Field(None, description="sub-folder of the datasets root; default: the name")
+    resolution: int = Field(defaults.IMAGE_FOLDER_RESOLUTION, ge=8, le=1024)
+    description: str = Field("", max_length=2000)
+
+
+# --- responses -----------------------------------------------------------------------------------
+
+
+class Progress(BaseModel):
+    step: int | None
+    total: int | None
+    fraction: float | None
+    updated_at: dt.datetime | None
+
+
+class JobRead(BaseModel):
+    id: int
+    kind: Literal["distill", "teacher"]
+    status: JobStatus
+    teacher: str | None
+    output_teacher: str | None = Field(description="teacher jobs: the teacher being trained")
+    dataset: str
+    study_id: int | None
+    method: str | None
+    seed: int
+    student_ratio: float | None
+    steps: int
+    options: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    waiting_for: str | None = Field(description="a queued job waiting for its teacher's training")
+    progress: Progress
+    metrics: dict[str, Any]
+    reason: str
+    diverged_step: int | None
+    fid: float | None
+    fid_metric: str | None
+    parameters: int | None
+    resumed_from_step: int | None
+    mlflow_experiment_id: str | None
+    mlflow_run_id: str | None
+    mlflow_url: str | None
+    created_at: dt.datetime
+    dispatched_at: dt.datetime | None
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class LogsRead(BaseModel):
+    job_id: int
+    offset: int
+    lines: list[str]
+    next_offset: int
+
+
+class TeacherRead(BaseModel):
+    id: int
+    name: str
+    source: str
+    status: Literal["ready", "training", "failed"]
+    folder: str | None
+    preset: str | None
+    base_teacher: str | None
+    prune_ratio: float | None
+    dataset: str | None
+    parameters: int | None
+    job_id: int | None = Field(description="the training job (preset and pruned teachers)")
+    reason: str
+    created_at: dt.datetime
+
+
+class DatasetRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    kind: str
+    folder: str | None
+    resolution: int | None
+    description: str
+    created_at: dt.datetime
+
+
+class CellRead(BaseModel):
+    """One (teacher, method) cell: live while seeds run; `complete` once every seed has ended."""
+
+    teacher: str
+    method: str
+    tries: list[dict[str, Any]]
+    n: int
+    mean: float | None
+    std: float | None
+    collapses: int
+    status_counts: dict[str, int]
+    complete: bool
+    fid_metric: str | None
+
+
+class StudyRead(BaseModel):
+    id: int
+    name: str
+    teachers: list[str]
+    methods: list[str]
+    seeds: list[int]
+    student_ratio: float
+    dataset: str
+    options: dict[str, Any]
+    status: Literal["queued", "running", "ended"]
+    status_counts: dict[str, int]
+    jobs: int
+    job_ids: list[int]
+    cells_complete: int
+    cells_total: int
+    mlflow_experiment_id: str | None
+    mlflow_run_id: str | None
+    mlflow_url: str | None
+    created_at: dt.datetime
+
+
+class TableRead(BaseModel):
+    """The Table-6 grid of a study (rows = methods, one column group per teacher)."""
+
+    study_id: int
+    metric: str | None
+    teachers: list[str]
+    methods: list[str]
+    cells: list[CellRead]
+    best: dict[str, list[str]] = Field(description="per teacher, the method(s) with the lowest mean")
+

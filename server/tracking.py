@@ -1,0 +1,136 @@
+"""MLflow on the server side: the experiment, one parent run per study, cell summaries, URLs.
+
+Each seed of a study is its own MLflow run, opened by the worker as a nested run of the
+study's parent run (`JobSpec.mlflow_parent_run_id`). When a (teacher, method) cell ends, its
+FID mean, std, collapses and n are logged to the parent run as ``fid_mean/<teacher>/<method>``
+and so on, so MLflow shows the cells side by side; the whole table goes along as artifacts.
+
+Only `MlflowClient` is used (no fluent global state): the server may share its process with
+in-process jobs that track to MLflow themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+STUDY_RUN_KIND = "study"
+_BAD_KEY_CHARS = re.compile(r"[^\w.\- /:]")
+
+
+def run_url(ui_url: str, experiment_id: str | None, run_id: str | None) -> str | None:
+    """The MLflow UI page of a run: {ui}/#/experiments/{exp_id}/runs/{run_id}."""
+    if not experiment_id or not run_id:
+        return None
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def metric_key(*parts: str) -> str:
+    """An MLflow metric name from parts joined by '/' ('+' and other refused characters become '_')."""
+    return "/".join(_BAD_KEY_CHARS.sub("_", p) for p in parts)
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """For a SQLite store, artifacts beside the database (<db folder>/mlartifacts), as the worker does."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(unquote(tracking_uri[len("sqlite:///"):])).resolve()
+        return (db.parent / "mlartifacts").as_uri()
+    return None
+
+
+def _retry(fn: Callable[..., T], *args: Any, attempts: int = 4, **kwargs: Any) -> T:
+    """Retry transient MLflow errors (a SQLite store locked by a worker, a busy tracking server)."""
+    delay = 0.25
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            if i == attempts - 1:
+                raise
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+class Tracking:
+    """The server's MLflow client: experiment, study parent runs, cell metrics."""
+
+    def __init__(self, tracking_uri: str, ui_url: str, experiment: str = "liftplace") -> None:
+        self.tracking_uri = tracking_uri
+        self.ui_url = ui_url.rstrip("/")
+        self.experiment = experiment
+        self._client: Any = None
+        self._experiment_id: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def experiment_id(self) -> str:
+        """The experiment's id, created on first use (artifacts under the data dir for SQLite stores)."""
+        with self._lock:
+            if self._experiment_id is None:
+                exp = _retry(self.client.get_experiment_by_name, self.experiment)
+                if exp is None:
+                    try:
+                        self._experiment_id = self.client.create_experiment(
+                            self.experiment, artifact_location=artifact_location(self.tracking_uri))
+                    except Exception:  # created meanwhile by a worker
+                        exp = _retry(self.client.get_experiment_by_name, self.experiment)
+                        if exp is None:
+                            raise
+                if exp is not None:
+                    if exp.lifecycle_stage == "deleted":
+                        raise ValueError(f"mlflow: the experiment {self.experiment!r} is deleted; restore it "
+                                         "or set another experiment name")
+                    self._experiment_id = exp.experiment_id
+            return self._experiment_id
+
+    def run_url(self, experiment_id: str | None, run_id: str | None) -> str | None:
+        return run_url(self.ui_url, experiment_id, run_id)
+
+    def start_study_run(self, study_id: int, name: str, params: Mapping[str, Any]) -> tuple[str, str]:
+        """Create the study's parent run; returns (experiment_id, run_id)."""
+        from mlflow.entities import Param
+
+        exp_id = self.experiment_id()
+        tags = {"liftplace.kind": STUDY_RUN_KIND, "study_id": str(study_id), "study_name": name}
+        run = _retry(self.client.create_run, exp_id, tags=tags, run_name=f"study {name}")
+        run_id = run.info.run_id
+        batch = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(batch), 100):
+            _retry(self.client.log_batch, run_id, params=batch[i : i + 100], synchronous=True)
+        return exp_id, run_id
+
+    def log_cells(self, run_id: str, cells: list[Mapping[str, Any]], *, tables: Mapping[str, str],
+                  complete: bool) -> None:
+        """Log the ended cells' summaries to the parent run (metrics) and the table (artifacts)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = []
+        for cell in cells:
+            values = {"fid_mean": cell.get("mean"), "fid_std": cell.get("std"), "collapses": cell.get("collapses"),
+                      "n": cell.get("n")}
+            for name, value in values.items():
+                if value is not None:
+                    metrics.append(Metric(metric_key(name, cell["teacher"], cell["method"]), float(value), now, 0))
+        for i in range(0, len(metrics), 900):
+            _retry(self.client.log_batch, run_id, metrics=metrics[i : i + 900], synchronous=True)
+        for filename, text in tables.items():
+            _retry(self.client.log_text, run_id, text, filename)
+        _retry(self.client.update_run, run_id, status="FINISHED" if complete else "RUNNING")

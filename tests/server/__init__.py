@@ -1,0 +1,1 @@
+"""Tests of the job-queue server (API, database, dispatcher, Ray, serve, end to end)."""
