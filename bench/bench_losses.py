@@ -45,13 +45,19 @@ def bench(resolution: int, repeats: int, batch: int, device: torch.device) -> di
     noise = torch.randn(x0.shape, generator=g).to(device)
     t = torch.randint(0, 1000, (batch,), generator=g).to(device)
     x_t = sched.add_noise(x0, noise, t)
-    out: dict[str, float] = {}
-    for method in ("outkd+featkd", "lift+place+featkd"):
+    methods = ("outkd+featkd", "lift+place+featkd")
+    state = {}
+    for method in methods:
         student = copy.deepcopy(base_student).to(device).train()
         feat = FeatureKD(teacher, student)
         opt = torch.optim.Adam(list(student.parameters()) + list(feat.parameters()), lr=defaults.LEARNING_RATE)
-        step_times, loss_times = [], []
-        for i in range(repeats + 1):  # the first repeat warms up
+        state[method] = (student, feat, opt, [], [])
+    # The methods alternate within each repeat, so that load from elsewhere hits both alike.
+    for i in range(repeats + 1):  # the first repeat warms up
+        for method in methods:
+            student, feat, opt, step_times, loss_times = state[method]
+            feat.enabled = True
+            state[methods[1 - methods.index(method)]][1].enabled = False  # only this student's hooks record
             _sync(device)
             t0 = time.perf_counter()
             with torch.no_grad():
@@ -72,6 +78,9 @@ def bench(resolution: int, repeats: int, batch: int, device: torch.device) -> di
             if i:
                 step_times.append(t3 - t0)
                 loss_times.append(t2 - t1)
+    out: dict[str, float] = {}
+    for method in methods:
+        _, feat, _, step_times, loss_times = state[method]
         feat.remove()
         out[f"{method} step"] = statistics.median(step_times)
         out[f"{method} loss"] = statistics.median(loss_times)
@@ -84,7 +93,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, device {device}, batch {args.batch}, median of {args.repeats}")
