@@ -52,9 +52,10 @@ def bench(resolution: int, repeats: int, batch: int, device: torch.device) -> di
         feat = FeatureKD(teacher, student)
         opt = torch.optim.Adam(list(student.parameters()) + list(feat.parameters()), lr=defaults.LEARNING_RATE)
         state[method] = (student, feat, opt, [], [])
-    # The methods alternate within each repeat, so that load from elsewhere hits both alike.
+    # The methods alternate within each repeat, and which goes first flips every repeat, so
+    # that load from elsewhere and order effects hit both alike.
     for i in range(repeats + 1):  # the first repeat warms up
-        for method in methods:
+        for method in methods if i % 2 else methods[::-1]:
             student, feat, opt, step_times, loss_times = state[method]
             feat.enabled = True
             state[methods[1 - methods.index(method)]][1].enabled = False  # only this student's hooks record
