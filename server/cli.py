@@ -58,7 +58,20 @@ def _cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser | None 
     ray = f"Ray at {settings.ray_address}" if settings.ray_address else "an embedded local Ray"
     print(f"liftplace: API on http://{settings.host}:{settings.port} (docs: /docs), {ray}, data in "
           f"{settings.data_dir}, MLflow UI {settings.mlflow_ui_url}", flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    owns_ray = settings.embedded_ray
+    if owns_ray:
+        # Start the embedded Ray here, in the main thread, not in the dispatcher's thread:
+        # only then does ray.shutdown() also stop Ray's agent processes at Ctrl-C.
+        from worker.ray_tasks import init_ray
+
+        init_ray(None)
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    finally:
+        if owns_ray:
+            from worker.ray_tasks import shutdown_ray
+
+            shutdown_ray()
     return 0
 
 

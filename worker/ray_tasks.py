@@ -49,6 +49,16 @@ EMBEDDED_OBJECT_STORE_BYTES = 512 * 1024 * 1024  # jobs pass small dicts; keep /
 # --- starting Ray --------------------------------------------------------------------------------
 
 
+# How this process's Ray was started by init_ray ("embedded" or "cluster"), so that a later
+# init_ray (e.g. the dispatcher after `serve` started Ray in the main thread) describes it alike.
+_started_mode: str | None = None
+
+
+def _set_started(mode: str | None) -> None:
+    global _started_mode
+    _started_mode = mode
+
+
 def _describe_cluster(mode: str) -> str:
     res = ray.cluster_resources()
     ctx = ray.get_runtime_context()
@@ -83,9 +93,10 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
     (2 CPUs, 0 GPUs)").
     """
     if ray.is_initialized():
-        return _describe_cluster("connected")
+        return _describe_cluster(_started_mode or "connected")
     if address:
         ray.init(address=address, namespace=RAY_NAMESPACE, ignore_reinit_error=True)
+        _set_started("cluster")
         return _describe_cluster("cluster")
     _loopback_only()
     saved_port = os.environ.pop("RAY_GCS_SERVER_PORT", None)  # 0 = a free port picked by the GCS itself
@@ -103,6 +114,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
     finally:
         if saved_port is not None:
             os.environ["RAY_GCS_SERVER_PORT"] = saved_port
+    _set_started("embedded")
     return _describe_cluster("embedded")
 
 
@@ -110,6 +122,7 @@ def shutdown_ray() -> None:
     """Disconnect from (embedded: stop) Ray; a no-op when it is not running."""
     if ray.is_initialized():
         ray.shutdown()
+    _set_started(None)
 
 
 # --- the progress store --------------------------------------------------------------------------
