@@ -19,20 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from liftplace import defaults
+from liftplace.cli import _HelpFormatter
 from liftplace.features import FEATURES, INCEPTION_WEIGHTS_ENV
 from liftplace.fid import FID_NUM_SAMPLES
 from liftplace.stats import COLLAPSE_FID_THRESHOLD, TABLE_FORMATS
 
 __all__ = ["register", "main"]
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: X)" except where there is no default to show (the help says it then)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.required or action.default is argparse.SUPPRESS:
-            return action.help or ""
-        return super()._get_help_string(action)
 
 
 def _int_at_least(minimum: int):

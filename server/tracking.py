@@ -15,13 +15,14 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import unquote
 
+from worker.tracking import mlflow_retry
+
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 STUDY_RUN_KIND = "study"
 _BAD_KEY_CHARS = re.compile(r"[^\w.\- /:]")
@@ -47,18 +48,6 @@ def artifact_location(tracking_uri: str) -> str | None:
     return None
 
 
-def _retry(fn: Callable[..., T], *args: Any, attempts: int = 4, **kwargs: Any) -> T:
-    """Retry transient MLflow errors (a SQLite store locked by a worker, a busy tracking server)."""
-    delay = 0.25
-    for i in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception:
-            if i == attempts - 1:
-                raise
-            time.sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")
 
 
 class Tracking:
@@ -84,13 +73,13 @@ class Tracking:
         """The experiment's id, created on first use (artifacts under the data dir for SQLite stores)."""
         with self._lock:
             if self._experiment_id is None:
-                exp = _retry(self.client.get_experiment_by_name, self.experiment)
+                exp = mlflow_retry(self.client.get_experiment_by_name, self.experiment)
                 if exp is None:
                     try:
                         self._experiment_id = self.client.create_experiment(
                             self.experiment, artifact_location=artifact_location(self.tracking_uri))
                     except Exception:  # created meanwhile by a worker
-                        exp = _retry(self.client.get_experiment_by_name, self.experiment)
+                        exp = mlflow_retry(self.client.get_experiment_by_name, self.experiment)
                         if exp is None:
                             raise
                 if exp is not None:
@@ -109,11 +98,11 @@ class Tracking:
 
         exp_id = self.experiment_id()
         tags = {"liftplace.kind": STUDY_RUN_KIND, "study_id": str(study_id), "study_name": name}
-        run = _retry(self.client.create_run, exp_id, tags=tags, run_name=f"study {name}")
+        run = mlflow_retry(self.client.create_run, exp_id, tags=tags, run_name=f"study {name}")
         run_id = run.info.run_id
         batch = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(batch), 100):
-            _retry(self.client.log_batch, run_id, params=batch[i : i + 100], synchronous=True)
+            mlflow_retry(self.client.log_batch, run_id, params=batch[i : i + 100], synchronous=True)
         return exp_id, run_id
 
     def log_cells(self, run_id: str, cells: list[Mapping[str, Any]], *, tables: Mapping[str, str],
@@ -130,7 +119,7 @@ class Tracking:
                 if value is not None:
                     metrics.append(Metric(metric_key(name, cell["teacher"], cell["method"]), float(value), now, 0))
         for i in range(0, len(metrics), 900):
-            _retry(self.client.log_batch, run_id, metrics=metrics[i : i + 900], synchronous=True)
+            mlflow_retry(self.client.log_batch, run_id, metrics=metrics[i : i + 900], synchronous=True)
         for filename, text in tables.items():
-            _retry(self.client.log_text, run_id, text, filename)
-        _retry(self.client.update_run, run_id, status="FINISHED" if complete else "RUNNING")
+            mlflow_retry(self.client.log_text, run_id, text, filename)
+        mlflow_retry(self.client.update_run, run_id, status="FINISHED" if complete else "RUNNING")

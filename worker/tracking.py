@@ -49,7 +49,7 @@ def mlflow_status(outcome_status: str) -> str:
     return _STATUS.get(outcome_status, "FAILED")
 
 
-def _retry(fn: Callable[..., T], *args: Any, attempts: int = 4, **kwargs: Any) -> T:
+def mlflow_retry(fn: Callable[..., T], *args: Any, attempts: int = 4, **kwargs: Any) -> T:
     """Call an MLflow client method, retrying transient errors (a locked SQLite store, a busy server)."""
     delay = 0.25
     for i in range(attempts):
@@ -142,32 +142,32 @@ class JobTracker:
         run_id = cls._existing_run(client, output_dir, experiment_id)
         resumed = run_id is not None
         if run_id is None:
-            run = _retry(client.create_run, experiment_id, tags=spec_tags(spec), run_name=_run_name(spec))
+            run = mlflow_retry(client.create_run, experiment_id, tags=spec_tags(spec), run_name=_run_name(spec))
             run_id = run.info.run_id
             _write_atomic(output_dir / RUN_ID_FILE, run_id)
             _write_atomic(output_dir / LOGGED_STEP_FILE, "0")
             params = [Param(k, v) for k, v in spec_params(spec).items()]
             for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
-                _retry(client.log_batch, run_id, params=params[i : i + MAX_PARAMS_PER_BATCH], synchronous=True)
+                mlflow_retry(client.log_batch, run_id, params=params[i : i + MAX_PARAMS_PER_BATCH], synchronous=True)
             last = 0
         else:
-            _retry(client.update_run, run_id, status="RUNNING")
+            mlflow_retry(client.update_run, run_id, status="RUNNING")
             tags = [RunTag(k, v) for k, v in spec_tags(spec).items()]
-            _retry(client.log_batch, run_id, tags=tags, synchronous=True)
+            mlflow_retry(client.log_batch, run_id, tags=tags, synchronous=True)
             last = _read_int(output_dir / LOGGED_STEP_FILE)
         return cls(client, run_id, output_dir, resumed=resumed, last_logged_step=last)
 
     @staticmethod
     def _experiment_id(client, spec: JobSpec) -> str:
         name = spec.mlflow_experiment
-        exp = _retry(client.get_experiment_by_name, name)
+        exp = mlflow_retry(client.get_experiment_by_name, name)
         if exp is None:
             try:
                 return client.create_experiment(
                     name, artifact_location=_default_artifact_location(client.tracking_uri)
                 )
             except Exception:
-                exp = _retry(client.get_experiment_by_name, name)  # created meanwhile by another job
+                exp = mlflow_retry(client.get_experiment_by_name, name)  # created meanwhile by another job
                 if exp is None:
                     raise
         if exp.lifecycle_stage == "deleted":
@@ -215,7 +215,7 @@ class JobTracker:
         buf, self._buffer = self._buffer, []
         try:
             for i in range(0, len(buf), MAX_METRICS_PER_BATCH):
-                _retry(self.client.log_batch, self.run_id, metrics=buf[i : i + MAX_METRICS_PER_BATCH],
+                mlflow_retry(self.client.log_batch, self.run_id, metrics=buf[i : i + MAX_METRICS_PER_BATCH],
                        synchronous=True)
         except Exception as exc:  # tracking trouble never stops training; it is reported
             self.errors.append(f"mlflow: could not log metrics: {type(exc).__name__}: {exc}")
@@ -233,25 +233,25 @@ class JobTracker:
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step) for k, v in metrics.items() if v is not None and math.isfinite(v)]
         if items:
-            _retry(self.client.log_batch, self.run_id, metrics=items, synchronous=True)
+            mlflow_retry(self.client.log_batch, self.run_id, metrics=items, synchronous=True)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         items = [RunTag(k, str(v)[:5000]) for k, v in tags.items() if v is not None]
         if items:
-            _retry(self.client.log_batch, self.run_id, tags=items, synchronous=True)
+            mlflow_retry(self.client.log_batch, self.run_id, tags=items, synchronous=True)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        _retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
+        mlflow_retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
 
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
-        _retry(self.client.log_artifacts, self.run_id, str(folder), artifact_path)
+        mlflow_retry(self.client.log_artifacts, self.run_id, str(folder), artifact_path)
 
     def end(self, status: str) -> None:
         """Flush what is buffered and mark the run FINISHED, FAILED or KILLED."""
         self.flush()
-        _retry(self.client.set_terminated, self.run_id, status=status)
+        mlflow_retry(self.client.set_terminated, self.run_id, status=status)
 
 
 def _write_atomic(path: Path, text: str) -> None:
