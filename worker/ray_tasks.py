@@ -185,7 +185,7 @@ class StoreReporter:
     """A `worker.run.Reporter` backed by a ProgressStore actor.
 
     progress and log are fire-and-forget calls; should_cancel asks the store at most every
-    `poll_s` seconds and remembers a cancel once seen.
+    `poll_s` seconds without ever waiting for the answer, and remembers a cancel once seen.
     """
 
     def __init__(self, store, poll_s: float = CANCEL_POLL_S):
@@ -193,6 +193,7 @@ class StoreReporter:
         self.poll_s = poll_s
         self._checked_at = -float("inf")
         self._cancelled = False
+        self._pending = None  # an is_cancelled request whose answer has not been read yet
 
     def progress(self, job_id: int, step: int, total: int, metrics: dict[str, float]) -> None:
         self.store.report.remote(job_id, step, total, metrics)
@@ -201,15 +202,30 @@ class StoreReporter:
         self.store.append_log.remote(job_id, line)
 
     def should_cancel(self, job_id: int) -> bool:
+        # Never block on the store: a task blocked in ray.get lends its CPU back to Ray, which
+        # then starts another job on it (more jobs than CPUs). Ask, and read the answer on a
+        # later call once it is there.
         if self._cancelled:
             return True
         now = time.monotonic()
-        if now - self._checked_at >= self.poll_s:
+        if self._checked_at == -float("inf"):  # the first check, before any work: wait for it
             self._checked_at = now
             try:
                 self._cancelled = bool(ray.get(self.store.is_cancelled.remote(job_id), timeout=10))
+            except Exception:
+                pass
+            return self._cancelled
+        if self._pending is not None:
+            try:
+                ready, _ = ray.wait([self._pending], timeout=0)
+                if ready:
+                    self._cancelled = bool(ray.get(ready[0]))
+                    self._pending = None
             except Exception:  # a store that does not answer never cancels a job
-                return False
+                self._pending = None
+        elif now - self._checked_at >= self.poll_s:
+            self._checked_at = now
+            self._pending = self.store.is_cancelled.remote(job_id)
         return self._cancelled
 
 

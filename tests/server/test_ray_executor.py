@@ -46,7 +46,13 @@ def test_dispatching_to_ray(make_harness, acted_out_jobs: None) -> None:
     executor = RayExecutor(None, cpus_per_job=2, gpus_per_job=0.25)
     with make_harness(executor=executor, max_attempts=3) as h:
         h.tick()
-        assert h.dispatcher.executor_description.startswith("connected Ray")  # the session's Ray, joined
+        import ray
+
+        # The session's Ray, joined rather than started anew: its one cluster, with its address.
+        address = ray.get_runtime_context().gcs_address
+        assert h.dispatcher.executor_description.startswith(("embedded Ray at", "connected Ray at"))
+        assert f"at {address} " in h.dispatcher.executor_description
+        assert executor._owns_ray is False
         looping = h.submit(seed=2, steps=10)["id"]
         waiting = h.submit(seed=0)["id"]
         h.tick_until(lambda: h.job(looping)["progress"]["step"] == 1 and h.job(waiting)["status"] == "running",
