@@ -1,0 +1,890 @@
+"""The deployment files, checked against the code without a Docker engine.
+
+docker-compose.yml is parsed with PyYAML and the Dockerfile as text, and both are compared with
+what the code provides and reads: every command is one the image installs and its arguments
+parse; the ports agree; every environment variable set is read by the code (or by the named
+tool) and every variable the code reads is in docs/deploy.md's configuration reference, with
+its default; the GPU worker can be scaled; teachers and datasets are mounted read-only where
+the settings point; the API requests shown in docs/deploy.md validate against the API schemas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import fnmatch
+import json
+import re
+import runpy
+import shlex
+import tomllib
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+PYPROJECT = ROOT / "pyproject.toml"
+REQUIREMENTS_SCRIPT = ROOT / "deploy" / "requirements.py"
+
+SERVICES = ("postgres", "mlflow", "ray-head", "ray-worker", "api")
+LIFTPLACE_IMAGE_SERVICES = ("mlflow", "ray-head", "ray-worker", "api")  # built from ./Dockerfile
+CODE_DIRS = ("liftplace", "server", "worker", "web")
+# Set by the compose file for other tools than liftplace (checked below against those tools).
+THIRD_PARTY_ENV = {
+    "RAY_AUTH_MODE": "ray",
+    "RAY_AUTH_TOKEN": "ray",
+    "MLFLOW_SERVER_ALLOWED_HOSTS": "mlflow",
+    "POSTGRES_USER": "postgres",
+    "POSTGRES_PASSWORD": "postgres",
+    "POSTGRES_DB": "postgres",
+}
+# Base-system tools a command or health check may use besides the installed console scripts.
+SYSTEM_TOOLS = {"sh", "grep", "python"}
+PAPER_METHODS = {"outkd", "outkd+featkd", "lift+place+featkd"}
+
+
+# --- parsing ---------------------------------------------------------------------------------------
+
+
+@cache
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def service(name: str) -> dict[str, Any]:
+    return compose()["services"][name]
+
+
+_INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}")
+
+
+def interpolate(text: str) -> str:
+    """Compose's variable interpolation with every variable unset: defaults, '<NAME>' for required ones."""
+
+    def sub(m: re.Match[str]) -> str:
+        op = m["op"] or ""
+        if op.endswith("-"):
+            return m["arg"]
+        if op.endswith("?"):
+            return f"<{m['name']}>"
+        return ""
+
+    return _INTERPOLATION.sub(sub, text.replace("$$", "\0")).replace("\0", "$")
+
+
+def compose_variables() -> set[str]:
+    """Names interpolated in docker-compose.yml (``${NAME...}``), read by docker compose."""
+    return {m["name"] for m in _INTERPOLATION.finditer(COMPOSE_FILE.read_text().replace("$$", ""))}
+
+
+def env(name: str) -> dict[str, str]:
+    raw = service(name).get("environment") or {}
+    if isinstance(raw, list):
+        raw = dict(item.split("=", 1) if "=" in item else (item, "") for item in raw)
+    return {k: interpolate(str(v)) for k, v in raw.items()}
+
+
+def ports(name: str) -> list[tuple[str | None, int]]:
+    """(published host port or None, container port) of a service."""
+    out = []
+    for p in service(name).get("ports") or []:
+        if isinstance(p, dict):
+            out.append((str(p["published"]) if p.get("published") else None, int(p["target"])))
+            continue
+        parts = interpolate(str(p)).split("/")[0].rsplit(":", 2)
+        host = parts[-2] if len(parts) >= 2 else None
+        out.append((host, int(parts[-1])))
+    return out
+
+
+def volumes(name: str) -> list[tuple[str, str, bool]]:
+    """(source, target, read_only) of a service's mounts."""
+    out = []
+    for v in service(name).get("volumes") or []:
+        if isinstance(v, dict):
+            out.append((str(v.get("source", "")), v["target"], bool(v.get("read_only", False))))
+            continue
+        parts = interpolate(str(v)).split(":")
+        mode = parts[2] if len(parts) > 2 else "rw"
+        out.append((parts[0], parts[1], "ro" in mode.split(",")))
+    return out
+
+
+def mount_of(name: str, target: str) -> tuple[str, str, bool]:
+    matches = [v for v in volumes(name) if v[1] == target]
+    assert matches, f"{name}: nothing mounted at {target}"
+    return matches[0]
+
+
+def _split_shell(script: str) -> list[list[str]]:
+    steps = []
+    for part in re.split(r"&&|\|\||;|\|", script):
+        words = shlex.split(part)
+        if words and words[0] == "exec":
+            words = words[1:]
+        if words:
+            steps.append(words)
+    return steps
+
+
+def command_steps(cmd: Any) -> list[list[str]]:
+    """A compose command (list or string; ``sh -c`` scripts split at && ; | ||) as argument lists."""
+    words = shlex.split(cmd) if isinstance(cmd, str) else [str(c) for c in cmd]
+    words = [interpolate(w) for w in words]
+    if len(words) == 3 and words[0] in ("sh", "/bin/sh", "bash") and words[1] == "-c":
+        return _split_shell(words[2])
+    return [words]
+
+
+def healthcheck_steps(name: str) -> list[list[str]]:
+    test = service(name)["healthcheck"]["test"]
+    if isinstance(test, str):
+        return _split_shell(interpolate(test))
+    kind, *rest = test
+    if kind == "CMD-SHELL":
+        return _split_shell(interpolate(rest[0]))
+    assert kind == "CMD", f"{name}: healthcheck test {test!r}"
+    return [[interpolate(str(w)) for w in rest]]
+
+
+def steps_of(name: str, executable: str) -> list[list[str]]:
+    return [s for s in command_steps(service(name).get("command") or []) if s[0] == executable]
+
+
+@cache
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
+    out, buf = [], ""
+    for line in DOCKERFILE.read_text().splitlines():
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        if s.endswith("\\"):
+            buf += s[:-1] + " "
+            continue
+        buf += s
+        instr, _, args = buf.partition(" ")
+        out.append((instr.upper(), args.strip()))
+        buf = ""
+    return out
+
+
+def docker_instructions(kind: str) -> list[str]:
+    return [args for instr, args in dockerfile() if instr == kind]
+
+
+@cache
+def docker_args() -> dict[str, str]:
+    out = {}
+    for args in docker_instructions("ARG"):
+        name, _, default = args.partition("=")
+        out[name.strip()] = default.strip()
+    return out
+
+
+def expand_args(text: str) -> str:
+    return re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: docker_args().get(m[1], m[0]), text)
+
+
+@cache
+def docker_env() -> dict[str, str]:
+    out = {}
+    for args in docker_instructions("ENV"):
+        for word in shlex.split(args):
+            if "=" in word:
+                k, v = word.split("=", 1)
+                out[k] = v
+    return out
+
+
+@cache
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads(PYPROJECT.read_text())
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@cache
+def pins() -> dict[str, str]:
+    """Normalised distribution name -> version pinned in pyproject (core and every extra)."""
+    project = pyproject()["project"]
+    reqs = list(project["dependencies"]) + [r for extra in project["optional-dependencies"].values() for r in extra]
+    out = {}
+    for r in reqs:
+        m = re.match(r"^\s*([A-Za-z0-9._-]+)(\[[^\]]*\])?\s*==\s*([^\s;,]+)", r)
+        if m:
+            out[_norm(m[1])] = m[3]
+    return out
+
+
+@cache
+def platform_pins() -> set[str]:
+    return {_norm(re.split(r"[\[=<>~! ]", r, maxsplit=1)[0]) for r in pyproject()["project"]["optional-dependencies"]
+            ["platform"]}
+
+
+@cache
+def deploy_doc() -> str:
+    return DEPLOY_DOC.read_text()
+
+
+@cache
+def doc_tables() -> dict[str, list[list[str]]]:
+    """Rows (cells) of the Markdown tables of docs/deploy.md, by the heading above them."""
+    tables: dict[str, list[list[str]]] = {}
+    heading = ""
+    for line in deploy_doc().splitlines():
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
+        elif line.startswith("|") and not re.match(r"^\|[\s|:-]+\|$", line):
+            tables.setdefault(heading, []).append([c.strip() for c in line.strip().strip("|").split("|")])
+    return tables
+
+
+def documented_vars(heading: str | None = None) -> dict[str, list[str]]:
+    """Variable name -> its table row, for rows whose first cell names `UPPER_CASE` variables."""
+    out = {}
+    for h, rows in doc_tables().items():
+        if heading is not None and h != heading:
+            continue
+        for row in rows:
+            for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row[0]):
+                out[name] = row
+    return out
+
+
+# --- what the code reads ---------------------------------------------------------------------------
+
+
+@cache
+def settings_env() -> dict[str, tuple[str, Any]]:
+    """Environment variable -> (field name, field) of server.settings.Settings."""
+    from pydantic import AliasChoices
+
+    from server.settings import Settings
+
+    prefix = Settings.model_config.get("env_prefix", "")
+    out = {}
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if alias is None:
+            names = [f"{prefix}{name}".upper()]
+        elif isinstance(alias, AliasChoices):
+            names = [c.upper() for c in alias.choices if isinstance(c, str)]
+        else:
+            names = [str(alias).upper()]
+        for n in names:
+            out[n] = (name, field)
+    return out
+
+
+def _is_environ(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Attribute) and node.attr == "environ" and isinstance(node.value, ast.Name)
+            and node.value.id == "os") or (isinstance(node, ast.Name) and node.id == "environ")
+
+
+def env_reads(path: Path) -> set[str]:
+    """Variables a module reads: os.environ.get(X), os.getenv(X), os.environ[X] (X a literal or a constant)."""
+    tree = ast.parse(path.read_text())
+    consts: dict[str, str] = {}
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) \
+            else []
+        value = getattr(node, "value", None)
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+            consts.update({t.id: value.value for t in targets if isinstance(t, ast.Name)})
+
+    def literal(node: ast.AST) -> str | None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return node.value
+        return consts.get(node.id) if isinstance(node, ast.Name) else None
+
+    found = set()
+    for node in ast.walk(tree):
+        key = None
+        if isinstance(node, ast.Call) and node.args:
+            f = node.func
+            if isinstance(f, ast.Attribute) and ((f.attr == "get" and _is_environ(f.value)) or (
+                    f.attr == "getenv" and isinstance(f.value, ast.Name) and f.value.id == "os")):
+                key = literal(node.args[0])
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and _is_environ(node.value):
+            key = literal(node.slice)
+        if key:
+            found.add(key)
+    return found
+
+
+@cache
+def library_env() -> set[str]:
+    return {v for d in CODE_DIRS if (ROOT / d).is_dir() for p in sorted((ROOT / d).rglob("*.py")) for v in env_reads(p)}
+
+
+@cache
+def script_env() -> set[str]:
+    return {m for p in sorted((ROOT / "scripts").glob("*.sh"))
+            for m in re.findall(r"\$\{?(LIFTPLACE_[A-Z0-9_]+)", p.read_text())}
+
+
+@cache
+def code_env() -> set[str]:
+    """Every environment variable liftplace reads: the server's settings, the library, the scripts."""
+    return set(settings_env()) | library_env() | script_env()
+
+
+def test_the_code_scan_finds_what_the_code_reads():
+    # guards the scanners above against finding nothing (every check below would pass vacuously)
+    assert {"DATABASE_URL", "RAY_ADDRESS", "MLFLOW_TRACKING_URI", "LIFTPLACE_DATA_DIR", "LIFTPLACE_PORT"} \
+        <= set(settings_env())
+    assert {"LIFTPLACE_CACHE_DIR", "LIFTPLACE_INCEPTION_WEIGHTS"} <= library_env()
+    assert "LIFTPLACE_TEST_POSTGRES" in script_env()
+
+
+# --- checking commands against what the image installs ----------------------------------------------
+
+
+def parse_liftplace(args: list[str]) -> argparse.Namespace:
+    from liftplace.cli import build_parser
+
+    try:
+        return build_parser().parse_args(args)
+    except SystemExit as exc:  # argparse reports the problem on stderr
+        raise AssertionError(f"`liftplace {shlex.join(args)}` does not parse (exit {exc.code})") from None
+
+
+def click_params(group: Any, prog: str, args: list[str]) -> dict[str, Any]:
+    import click
+
+    assert args and args[0] in group.commands, f"`{prog} {args[0] if args else ''}`: no such command"
+    try:
+        return group.commands[args[0]].make_context(args[0], list(args[1:])).params
+    except click.ClickException as exc:
+        raise AssertionError(f"`{prog} {shlex.join(args)}`: {exc.format_message()}") from None
+
+
+def parse_ray(args: list[str]) -> dict[str, Any]:
+    from ray.scripts.scripts import cli
+
+    return click_params(cli, "ray", args)
+
+
+def parse_mlflow(args: list[str]) -> dict[str, Any]:
+    from mlflow.cli import cli
+
+    return click_params(cli, "mlflow", args)
+
+
+def check_step(step: list[str]) -> None:
+    exe, args = step[0], step[1:]
+    if exe == "liftplace":
+        parse_liftplace(args)
+    elif exe == "ray":
+        parse_ray(args)
+    elif exe == "mlflow":
+        parse_mlflow(args)
+    elif exe == "python":
+        assert args[:1] == ["-c"], f"python {args}"
+        compile(args[1], "<healthcheck>", "exec")
+    else:
+        assert exe in SYSTEM_TOOLS, f"{exe!r} is not a command the image provides"
+
+
+# --- compose: services, health, dependencies --------------------------------------------------------
+
+
+def test_compose_has_the_services():
+    assert set(SERVICES) <= set(compose()["services"])
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_every_service_has_a_healthcheck(name):
+    hc = service(name).get("healthcheck")
+    assert hc and not hc.get("disable") and hc.get("test") not in (None, ["NONE"]), f"{name}: no healthcheck"
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_depends_on_waits_for_healthy_services(name):
+    deps = service(name).get("depends_on") or {}
+    assert isinstance(deps, dict), f"{name}: depends_on without conditions"
+    for dep, spec in deps.items():
+        assert dep in compose()["services"], f"{name} depends on an unknown service {dep!r}"
+        assert spec.get("condition") == "service_healthy", f"{name} -> {dep}: {spec}"
+        assert service(dep).get("healthcheck"), f"{name} waits for {dep} to be healthy, which has no healthcheck"
+
+
+def test_the_dependencies_form_the_start_order():
+    def deps(name: str) -> set[str]:
+        return set(service(name).get("depends_on") or {})
+
+    assert "postgres" in deps("mlflow")
+    assert "ray-head" in deps("ray-worker")
+    # the API dispatches as soon as it runs: it waits for the database, MLflow, Ray and a GPU worker
+    assert {"postgres", "mlflow", "ray-head", "ray-worker"} <= deps("api")
+
+
+@pytest.mark.parametrize("name", LIFTPLACE_IMAGE_SERVICES)
+def test_liftplace_services_run_the_image_of_this_dockerfile(name):
+    s = service(name)
+    build = s.get("build")
+    assert isinstance(build, dict) and build.get("context") == "." and build.get("dockerfile", "Dockerfile") == \
+        "Dockerfile", f"{name}: {build!r}"
+    assert s.get("image") == service("api").get("image"), f"{name}: another image than the API's"
+
+
+# --- compose: commands ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", LIFTPLACE_IMAGE_SERVICES)
+def test_commands_and_healthchecks_are_provided_by_the_image(name):
+    steps = command_steps(service(name).get("command") or [])
+    assert steps, f"{name}: no command"
+    for step in steps + healthcheck_steps(name):
+        check_step(step)
+
+
+def test_console_scripts_come_from_pinned_packages():
+    from importlib.metadata import entry_points
+
+    scripts = {ep.name: ep for ep in entry_points(group="console_scripts")}
+    assert pyproject()["project"]["scripts"]["liftplace"] == "liftplace.cli:main"
+    for exe in ("ray", "mlflow"):
+        assert exe in scripts, f"no `{exe}` console script installed"
+        dist = _norm(scripts[exe].dist.name)
+        assert dist in platform_pins(), f"`{exe}` comes from {dist}, not pinned in the platform extra"
+
+
+def test_serve_is_a_registered_liftplace_command():
+    from importlib.metadata import entry_points
+
+    assert pyproject()["project"]["entry-points"]["liftplace.commands"]["serve"] == "server.cli:register"
+    assert "serve" in {ep.name for ep in entry_points(group="liftplace.commands")}
+    assert parse_liftplace(["serve", "--host", "0.0.0.0"]).command == "serve"
+
+
+def test_the_checks_refuse_a_wrong_command():
+    with pytest.raises(AssertionError):
+        parse_liftplace(["serve", "--no-such-flag"])
+    with pytest.raises(AssertionError):
+        parse_ray(["start", "--no-such-flag"])
+    with pytest.raises(AssertionError):
+        check_step(["uvicorn", "server.app:app"])
+
+
+# --- compose: ports and addresses -----------------------------------------------------------------
+
+
+def serve_args() -> argparse.Namespace:
+    (step,) = steps_of("api", "liftplace")
+    return parse_liftplace(step[1:])
+
+
+def test_the_api_port_is_the_port_it_serves_on():
+    from server.settings import DEFAULT_PORT
+
+    ns = serve_args()
+    assert ns.command == "serve"
+    port = ns.port or int(env("api").get("LIFTPLACE_PORT", DEFAULT_PORT))
+    host = ns.host or env("api").get("LIFTPLACE_HOST", "127.0.0.1")
+    assert host == "0.0.0.0", "the API must listen on all of the container's interfaces to be reachable"
+    assert {target for _, target in ports("api")} == {port}
+    assert any(f"127.0.0.1:{port}/api/status" in " ".join(s) for s in healthcheck_steps("api"))
+    assert docker_instructions("EXPOSE") == [str(port)]
+
+
+def test_mlflow_port_and_uris_agree():
+    (step,) = steps_of("mlflow", "mlflow")
+    params = parse_mlflow(step[1:])
+    port = params["port"]
+    assert params["host"] == "0.0.0.0"
+    assert {target for _, target in ports("mlflow")} == {port}
+    assert any(f"127.0.0.1:{port}/health" in " ".join(s) for s in healthcheck_steps("mlflow"))
+    assert env("api")["MLFLOW_TRACKING_URI"] == f"http://mlflow:{port}"
+    (published, _), = ports("mlflow")
+    ui = env("api")["MLFLOW_UI_URL"]
+    assert ui.rstrip("/").endswith(f":{published}"), f"MLFLOW_UI_URL {ui} is not where MLflow is published"
+    allowed = env("mlflow")["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    assert f"mlflow:{port}" in allowed, "MLflow refuses the Host header mlflow:PORT the API and workers send"
+
+
+def test_ray_addresses_agree():
+    (head,) = steps_of("ray-head", "ray")
+    params = parse_ray(head[1:])
+    assert params["head"] and params["block"]
+    address = f"ray-head:{params['port']}"
+    assert env("api")["RAY_ADDRESS"] == address
+    for name in ("ray-worker", "api"):
+        (start,) = steps_of(name, "ray")
+        assert parse_ray(start[1:])["address"] == address, f"{name} joins another address"
+    (worker,) = steps_of("ray-worker", "ray")
+    assert parse_ray(worker[1:])["block"], "the worker's ray start must block (the container's main process)"
+    assert params["dashboard_host"] == "0.0.0.0"
+    assert {target for _, target in ports("ray-head")} == {params["dashboard_port"]}
+
+
+def test_the_api_container_is_a_ray_node_without_resources():
+    # ray.init(address=...) needs a Ray node on the driver's machine; no job may be scheduled there
+    (start,) = steps_of("api", "ray")
+    params = parse_ray(start[1:])
+    assert params["num_cpus"] == 0 and params["num_gpus"] == 0
+    steps = command_steps(service("api")["command"])
+    assert [s[0] for s in steps] == ["ray", "liftplace"], "join the cluster first, then serve"
+
+
+# --- compose: environment -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_compose_env_vars_are_read_by_the_code_or_a_named_tool(name):
+    for var in env(name):
+        if var.startswith("LIFTPLACE_") or var not in THIRD_PARTY_ENV:
+            assert var in code_env(), f"{name}: {var} is not read by liftplace (misspelt? LIFTPLACE_* are ignored " \
+                                      "silently when unknown)"
+
+
+def test_third_party_env_vars_are_the_tools_own():
+    import mlflow.environment_variables as mlflow_env
+    import ray
+    from ray._private.authentication.authentication_token_setup import AUTH_MODE_ENV_VAR
+
+    assert AUTH_MODE_ENV_VAR == "RAY_AUTH_MODE"
+    # the C++ token loader reads RAY_AUTH_TOKEN; Ray's authentication error names it to the user
+    assert "`RAY_AUTH_TOKEN` environment variable" in (Path(ray.__file__).parent / "exceptions.py").read_text()
+    assert mlflow_env.MLFLOW_SERVER_ALLOWED_HOSTS.name == "MLFLOW_SERVER_ALLOWED_HOSTS"
+    used = {var for name in SERVICES for var in env(name)}
+    assert {v for v, tool in THIRD_PARTY_ENV.items() if tool != "postgres"} <= used
+
+
+def test_ray_token_authentication_on_every_ray_process():
+    for name in ("ray-head", "ray-worker", "api"):
+        e = env(name)
+        assert e.get("RAY_AUTH_MODE") == "token", f"{name}: Ray without token authentication"
+        assert e.get("RAY_AUTH_TOKEN") == "<RAY_AUTH_TOKEN>", f"{name}: the token must come from RAY_AUTH_TOKEN"
+
+
+def test_the_api_environment_makes_valid_settings(monkeypatch):
+    import os
+
+    from server.settings import Settings
+
+    for var in list(os.environ):
+        if var.upper() in settings_env():
+            monkeypatch.delenv(var)
+    api = env("api")
+    for var, value in api.items():
+        monkeypatch.setenv(var, value)
+    s = Settings()
+    assert s.ray_address == api["RAY_ADDRESS"]
+    assert s.database_url == api["DATABASE_URL"]
+    assert s.mlflow_tracking_uri == api["MLFLOW_TRACKING_URI"]
+    assert str(s.data_dir) == api["LIFTPLACE_DATA_DIR"]
+    assert str(s.teachers_dir) == api["LIFTPLACE_TEACHERS_DIR"]
+    assert str(s.datasets_dir) == api["LIFTPLACE_DATASETS_DIR"]
+
+
+def test_the_image_and_compose_agree_on_shared_variables():
+    for name in ("api", "ray-worker"):
+        for var, value in env(name).items():
+            if var in docker_env():
+                assert docker_env()[var] == value, f"{var}: {value} in compose, {docker_env()[var]} in the image"
+    for var in docker_env():
+        if var.startswith("LIFTPLACE_"):
+            assert var in code_env(), f"Dockerfile ENV {var} is not read by liftplace"
+
+
+def test_the_databases_agree():
+    from sqlalchemy.engine import make_url
+
+    pg = env("postgres")
+    app = make_url(env("api")["DATABASE_URL"])
+    (step,) = steps_of("mlflow", "mlflow")
+    tracking = make_url(parse_mlflow(step[1:])["backend_store_uri"])
+    for url in (app, tracking):
+        assert url.drivername == "postgresql+psycopg" and "psycopg" in platform_pins()
+        assert (url.username, url.password, url.host) == (pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"], "postgres")
+        url.get_dialect()  # the driver is installed
+    assert app.database == pg["POSTGRES_DB"]
+    assert tracking.database != app.database, "MLflow's tables go into a database of their own"
+    source, target, read_only = mount_of("postgres", "/docker-entrypoint-initdb.d")
+    scripts = " ".join(p.read_text() for p in sorted((ROOT / source).glob("*.sql")))
+    assert read_only and re.search(rf"CREATE DATABASE\s+\"?{re.escape(tracking.database)}\b", scripts, re.I), \
+        f"no init script under {source} creates the database {tracking.database!r}"
+
+
+# --- compose: GPUs, scaling, mounts ---------------------------------------------------------------
+
+
+def test_the_ray_worker_reserves_nvidia_gpus_and_can_be_scaled():
+    w = service("ray-worker")
+    assert "container_name" not in w, "a fixed container name prevents --scale ray-worker=N"
+    assert all(host is None for host, _ in ports("ray-worker")), "a fixed host port prevents --scale"
+    devices = w["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])
+               and (d.get("count") == "all" or isinstance(d.get("count"), int)) for d in devices), devices
+    for name in ("api", "ray-head", "mlflow"):
+        assert "deploy" not in service(name), f"{name} reserves devices: only ray-worker runs jobs"
+
+
+def test_the_ray_head_runs_no_jobs():
+    (head,) = steps_of("ray-head", "ray")
+    params = parse_ray(head[1:])
+    assert params["num_cpus"] == 0 and params["num_gpus"] == 0
+
+
+def test_teachers_and_datasets_are_mounted_read_only_where_the_settings_point():
+    api = env("api")
+    for var in ("LIFTPLACE_TEACHERS_DIR", "LIFTPLACE_DATASETS_DIR"):
+        root = api[var]
+        sources = set()
+        for name in ("api", "ray-worker"):
+            source, _, read_only = mount_of(name, root)
+            assert read_only, f"{name}: {root} ({var}) is mounted writable"
+            sources.add(source)
+        assert len(sources) == 1, f"{var}: the API and the workers see different folders {sources}"
+
+
+def test_job_outputs_are_on_one_volume_at_the_same_path_for_the_api_and_the_workers():
+    data_dir = env("api")["LIFTPLACE_DATA_DIR"]
+    sources = {mount_of(name, data_dir)[0] for name in ("api", "ray-worker")}
+    assert len(sources) == 1 and sources <= set(compose()["volumes"]), sources
+    assert not any(mount_of(name, data_dir)[2] for name in ("api", "ray-worker"))
+    cache_dir = env("ray-worker")["LIFTPLACE_CACHE_DIR"]
+    assert Path(cache_dir).is_relative_to(data_dir), "the FID statistics cache belongs on the shared volume"
+
+
+def test_the_inception_weights_are_mounted_read_only_on_the_workers():
+    from liftplace.features import INCEPTION_WEIGHTS_ENV, INCEPTION_WEIGHTS_FILE
+
+    path = Path(env("ray-worker")[INCEPTION_WEIGHTS_ENV])
+    assert path.name == INCEPTION_WEIGHTS_FILE
+    assert any(path.is_relative_to(target) and read_only for _, target, read_only in volumes("ray-worker"))
+
+
+def test_mlflow_keeps_its_artifacts_on_a_volume():
+    (step,) = steps_of("mlflow", "mlflow")
+    destination = parse_mlflow(step[1:])["artifacts_destination"]
+    source, _, read_only = mount_of("mlflow", destination)
+    assert source in compose()["volumes"] and not read_only
+
+
+# --- docs/deploy.md: the configuration reference --------------------------------------------------
+
+
+def test_every_variable_the_code_reads_is_in_the_reference():
+    documented = documented_vars("Read by liftplace")
+    missing = sorted(code_env() - set(documented))
+    assert not missing, f"docs/deploy.md's configuration reference lacks {missing}"
+
+
+def test_every_documented_liftplace_variable_is_read_by_the_code():
+    stale = sorted(v for v in documented_vars() if v.startswith("LIFTPLACE_") and v not in code_env())
+    assert not stale, f"docs/deploy.md documents variables the code does not read: {stale}"
+    assert set(documented_vars("Read by liftplace")) <= code_env()
+
+
+def test_the_reference_states_the_settings_defaults():
+    documented = documented_vars("Read by liftplace")
+    for var, (_field_name, field) in settings_env().items():
+        default = field.default
+        cell = documented[var][1].replace("`", "").replace(",", "")
+        if default is None:
+            continue
+        if isinstance(default, bool):
+            assert str(default).lower() in cell.lower(), f"{var}: default {default}, documented {cell!r}"
+        elif isinstance(default, int | float):
+            numbers = [float(n) for n in re.findall(r"\d+(?:\.\d+)?", cell)]
+            assert float(default) in numbers, f"{var}: default {default}, documented {cell!r}"
+        else:
+            assert str(default) in cell, f"{var}: default {default}, documented {cell!r}"
+
+
+def test_every_compose_variable_and_environment_entry_is_documented():
+    documented = set(documented_vars())
+    missing = sorted(compose_variables() - documented)
+    assert not missing, f"docker-compose.yml interpolates undocumented variables {missing}"
+    for name in SERVICES:
+        missing = sorted(set(env(name)) - documented)
+        assert not missing, f"{name} sets undocumented variables {missing}"
+
+
+def test_the_docs_explain_up_and_scaling():
+    text = deploy_doc()
+    assert "docker compose up" in text and "--scale ray-worker=" in text
+
+
+# --- docs/deploy.md: the API requests -------------------------------------------------------------
+
+
+@cache
+def doc_requests() -> list[tuple[str, dict[str, Any]]]:
+    """(API path, JSON body) of every `curl -X POST ... -d '{...}'` in docs/deploy.md."""
+    out = []
+    for m in re.finditer(r"curl\s[^\n]*?-X\s+POST\s+(\S+)(.*?)-d\s+'(.*?)'", deploy_doc(), re.S):
+        path = re.search(r"/api/[a-z]+", m[1])
+        assert path, m[1]
+        out.append((path[0], json.loads(m[3])))
+    return out
+
+
+def test_the_documented_requests_validate_against_the_api_schemas():
+    from pydantic import TypeAdapter
+
+    from server.schemas import DatasetCreate, JobCreate, StudyCreate, TeacherCreate
+
+    schemas = {"/api/teachers": TypeAdapter(TeacherCreate), "/api/datasets": TypeAdapter(DatasetCreate),
+               "/api/studies": TypeAdapter(StudyCreate), "/api/jobs": TypeAdapter(JobCreate)}
+    assert {"/api/teachers", "/api/datasets", "/api/studies"} <= {path for path, _ in doc_requests()}
+    for path, body in doc_requests():
+        schemas[path].validate_python(body)
+
+
+def test_the_paper_study_request():
+    from server.schemas import StudyCreate
+    from server.settings import MAX_JOBS_PER_STUDY, Settings
+
+    studies = [StudyCreate.model_validate(b) for p, b in doc_requests() if p == "/api/studies"]
+    paper = [s for s in studies if set(s.methods) == PAPER_METHODS]
+    assert paper, "docs/deploy.md shows no study with the paper's three methods"
+    study = paper[0]
+    assert study.seeds == [0, 1, 2, 3, 4]
+    assert study.student_ratio == 0.9
+    assert study.steps == 500_000
+    assert study.fid_samples == 50_000 and study.sample_steps == 100
+    assert study.steps <= Settings.model_fields["max_steps"].default
+    assert len(study.teachers) * len(study.methods) * len(study.seeds) <= MAX_JOBS_PER_STUDY
+    teachers = {b["name"] for p, b in doc_requests() if p == "/api/teachers"}
+    datasets = {b["name"] for p, b in doc_requests() if p == "/api/datasets"}
+    assert set(study.teachers) <= teachers, "the study names teachers the docs do not register"
+    # an image-folder dataset: the dispatcher scores its jobs with Inception FID
+    assert study.dataset in datasets
+    assert any(b.get("source") == "local" for p, b in doc_requests() if p == "/api/teachers")
+
+
+# --- the Dockerfile -----------------------------------------------------------------------------
+
+
+def test_every_base_image_is_pinned():
+    froms = docker_instructions("FROM")
+    assert froms
+    for args in froms:
+        image = expand_args(args.split()[0])
+        name, _, tag = image.partition("@")[0].rpartition(":")
+        assert "@sha256:" in image or (name and tag and tag != "latest" and "/" not in tag), \
+            f"FROM {image}: pin a tag (not latest) or a digest"
+
+
+def test_the_base_image_cuda_matches_torchs_cuda_build():
+    torch = pytest.importorskip("torch")
+    if torch.version.cuda is None:
+        pytest.skip("a CPU build of torch is installed here")
+    image = expand_args(docker_instructions("FROM")[-1].split()[0])
+    m = re.match(r"nvidia/cuda:(\d+\.\d+)\.\d+-", image)
+    assert m, f"{image}: not an nvidia/cuda base image"
+    assert m[1] == torch.version.cuda, f"base CUDA {m[1]}, torch=={torch.__version__} is built for {torch.version.cuda}"
+
+
+def test_the_image_runs_as_a_non_root_user():
+    users = docker_instructions("USER")
+    assert users, "no USER: the image runs as root"
+    user = expand_args(users[-1]).split(":")[0]
+    assert user not in ("root", "0")
+    runs = " ".join(expand_args(r) for r in docker_instructions("RUN"))
+    m = re.search(rf"useradd\b[^&]*--uid\s+(\d+)[^&]*\b{re.escape(user)}\b", runs)
+    assert m and int(m[1]) != 0, f"user {user!r} is not created with a non-zero uid"
+
+
+def test_the_healthcheck_asks_the_api_status():
+    from server.settings import DEFAULT_PORT
+
+    (hc,) = docker_instructions("HEALTHCHECK")
+    assert "/api/status" in hc
+    assert f"'{DEFAULT_PORT}'" in hc or f":{DEFAULT_PORT}/api/status" in hc
+    cmd = json.loads(hc[hc.index("CMD") + 3:].strip())
+    check_step(cmd)
+
+
+def test_the_default_command_serves_the_api_on_all_interfaces():
+    (cmd,) = docker_instructions("CMD")
+    ns = parse_liftplace(json.loads(cmd)[1:]) if json.loads(cmd)[0] == "liftplace" else None
+    assert ns is not None and ns.command == "serve" and ns.host == "0.0.0.0", cmd
+
+
+def test_the_package_is_installed_with_the_platform_extra():
+    runs = [expand_args(r) for r in docker_instructions("RUN")]
+    assert any(re.search(r"pip install\b[^&]*\[platform\]", r) for r in runs)
+    assert any("requirements.py" in r and "platform" in r for r in runs)
+
+
+def _pip_install_args(run: str) -> list[list[str]]:
+    out = []
+    for part in re.split(r"&&|;|\|", run):
+        words = shlex.split(part)
+        if words[:2] == ["pip", "install"] or words[1:3] == ["-m", "pip"]:
+            out.append(words[words.index("install") + 1:])
+    return out
+
+
+def test_every_pip_install_is_pinned_and_agrees_with_pyproject():
+    value_options = {"-r", "--requirement", "-c", "--constraint"}
+    for run in (expand_args(r) for r in docker_instructions("RUN")):
+        for args in _pip_install_args(run):
+            skip = False
+            for word in args:
+                if skip:
+                    skip = False
+                elif word in value_options:
+                    skip = True
+                elif word.startswith(("-", "/", ".")):
+                    continue
+                else:
+                    assert re.fullmatch(r"[A-Za-z0-9._-]+(\[[^\]]*\])?==[^\s=]+", word), f"unpinned: pip install {word}"
+    for name, version in re.findall(r"\b([A-Za-z0-9._-]+)(?:\[[^\]]*\])?==([^\s\"']+)",
+                                    " ".join(expand_args(r) for r in docker_instructions("RUN"))):
+        if _norm(name) in pins():
+            assert version == pins()[_norm(name)], f"Dockerfile {name}=={version}, pyproject {pins()[_norm(name)]}"
+
+
+def test_the_python_version_satisfies_requires_python():
+    from packaging.specifiers import SpecifierSet
+
+    python = docker_args().get("PYTHON", "")
+    m = re.fullmatch(r"python(\d+\.\d+)", python)
+    assert m, f"ARG PYTHON={python!r}"
+    assert f"{m[1]}.0" in SpecifierSet(pyproject()["project"]["requires-python"])
+
+
+def test_the_requirements_script_lists_the_pyproject_pins():
+    script = runpy.run_path(str(REQUIREMENTS_SCRIPT))
+    reqs = script["pinned_requirements"](PYPROJECT, ["platform"])
+    project = pyproject()["project"]
+    expected = [r.replace(" ", "") for r in project["dependencies"] + project["optional-dependencies"]["platform"]]
+    assert reqs[:len(expected)] == expected
+    assert all("==" in r for r in reqs)
+    assert f"ray[default]=={pins()['ray']}" in reqs, "the Ray dashboard needs ray[default] at the pinned version"
+
+
+def test_the_dockerignore_keeps_secrets_and_host_data_out_and_the_sources_in():
+    patterns = [p.strip().rstrip("/").removeprefix("./") for p in DOCKERIGNORE.read_text().splitlines()
+                if p.strip() and not p.startswith("#")]
+
+    def excluded(path: str) -> bool:
+        parts = path.split("/")
+        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        return any(fnmatch.fnmatch(p, pat) for p in prefixes for pat in patterns if not pat.startswith("!"))
+
+    host_dirs = {src.removeprefix("./") for name in SERVICES for src, _, _ in volumes(name)
+                 if src.startswith("./") and "deploy/postgres" not in src}
+    assert host_dirs, "no host folders mounted"
+    for path in (".git", ".venv", ".env", *host_dirs):
+        assert excluded(path), f".dockerignore: {path} would be sent to the build"
+    copied = [w for args in docker_instructions("COPY") for w in args.split()[:-1] if not w.startswith("--")]
+    for path in ("pyproject.toml", "README.md", "liftplace/cli.py", "server/cli.py", "worker/run.py",
+                 *[c for c in copied if c != "."]):
+        assert not excluded(path), f".dockerignore excludes {path}, which the build needs"
