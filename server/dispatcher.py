@@ -196,6 +196,13 @@ class Dispatcher:
             return
         self.executor_description = self.executor.start()
         log.info("dispatcher %s: %s", self.instance_id, self.executor_description)
+        if self.tracking is not None:
+            # Make the MLflow experiment (and a fresh store's tables) now, not during the first
+            # dispatch, where it held every queued job back for seconds.
+            try:
+                self.tracking.experiment_id()
+            except Exception as exc:  # MLflow down: studies get their parent run later
+                log.warning("MLflow not reachable at start-up: %s: %s", type(exc).__name__, exc)
         if self.recover_on_start:
             self.recover()
         self._started = True
