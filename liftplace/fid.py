@@ -325,7 +325,9 @@ def _common_kwargs(features: str, feature_layer: str | None, *, cuda: bool, cach
         cache=cache,
         cache_root=str(cache_dir() / FID_CACHE_SUBDIR),
         rng_seed=seed,
-        verbose=progress,
+        # torch-fidelity's own output calls every FID "Frechet Inception Distance"; for the digits
+        # features (extracted in well under a second) it stays quiet and ours names the number.
+        verbose=progress and features == "inception",
         save_cpu_ram=True,  # in-process data loading: the inputs are in memory or small
         datasets_download=False,
     )
