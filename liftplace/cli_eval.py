@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from liftplace import defaults
-from liftplace.cli import _HelpFormatter
+from liftplace.cli import _existing_dir, _HelpFormatter, number_type
 from liftplace.features import FEATURES, INCEPTION_WEIGHTS_ENV
 from liftplace.fid import FID_NUM_SAMPLES
 from liftplace.stats import COLLAPSE_FID_THRESHOLD, TABLE_FORMATS
@@ -28,34 +28,10 @@ __all__ = ["register", "main"]
 
 
 def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
+    return number_type(int, f"an integer >= {minimum}", lambda v: v >= minimum)
 
 
-def _finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _existing_dir(text: str) -> Path:
-    path = Path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a directory")
-    return path
+_finite_float = number_type(float, "a number (finite)", math.isfinite)
 
 
 def register(subparsers) -> None:
