@@ -97,7 +97,10 @@ def load_unet(path: str | Path, *, device: str | torch.device = "cpu") -> UNet2D
     meta_file = path / LIFTPLACE_META_FILE
     layout = json.loads(meta_file.read_text()).get("layout") if meta_file.is_file() else None
     if not layout:
-        model = UNet2DModel.from_pretrained(path, local_files_only=True)
+        # low_cpu_mem_usage=False: the default builds the model under accelerate's init_empty_weights,
+        # which patches torch.nn.Module for the whole process, so a model built by another thread
+        # meanwhile (two in-process jobs) gets meta tensors.
+        model = UNet2DModel.from_pretrained(path, local_files_only=True, low_cpu_mem_usage=False)
         return model.to(device)
     config = UNet2DModel.load_config(path, local_files_only=True)
     model = UNet2DModel.from_config(config)

@@ -4,6 +4,12 @@ Everything here is computed from the jobs, with `liftplace.stats` doing the stat
 sample std, collapses), so a cell can always be recomputed. `update_cell` writes the summary of
 a (teacher, method) cell once every seed of it has ended, inside the caller's transaction:
 the row is written complete together with the outcome that completed it, or not at all.
+
+Writers of one study's cells take the study's row lock first (`lock_study`), so two transactions
+that each end one of a cell's last seeds cannot both miss the other's outcome (PostgreSQL's READ
+COMMITTED would let them, and the cell would never be written); SQLite's BEGIN IMMEDIATE already
+serialises writers. `repair_cells` writes any cell that is still missing (the dispatcher runs it
+at start-up), so a cell is always complete or recomputed, never half-written.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from liftplace.methods import METHOD_NAMES
@@ -118,14 +124,30 @@ def study_table(session: Session, study: Study, jobs: list[Job] | None = None) -
     return table
 
 
+def lock_study(session: Session, study_id: int) -> None:
+    """Hold the study's row lock until the transaction ends: its cell writers go one at a time.
+
+    Call it before changing the study's jobs (pending changes are not flushed first), so every
+    writer locks the study before its job rows: one order, no deadlock. A no-op on SQLite.
+    """
+    with session.no_autoflush:
+        # FOR NO KEY UPDATE: serialises cell writers without blocking rows that merely refer to the study.
+        session.execute(select(Study.id).where(Study.id == study_id).with_for_update(key_share=True))
+
+
 def update_cell(session: Session, study: Study, teacher: str, method: str) -> StudyCell | None:
     """Write the cell's summary if every seed has ended (else remove a stale one). Caller commits."""
+    lock_study(session, study.id)
+    # populate_existing: what another transaction committed while we waited for the lock, not
+    # what this session loaded before it.
     jobs = list(session.scalars(
         select(Job).join(Teacher, Job.teacher_id == Teacher.id).options(selectinload(Job.teacher))
-        .where(Job.study_id == study.id, Teacher.name == teacher, Job.method == method)))
+        .where(Job.study_id == study.id, Teacher.name == teacher, Job.method == method)
+        .execution_options(populate_existing=True)))
     data = compute_cell(teacher, method, jobs)
     existing = session.scalar(select(StudyCell).where(
-        StudyCell.study_id == study.id, StudyCell.teacher == teacher, StudyCell.method == method))
+        StudyCell.study_id == study.id, StudyCell.teacher == teacher, StudyCell.method == method)
+        .execution_options(populate_existing=True))
     if not data.complete:
         if existing is not None:
             session.delete(existing)
@@ -152,6 +174,28 @@ def recompute_study(session: Session, study: Study) -> list[StudyCell]:
             if (row := update_cell(session, study, t, m)) is not None:
                 rows.append(row)
     return rows
+
+
+def repair_cells(session: Session) -> list[tuple[int, str, str]]:
+    """Write the cells of ended seeds that have no row yet; returns them as (study id, teacher, method).
+
+    Such a cell is left by an older version, a manual delete or a restored backup; each is
+    written by `update_cell` in the caller's transaction. Only studies with fewer rows than
+    cells are read.
+    """
+    rows = session.execute(
+        select(Study, func.count(StudyCell.id)).outerjoin(StudyCell, StudyCell.study_id == Study.id)
+        .group_by(Study.id)).all()
+    repaired = []
+    for study, stored in rows:
+        if stored >= len(study.teachers) * len(study.methods):
+            continue
+        have = {(c.teacher, c.method) for c in study.cells}
+        for cell in study_cells(study, study_jobs(session, study)):
+            if cell.complete and (cell.teacher, cell.method) not in have:
+                update_cell(session, study, cell.teacher, cell.method)
+                repaired.append((study.id, cell.teacher, cell.method))
+    return repaired
 
 
 def study_status(counts: dict[str, int]) -> str:

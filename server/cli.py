@@ -7,6 +7,7 @@ Plugged into the `liftplace` command through the entry point group ``liftplace.c
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import sys
 from collections.abc import Sequence
@@ -26,8 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "variables: DATABASE_URL (default: SQLite under the data dir), RAY_ADDRESS (unset: start a local Ray), "
             "MLFLOW_TRACKING_URI, MLFLOW_UI_URL, LIFTPLACE_DATA_DIR, LIFTPLACE_TEACHERS_DIR, LIFTPLACE_DATASETS_DIR, "
             "LIFTPLACE_GPUS_PER_JOB, LIFTPLACE_CPUS_PER_JOB, LIFTPLACE_MAX_STEPS, LIFTPLACE_MAX_JOBS_PER_STUDY, "
-            "LIFTPLACE_MAX_ATTEMPTS. The API has no authentication: bind it to another host than 127.0.0.1 only "
-            "behind a proxy that adds it."
+            "LIFTPLACE_MAX_ATTEMPTS, LIFTPLACE_API_TOKEN (writes need it; unset: no authentication), "
+            "LIFTPLACE_AUTH_READS. Without a token, bind another address than 127.0.0.1 only behind a proxy that "
+            "authenticates."
         ),
     )
     p.add_argument("--host", default=None, help="address to bind (default: LIFTPLACE_HOST, else 127.0.0.1)")
@@ -55,6 +57,9 @@ def _cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser | None 
             parser.error(message)
         raise SystemExit(f"serve: {message}") from None
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.api_token is None and not is_loopback(settings.host):
+        print(f"liftplace: WARNING: listening on {settings.host} without LIFTPLACE_API_TOKEN: anyone who reaches "
+              "this address can queue GPU jobs; set a token or bind 127.0.0.1", file=sys.stderr, flush=True)
     ray = f"Ray at {settings.ray_address}" if settings.ray_address else "an embedded local Ray"
     print(f"liftplace: API on http://{settings.host}:{settings.port} (docs: /docs), {ray}, data in "
           f"{settings.data_dir}, MLflow UI {settings.mlflow_ui_url}", flush=True)
@@ -73,6 +78,16 @@ def _cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser | None 
 
             shutdown_ray()
     return 0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) is this machine only: 127.0.0.0/8, ::1 or localhost."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to an outside interface
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Execution option of a connection that only reads: on SQLite its transaction is a plain (deferred)
+# BEGIN, which in WAL mode never waits for a writer and makes no other transaction wait.
+READ_ONLY = "liftplace_read_only"
+READ_METHODS = ("GET", "HEAD")
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -46,8 +50,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         def _sqlite_begin(conn: Any) -> None:
             # IMMEDIATE takes the write lock up front (waiting up to the busy timeout). A deferred
             # transaction that reads, then writes after another connection committed, fails at once
-            # with "database is locked" (SQLITE_BUSY_SNAPSHOT) instead of waiting.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # with "database is locked" (SQLITE_BUSY_SNAPSHOT) instead of waiting. A read-only one
+            # (READ_ONLY) never writes, so it takes no lock: readers then neither queue behind writers
+            # nor behind each other (SQLite's busy wait is unfair: under load some waited seconds).
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
@@ -77,6 +83,11 @@ def run_migrations(engine: Engine, revision: str = "head") -> None:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """FastAPI dependency: one session per request, from the app's own session factory."""
+    """FastAPI dependency: one session per request, from the app's own session factory.
+
+    A GET's session is read-only (READ_ONLY): a GET handler never writes.
+    """
     with request.app.state.sessionmaker() as session:
+        if request.method in READ_METHODS:
+            session.connection(execution_options={READ_ONLY: True})
         yield session

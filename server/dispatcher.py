@@ -118,6 +118,8 @@ def end_job(s: Session, settings: Settings, job: Job, status: str, reason: str) 
 
     Used by the dispatcher (outcomes) and the API (cancelling a queued job), inside their transaction.
     """
+    if job.study_id is not None:  # before the job's row changes: see aggregation.lock_study
+        aggregation.lock_study(s, job.study_id)
     job.status, job.reason, job.finished_at, job.claimed_by = status, reason, utcnow(), None
     add_log(s, job.id, f"{status}" + (f": {reason}" if reason else ""))
     if job.kind == "teacher" and job.output_teacher is not None:
@@ -236,15 +238,20 @@ class Dispatcher:
         self._log_cells()
 
     def recover(self) -> None:
-        """Requeue every job an earlier server left running (or mark it cancelled if asked to)."""
+        """Requeue every job an earlier server left running (or mark it cancelled if asked to), then
+        write any study cell whose seeds all ended but that has no row (aggregation.repair_cells)."""
         with self.sessions.begin() as s:
-            for job in s.scalars(select(Job).where(Job.status == "running")):
+            for job in s.scalars(select(Job).where(Job.status == "running").order_by(Job.id)):
                 if job.cancel_requested:
                     end_job(s, self.settings, job, "cancelled", "cancelled (the server restarted while it ran)")
                 else:
                     job.status, job.claimed_by = "queued", None
                     add_log(s, job.id, "the server restarted while this job ran; requeued (it resumes from its "
                                        "checkpoint)")
+        with self.sessions.begin() as s:
+            for study_id, teacher, method in aggregation.repair_cells(s):
+                log.warning("study %s: cell (%s, %s) had ended without its summary; written now", study_id, teacher,
+                            method)
 
     def _mine(self, s: Session, *, cancel: bool | None = None) -> list[Job]:
         q = select(Job).where(Job.status == "running", Job.claimed_by == self.instance_id)

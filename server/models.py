@@ -233,3 +233,26 @@ class StudyCell(Base):
     computed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     study: Mapped[Study] = relationship(back_populates="cells")
+
+
+class IdempotencyKey(Base):
+    """The Idempotency-Key of a creating POST, with the request it came with and the answer it got.
+
+    A retry with the same key and the same body gets the stored answer instead of a second
+    resource. The unique (endpoint, key) index is what makes concurrent twins create one
+    resource: the second insert waits for the first transaction and then fails. Rows older
+    than LIFTPLACE_IDEMPOTENCY_HOURS are deleted.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("endpoint", "key", name="uq_idempotency_keys_endpoint_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(64))  # e.g. "POST /api/jobs"
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))  # sha256 of the validated body
+    # Set in the transaction that created the resource (always set once committed).
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response: Mapped[dict[str, Any] | None] = mapped_column()
+    resource_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)

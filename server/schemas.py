@@ -121,7 +121,8 @@ def _unique(values: list[Any]) -> list[Any]:
 
 class _Strict(BaseModel):
     # Unknown fields are refused: a misspelt option must not silently fall back to its default.
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinities too (Python's JSON parser reads NaN, Infinity and 1e400 as floats).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TrainOptions(_Strict):
@@ -135,6 +136,9 @@ class TrainOptions(_Strict):
     lr: float = Field(defaults.LEARNING_RATE, gt=0, le=1)
     checkpoint_every: int = Field(DEFAULT_CHECKPOINT_EVERY, ge=0, description="steps between checkpoints (a retry "
                                   "resumes from the last one)")
+    # The FID at the end of the job (teachers are scored too: the dashboard shows their FID).
+    fid_samples: int = Field(DEFAULT_FID_SAMPLES, ge=2, le=100_000, description="samples generated for the FID")
+    sample_steps: int = Field(defaults.DDIM_STEPS, ge=1, le=defaults.NUM_TRAIN_TIMESTEPS, description="DDIM steps")
 
 
 class DistillOptions(TrainOptions):
@@ -149,8 +153,6 @@ class DistillOptions(TrainOptions):
     reduction: Literal[defaults.REDUCTIONS] = defaults.REDUCTION  # type: ignore[valid-type]
     lambda_kd: float | None = Field(None, ge=0, description="default: the method's")
     lambda_feat: float | None = Field(None, ge=0, description="default: the method's")
-    fid_samples: int = Field(DEFAULT_FID_SAMPLES, ge=2, le=100_000, description="samples generated for the FID")
-    sample_steps: int = Field(defaults.DDIM_STEPS, ge=1, le=defaults.NUM_TRAIN_TIMESTEPS, description="DDIM steps")
 
 
 class JobCreate(DistillOptions):

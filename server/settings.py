@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from liftplace import defaults
@@ -21,6 +21,8 @@ from liftplace import defaults
 MAX_JOBS_PER_STUDY: int = 500
 MAX_ATTEMPTS: int = 3
 DEFAULT_PORT: int = 8000
+MAX_BODY_BYTES: int = 1024 * 1024  # a study request is a few hundred bytes; 1 MiB is generous
+IDEMPOTENCY_HOURS: float = 24.0  # how long a retried POST with the same Idempotency-Key is recognised
 
 
 def _env(name: str) -> AliasChoices:
@@ -61,6 +63,20 @@ class Settings(BaseSettings):
                                 "after a cancel before Ray kills it")
     dispatch: bool = Field(default=True, description="run the dispatcher thread with the app")
     migrate: bool = Field(default=True, description="apply Alembic migrations at start-up")
+    api_token: SecretStr | None = Field(default=None, description="the token every write (and, with auth_reads, "
+                                        "every read) must present, as 'Authorization: Bearer <token>' or the login "
+                                        "cookie; unset or empty: no authentication")
+    auth_reads: bool = Field(default=False, description="reads need the token too (only when api_token is set)")
+    max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1, description="largest request body in bytes (413 "
+                                "over it)")
+    idempotency_hours: float = Field(default=IDEMPOTENCY_HOURS, gt=0, description="hours an Idempotency-Key is "
+                                     "remembered")
+
+    @field_validator("api_token")
+    @classmethod
+    def _empty_token_is_none(cls, v: SecretStr | None) -> SecretStr | None:
+        # LIFTPLACE_API_TOKEN= (empty, e.g. compose's ${VAR:-}) means "not set", not "the empty token".
+        return v if v is not None and v.get_secret_value().strip() else None
 
     @field_validator("gpus_per_job")
     @classmethod
@@ -95,6 +111,14 @@ class Settings(BaseSettings):
     @property
     def embedded_ray(self) -> bool:
         return not self.ray_address
+
+    @property
+    def writes_need_token(self) -> bool:
+        return self.api_token is not None
+
+    @property
+    def reads_need_token(self) -> bool:
+        return self.api_token is not None and self.auth_reads
 
     def teacher_folder(self, name: str) -> Path:
         """The teacher sub-folder `name` of LIFTPLACE_TEACHERS_DIR (never outside it)."""

@@ -2,7 +2,10 @@
 
 The run id is kept in the job's output folder (`output_dir/mlflow_run_id`); a retried job
 (same output folder) reopens that run instead of starting another, and the steps it already
-logged before the interruption are not logged twice (`output_dir/mlflow_logged_step`).
+logged before the interruption are not logged twice (`output_dir/mlflow_logged_step`). A key
+written before the run is created (`output_dir/mlflow_run_key`, also the run's tag
+`liftplace.run_key`) finds the run of an attempt that died between creating it and recording
+its id, so even then the job keeps one run.
 
 Per-step metrics are buffered and sent with `MlflowClient.log_batch` every few seconds (and
 at checkpoints and at the end), never one call per step. Only `MlflowClient` is used (no
@@ -14,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +27,8 @@ from worker.spec import JobSpec
 __all__ = [
     "JobTracker",
     "RUN_ID_FILE",
+    "RUN_KEY_FILE",
+    "RUN_KEY_TAG",
     "LOGGED_STEP_FILE",
     "mlflow_status",
     "spec_params",
@@ -30,6 +36,8 @@ __all__ = [
 ]
 
 RUN_ID_FILE = "mlflow_run_id"
+RUN_KEY_FILE = "mlflow_run_key"
+RUN_KEY_TAG = "liftplace.run_key"
 LOGGED_STEP_FILE = "mlflow_logged_step"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 MAX_PARAMS_PER_BATCH = 100
@@ -140,13 +148,21 @@ class JobTracker:
         client = MlflowClient(tracking_uri=spec.mlflow_tracking_uri)
         experiment_id = cls._experiment_id(client, spec)
         run_id = cls._existing_run(client, output_dir, experiment_id)
+        if run_id is None and (output_dir / RUN_KEY_FILE).is_file():
+            run_id = cls._run_by_key(client, output_dir, experiment_id)
+            if run_id is not None:  # an earlier attempt died before recording the id of the run it made
+                _write_atomic(output_dir / RUN_ID_FILE, run_id)
         resumed = run_id is not None
+        params = [Param(k, v) for k, v in spec_params(spec).items()]
+        errors: list[str] = []
         if run_id is None:
-            run = mlflow_retry(client.create_run, experiment_id, tags=spec_tags(spec), run_name=_run_name(spec))
+            key = uuid.uuid4().hex
+            _write_atomic(output_dir / RUN_KEY_FILE, key)  # before the run exists: a retry can find it
+            tags = {**spec_tags(spec), RUN_KEY_TAG: key}
+            run = mlflow_retry(client.create_run, experiment_id, tags=tags, run_name=_run_name(spec))
             run_id = run.info.run_id
             _write_atomic(output_dir / RUN_ID_FILE, run_id)
             _write_atomic(output_dir / LOGGED_STEP_FILE, "0")
-            params = [Param(k, v) for k, v in spec_params(spec).items()]
             for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
                 mlflow_retry(client.log_batch, run_id, params=params[i : i + MAX_PARAMS_PER_BATCH], synchronous=True)
             last = 0
@@ -154,8 +170,18 @@ class JobTracker:
             mlflow_retry(client.update_run, run_id, status="RUNNING")
             tags = [RunTag(k, v) for k, v in spec_tags(spec).items()]
             mlflow_retry(client.log_batch, run_id, tags=tags, synchronous=True)
+            # Again, in case the attempt that made the run died before logging them (same values:
+            # MLflow accepts them; a changed value is refused and only reported).
+            try:
+                for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
+                    mlflow_retry(client.log_batch, run_id, params=params[i : i + MAX_PARAMS_PER_BATCH],
+                                 synchronous=True)
+            except Exception as exc:
+                errors.append(f"mlflow: could not log the params again: {type(exc).__name__}: {exc}")
             last = _read_int(output_dir / LOGGED_STEP_FILE)
-        return cls(client, run_id, output_dir, resumed=resumed, last_logged_step=last)
+        tracker = cls(client, run_id, output_dir, resumed=resumed, last_logged_step=last)
+        tracker.errors.extend(errors)
+        return tracker
 
     @staticmethod
     def _experiment_id(client, spec: JobSpec) -> str:
@@ -189,6 +215,17 @@ class JobTracker:
         if run.info.lifecycle_stage == "deleted" or run.info.experiment_id != experiment_id:
             return None
         return run_id
+
+    @staticmethod
+    def _run_by_key(client, output_dir: Path, experiment_id: str) -> str | None:
+        """The live run tagged with this folder's run key (made by an attempt that died before recording it)."""
+        try:
+            key = (output_dir / RUN_KEY_FILE).read_text().strip()
+            runs = mlflow_retry(client.search_runs, [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
+                                max_results=1)
+        except Exception:  # unreadable key or store trouble: a new run (never a failed job)
+            return None
+        return runs[0].info.run_id if key and runs else None
 
     # --- logging -------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from liftplace import defaults
-from server.api import SessionDep, SettingsDep, conflict, not_found
+from server.api import READ, WRITE, SessionDep, SettingsDep, conflict, not_found, unique_or_conflict
 from server.models import Dataset
 from server.schemas import EMBEDDED_DATASETS, DatasetCreate, DatasetRead, invalid
 
@@ -34,12 +34,12 @@ def _has_images(folder: Path) -> bool:
     return any(True for _ in islice(images, 1))
 
 
-@router.get("", response_model=list[DatasetRead], summary="Registered datasets")
+@router.get("", dependencies=READ, response_model=list[DatasetRead], summary="Registered datasets")
 def list_datasets(session: SessionDep) -> list[DatasetRead]:
     return [DatasetRead.model_validate(d) for d in session.scalars(select(Dataset).order_by(Dataset.id))]
 
 
-@router.get("/{name}", response_model=DatasetRead, summary="A registered dataset")
+@router.get("/{name}", dependencies=READ, response_model=DatasetRead, summary="A registered dataset")
 def get_dataset(name: str, session: SessionDep) -> DatasetRead:
     dataset = session.scalar(select(Dataset).where(Dataset.name == name))
     if dataset is None:
@@ -47,7 +47,8 @@ def get_dataset(name: str, session: SessionDep) -> DatasetRead:
     return DatasetRead.model_validate(dataset)
 
 
-@router.post("", status_code=201, response_model=DatasetRead, summary="Register an image folder of the datasets root")
+@router.post("", dependencies=WRITE, status_code=201, response_model=DatasetRead,
+             summary="Register an image folder of the datasets root")
 def register_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsDep) -> DatasetRead:
     if session.scalar(select(Dataset.id).where(Dataset.name == body.name)) is not None:
         raise conflict(f"name: a dataset named {body.name!r} already exists")
@@ -65,5 +66,6 @@ def register_dataset(body: DatasetCreate, session: SessionDep, settings: Setting
     dataset = Dataset(name=body.name, kind="folder", folder=folder, resolution=body.resolution,
                       description=body.description)
     session.add(dataset)
-    session.commit()
+    with unique_or_conflict(session, f"name: a dataset named {body.name!r} already exists"):
+        session.commit()
     return DatasetRead.model_validate(dataset)

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from liftplace.methods import get_method
-from server.api import SessionDep, SettingsDep, conflict, not_found, wake_dispatcher
+from server import idempotency
+from server.api import (
+    MAX_ROW_ID,
+    READ,
+    WRITE,
+    Offset,
+    RowId,
+    SessionDep,
+    SettingsDep,
+    conflict,
+    not_found,
+    wake_dispatcher,
+)
 from server.dispatcher import add_log, end_job
 from server.models import Dataset, Job, JobLog, Study, StudyCell, Teacher
 from server.schemas import (
@@ -123,8 +135,12 @@ def load_job(session: Session, job_id: int) -> Job:
 # --- routes ----------------------------------------------------------------------------------------
 
 
-@router.post("", status_code=201, response_model=JobRead, summary="Submit a distillation run")
-def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, request: Request) -> JobRead:
+@router.post("", dependencies=WRITE, status_code=201, response_model=JobRead, summary="Submit a distillation run")
+def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, request: Request,
+               idempotency_key: idempotency.IdempotencyKeyHeader = None) -> JobRead | Response:
+    claimed = idempotency.claim(session, settings, "POST /api/jobs", idempotency_key, body)
+    if isinstance(claimed, Response):
+        return claimed
     check_steps(settings, body.steps)
     teacher = get_usable_teacher(session, body.teacher)
     dataset = get_dataset(session, body.dataset)
@@ -132,20 +148,23 @@ def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, requ
     job = Job(kind="distill", status="queued", teacher=teacher, dataset=dataset, method=body.method, seed=body.seed,
               student_ratio=body.student_ratio, steps=body.steps, options=options_of(body))
     session.add(job)
+    session.flush()
+    read = job_read(job, settings)
+    idempotency.record(claimed, 201, read, job.id)
     session.commit()
     wake_dispatcher(request)
-    return job_read(job, settings)
+    return read
 
 
-@router.get("", response_model=Page[JobRead], summary="List jobs (newest first)")
+@router.get("", dependencies=READ, response_model=Page[JobRead], summary="List jobs (newest first)")
 def list_jobs(
     session: SessionDep,
     settings: SettingsDep,
     status: JobStatus | None = None,
-    study: int | None = Query(None, description="only the jobs of this study"),
+    study: int | None = Query(None, ge=1, le=MAX_ROW_ID, description="only the jobs of this study"),
     kind: str | None = Query(None, pattern="^(distill|teacher)$"),
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
 ) -> Page[JobRead]:
     where = []
     if status is not None:
@@ -162,8 +181,9 @@ def list_jobs(
     return Page[JobRead](items=[job_read(j, settings) for j in jobs], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{job_id}", response_model=JobRead, summary="A job: status, progress, metrics, MLflow run")
-def get_job(job_id: int, session: SessionDep, settings: SettingsDep) -> JobRead:
+@router.get("/{job_id}", dependencies=READ, response_model=JobRead,
+            summary="A job: status, progress, metrics, MLflow run")
+def get_job(job_id: RowId, session: SessionDep, settings: SettingsDep) -> JobRead:
     return job_read(load_job(session, job_id), settings)
 
 
@@ -184,8 +204,8 @@ def cancel_job_in(session: Session, settings: Settings, job: Job) -> bool:
     return False
 
 
-@router.post("/{job_id}/cancel", response_model=JobRead, summary="Cancel a queued or running job")
-def cancel_job(job_id: int, session: SessionDep, settings: SettingsDep, request: Request) -> JobRead:
+@router.post("/{job_id}/cancel", dependencies=WRITE, response_model=JobRead, summary="Cancel a queued or running job")
+def cancel_job(job_id: RowId, session: SessionDep, settings: SettingsDep, request: Request) -> JobRead:
     job = load_job(session, job_id)
     if not cancel_job_in(session, settings, job):
         raise conflict(f"job {job_id} has already ended ({job.status}); nothing to cancel")
@@ -194,8 +214,9 @@ def cancel_job(job_id: int, session: SessionDep, settings: SettingsDep, request:
     return job_read(job, settings)
 
 
-@router.post("/{job_id}/retry", response_model=JobRead, summary="Queue a failed, diverged or cancelled job again")
-def retry_job(job_id: int, session: SessionDep, settings: SettingsDep, request: Request) -> JobRead:
+@router.post("/{job_id}/retry", dependencies=WRITE, response_model=JobRead,
+             summary="Queue a failed, diverged or cancelled job again")
+def retry_job(job_id: RowId, session: SessionDep, settings: SettingsDep, request: Request) -> JobRead:
     job = load_job(session, job_id)
     if job.status not in RETRYABLE:
         raise conflict(f"job {job_id} is {job.status}; only {', '.join(RETRYABLE)} jobs can be retried")
@@ -217,8 +238,9 @@ def retry_job(job_id: int, session: SessionDep, settings: SettingsDep, request: 
     return job_read(job, settings)
 
 
-@router.get("/{job_id}/logs", response_model=LogsRead, summary="A job's log lines (worker and server)")
-def job_logs(job_id: int, session: SessionDep, offset: int = Query(0, ge=0),
+@router.get("/{job_id}/logs", dependencies=READ, response_model=LogsRead,
+            summary="A job's log lines (worker and server)")
+def job_logs(job_id: RowId, session: SessionDep, offset: Offset = 0,
              limit: int = Query(1000, ge=1, le=10_000)) -> LogsRead:
     if session.get(Job, job_id) is None:
         raise not_found("job", job_id)

@@ -10,8 +10,19 @@ from fastapi.responses import PlainTextResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from server import aggregation
-from server.api import SessionDep, SettingsDep, conflict, not_found, wake_dispatcher
+from server import aggregation, idempotency
+from server.api import (
+    READ,
+    WRITE,
+    Offset,
+    RowId,
+    SessionDep,
+    SettingsDep,
+    conflict,
+    not_found,
+    unique_or_conflict,
+    wake_dispatcher,
+)
 from server.api.jobs import (
     cancel_job_in,
     check_distill_options,
@@ -53,9 +64,13 @@ def load_study(session: Session, study_id: int) -> Study:
     return study
 
 
-@router.post("", status_code=201, response_model=StudyRead, summary="Create a study: one job per teacher x method x "
-             "seed")
-def create_study(body: StudyCreate, session: SessionDep, settings: SettingsDep, request: Request) -> StudyRead:
+@router.post("", dependencies=WRITE, status_code=201, response_model=StudyRead,
+             summary="Create a study: one job per teacher x method x seed")
+def create_study(body: StudyCreate, session: SessionDep, settings: SettingsDep, request: Request,
+                 idempotency_key: idempotency.IdempotencyKeyHeader = None) -> StudyRead | Response:
+    claimed = idempotency.claim(session, settings, "POST /api/studies", idempotency_key, body)
+    if isinstance(claimed, Response):
+        return claimed
     n_jobs = len(body.teachers) * len(body.methods) * len(body.seeds)
     if n_jobs > settings.max_jobs_per_study:
         raise invalid("seeds", f"seeds: {len(body.teachers)} teachers x {len(body.methods)} methods x "
@@ -78,14 +93,18 @@ def create_study(body: StudyCreate, session: SessionDep, settings: SettingsDep, 
                 session.add(Job(kind="distill", status="queued", teacher=teacher, dataset=dataset, study=study,
                                 method=method, seed=seed, student_ratio=body.student_ratio, steps=body.steps,
                                 options=options_of(body)))
-    session.commit()  # the study and all its jobs, or nothing
+    with unique_or_conflict(session, f"name: a study named {body.name!r} already exists"):
+        session.flush()
+        read = study_read(session, study, settings)
+        idempotency.record(claimed, 201, read, study.id)
+        session.commit()  # the study, all its jobs and the key, or nothing
     wake_dispatcher(request)
-    return study_read(session, study, settings)
+    return read
 
 
-@router.get("", response_model=Page[StudyRead], summary="List studies (newest first)")
+@router.get("", dependencies=READ, response_model=Page[StudyRead], summary="List studies (newest first)")
 def list_studies(session: SessionDep, settings: SettingsDep, limit: int = Query(50, ge=1, le=500),
-                 offset: int = Query(0, ge=0)) -> Page[StudyRead]:
+                 offset: Offset = 0) -> Page[StudyRead]:
     total = session.scalar(select(func.count()).select_from(Study)) or 0
     studies = session.scalars(select(Study).options(selectinload(Study.dataset)).order_by(Study.id.desc())
                               .limit(limit).offset(offset))
@@ -93,13 +112,14 @@ def list_studies(session: SessionDep, settings: SettingsDep, limit: int = Query(
                            offset=offset)
 
 
-@router.get("/{study_id}", response_model=StudyRead, summary="A study and the status of its jobs")
-def get_study(study_id: int, session: SessionDep, settings: SettingsDep) -> StudyRead:
+@router.get("/{study_id}", dependencies=READ, response_model=StudyRead, summary="A study and the status of its jobs")
+def get_study(study_id: RowId, session: SessionDep, settings: SettingsDep) -> StudyRead:
     return study_read(session, load_study(session, study_id), settings)
 
 
-@router.post("/{study_id}/cancel", response_model=StudyRead, summary="Cancel every queued or running job of a study")
-def cancel_study(study_id: int, session: SessionDep, settings: SettingsDep, request: Request) -> StudyRead:
+@router.post("/{study_id}/cancel", dependencies=WRITE, response_model=StudyRead,
+             summary="Cancel every queued or running job of a study")
+def cancel_study(study_id: RowId, session: SessionDep, settings: SettingsDep, request: Request) -> StudyRead:
     study = load_study(session, study_id)
     for job in session.scalars(select(Job).where(Job.study_id == study.id, Job.status.in_(("queued", "running")))):
         cancel_job_in(session, settings, job)
@@ -110,12 +130,13 @@ def cancel_study(study_id: int, session: SessionDep, settings: SettingsDep, requ
 
 @router.get(
     "/{study_id}/table",
+    dependencies=READ,
     response_model=TableRead,
     summary="The study's Table-6 grid (JSON, or ?format=csv|md|latex)",
     responses={200: {"content": {t: {} for t in TABLE_MEDIA_TYPES.values()}}},
 )
 def study_table(
-    study_id: int,
+    study_id: RowId,
     session: SessionDep,
     format: Literal["json", "csv", "md", "latex"] = Query("json", description="json, csv, md (Markdown) or latex"),
 ) -> TableRead | Response:

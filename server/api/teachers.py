@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from liftplace.models import LIFTPLACE_META_FILE
-from server.api import SessionDep, SettingsDep, conflict, not_found, wake_dispatcher
+from server import idempotency
+from server.api import READ, WRITE, SessionDep, SettingsDep, conflict, not_found, unique_or_conflict, wake_dispatcher
 from server.api.jobs import TRAIN_OPTION_FIELDS, check_steps, get_dataset, get_usable_teacher, image_size
 from server.models import Job, Teacher
 from server.schemas import (
@@ -82,14 +83,14 @@ def _check_preset(body: PresetTeacherCreate, size: int) -> None:
                                 "resolution)", body.preset)
 
 
-@router.get("", response_model=list[TeacherRead], summary="Registered teachers")
+@router.get("", dependencies=READ, response_model=list[TeacherRead], summary="Registered teachers")
 def list_teachers(session: SessionDep) -> list[TeacherRead]:
     teachers = session.scalars(select(Teacher).options(selectinload(Teacher.base_teacher),
                                                        selectinload(Teacher.dataset)).order_by(Teacher.id))
     return [teacher_read(session, t) for t in teachers]
 
 
-@router.get("/{name}", response_model=TeacherRead, summary="A registered teacher")
+@router.get("/{name}", dependencies=READ, response_model=TeacherRead, summary="A registered teacher")
 def get_teacher(name: str, session: SessionDep) -> TeacherRead:
     teacher = session.scalar(select(Teacher).where(Teacher.name == name))
     if teacher is None:
@@ -97,17 +98,26 @@ def get_teacher(name: str, session: SessionDep) -> TeacherRead:
     return teacher_read(session, teacher)
 
 
-@router.post("", status_code=201, response_model=TeacherRead,
+@router.post("", dependencies=WRITE, status_code=201, response_model=TeacherRead,
              summary="Register a local teacher folder, or queue a teacher-training job")
-def create_teacher(body: TeacherCreate, session: SessionDep, settings: SettingsDep, request: Request) -> TeacherRead:
+def create_teacher(body: TeacherCreate, session: SessionDep, settings: SettingsDep, request: Request,
+                   idempotency_key: idempotency.IdempotencyKeyHeader = None) -> TeacherRead | Response:
+    claimed = idempotency.claim(session, settings, "POST /api/teachers", idempotency_key, body)
+    if isinstance(claimed, Response):
+        return claimed
+    taken = f"name: a teacher named {body.name!r} already exists"
     if session.scalar(select(Teacher.id).where(Teacher.name == body.name)) is not None:
-        raise conflict(f"name: a teacher named {body.name!r} already exists")
+        raise conflict(taken)
     if isinstance(body, LocalTeacherCreate):
         folder, parameters = _local_parameters(settings, body)
         teacher = Teacher(name=body.name, source="local", status="ready", folder=folder, parameters=parameters)
         session.add(teacher)
-        session.commit()
-        return teacher_read(session, teacher)
+        with unique_or_conflict(session, taken):
+            session.flush()
+            read = teacher_read(session, teacher)
+            idempotency.record(claimed, 201, read, teacher.id)
+            session.commit()
+        return read
     check_steps(settings, body.steps)
     dataset = get_dataset(session, body.dataset)
     if isinstance(body, PresetTeacherCreate):
@@ -123,6 +133,10 @@ def create_teacher(body: TeacherCreate, session: SessionDep, settings: SettingsD
     job = Job(kind="teacher", status="queued", teacher=base, output_teacher=teacher, dataset=dataset, seed=body.seed,
               steps=body.steps, options=options)
     session.add_all([teacher, job])
-    session.commit()
+    with unique_or_conflict(session, taken):
+        session.flush()
+        read = teacher_read(session, teacher)
+        idempotency.record(claimed, 201, read, teacher.id)
+        session.commit()
     wake_dispatcher(request)
-    return teacher_read(session, teacher)
+    return read

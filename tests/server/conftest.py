@@ -13,6 +13,7 @@ die, wait to be cancelled) in milliseconds; tests drive the dispatcher round by 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -56,11 +57,10 @@ def pg_database() -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database: a SQLite file, or a clean schema in the session's PostgreSQL database."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'server.db'}"
+def empty_database(kind: str, request: pytest.FixtureRequest, folder: Path) -> str:
+    """An empty database of `kind`: a SQLite file in `folder`, or a clean schema in the session's PostgreSQL one."""
+    if kind == "sqlite":
+        return f"sqlite:///{folder / 'server.db'}"
     url = request.getfixturevalue("pg_database")
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
@@ -70,34 +70,41 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database: a SQLite file, or a clean schema in the session's PostgreSQL database."""
+    return empty_database(request.param, request, tmp_path)
+
+
 # --- the app under test ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def open_harness(db_url: str, root: Path, runner: FakeRunner | None = None, tracking: FakeTracking | None = None,
+                 teachers: tuple[str, ...] = ("t-small", "t-large"), executor: Any = None,
+                 **overrides: Any) -> Iterator[Harness]:
+    """A started app on `db_url` with its folders under `root` and local `teachers` registered."""
+    runner = runner or FakeRunner()
+    values: dict[str, Any] = dict(data_dir=root / "data", database_url=db_url, dispatch=False,
+                                  mlflow_ui_url=MLFLOW_UI, teachers_dir=root / "teachers",
+                                  datasets_dir=root / "datasets")
+    values.update(overrides)
+    settings = Settings(**values)
+    app = create_app(settings, executor or ThreadExecutor(runner, max_workers=4), tracking=tracking or False)
+    with TestClient(app) as client:
+        h = Harness(client, runner, tracking)
+        for i, name in enumerate(teachers):
+            if h.client.get(f"/api/teachers/{name}").status_code == 404:
+                make_local_teacher(settings.teachers_dir, name, parameters=5000 * (i + 1))
+                r = client.post("/api/teachers", json={"source": "local", "name": name})
+                assert r.status_code == 201, r.text
+        yield h
 
 
 @pytest.fixture
 def make_harness(db_url: str, tmp_path: Path) -> Iterator[Callable[..., contextlib.AbstractContextManager[Harness]]]:
     """`with make_harness(**settings) as h:` a started app on this test's database."""
-
-    @contextlib.contextmanager
-    def make(runner: FakeRunner | None = None, tracking: FakeTracking | None = None,
-             teachers: tuple[str, ...] = ("t-small", "t-large"), executor: Any = None,
-             **overrides: Any) -> Iterator[Harness]:
-        runner = runner or FakeRunner()
-        values: dict[str, Any] = dict(data_dir=tmp_path / "data", database_url=db_url, dispatch=False,
-                                      mlflow_ui_url=MLFLOW_UI, teachers_dir=tmp_path / "teachers",
-                                      datasets_dir=tmp_path / "datasets")
-        values.update(overrides)
-        settings = Settings(**values)
-        app = create_app(settings, executor or ThreadExecutor(runner, max_workers=4), tracking=tracking or False)
-        with TestClient(app) as client:
-            h = Harness(client, runner, tracking)
-            for i, name in enumerate(teachers):
-                if h.client.get(f"/api/teachers/{name}").status_code == 404:
-                    make_local_teacher(settings.teachers_dir, name, parameters=5000 * (i + 1))
-                    r = client.post("/api/teachers", json={"source": "local", "name": name})
-                    assert r.status_code == 201, r.text
-            yield h
-
-    yield make
+    yield functools.partial(open_harness, db_url, tmp_path)
 
 
 @pytest.fixture
