@@ -5,20 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3.11}
-command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
-VENV=${LIFTPLACE_VENV:-.venv}
+# shellcheck source=scripts/venv.sh
+source scripts/venv.sh
 
-if [ ! -x "$VENV/bin/python" ]; then
-  echo "==> creating $VENV with $("$PYTHON" --version)"
-  "$PYTHON" -m venv "$VENV"
-fi
-stamp="$VENV/.liftplace-installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "==> installing liftplace and its pinned dependencies into $VENV"
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e ".[platform,dev]"
-  touch "$stamp"
+# The web UI's browser tests drive Debian's chromium through Playwright (Playwright cannot
+# download its own browsers here). Install it when it is missing and we may.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "==> installing chromium (Debian package) for the browser tests"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+    || echo "warning: could not install chromium; the browser tests will fail"
 fi
 
 echo "==> ruff"

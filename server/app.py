@@ -14,12 +14,15 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 
-from server.api import datasets, jobs, studies, teachers
+from server import auth, errors
+from server.api import artifacts, datasets, jobs, studies, teachers
 from server.db import make_engine, make_sessionmaker, run_migrations
 from server.dispatcher import Dispatcher
 from server.executors import Executor, RayExecutor
+from server.middleware import BodySizeLimit
 from server.settings import Settings
 from server.tracking import Tracking
+from web import install as install_web
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +74,12 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
     app.state.executor = executor
     app.state.dispatcher = dispatcher
     app.state.tracking = tracking or None
-    for module in (jobs, studies, teachers, datasets):
+    for module in (jobs, studies, teachers, datasets, artifacts):
         app.include_router(module.router)
+    install_web(app)  # the browser UI: pages, /static, plotly.js from the plotly package
+    app.include_router(auth.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    errors.install(app)
 
     @app.get("/api/status", tags=["status"], summary="Dispatcher and executor state")
     def status(request: Request) -> dict[str, Any]:

@@ -82,7 +82,8 @@ def _loopback_only() -> None:
         pass
 
 
-def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> str:
+def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
+             log_to_driver: bool = True) -> str:
     """Join the Ray cluster at `address`, or start an embedded local Ray when `address` is None.
 
     Embedded: a new local Ray bound to 127.0.0.1 on free ports chosen by Ray (the GCS never on
@@ -90,12 +91,13 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
     Cluster: `ray.init(address=address)` (e.g. "ray-head:6379" or "auto"); num_cpus/num_gpus are
     the cluster's own and are ignored. Idempotent: when Ray is already initialised in this
     process it is left as it is. Returns a short description ("embedded Ray at 127.0.0.1:PORT
-    (2 CPUs, 0 GPUs)").
+    (2 CPUs, 0 GPUs)"). `log_to_driver=False` keeps the workers' output in Ray's log files
+    instead of this process's terminal.
     """
     if ray.is_initialized():
         return _describe_cluster(_started_mode or "connected")
     if address:
-        ray.init(address=address, namespace=RAY_NAMESPACE, ignore_reinit_error=True)
+        ray.init(address=address, namespace=RAY_NAMESPACE, ignore_reinit_error=True, log_to_driver=log_to_driver)
         _set_started("cluster")
         return _describe_cluster("cluster")
     _loopback_only()
@@ -109,6 +111,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
             include_dashboard=False,
             object_store_memory=EMBEDDED_OBJECT_STORE_BYTES,
             ignore_reinit_error=True,
+            log_to_driver=log_to_driver,
             _node_ip_address="127.0.0.1",
         )
     finally:

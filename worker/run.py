@@ -14,27 +14,46 @@ missing teacher, a crash in training all end as status "failed" with a readable 
   retrain it (the paper's smaller teachers), save its EMA to `output_dir/model`, compute FID.
 
 Files in `output_dir`: checkpoint/last.pt, model/, samples.png, error_map.png (distill and
-pruned teachers), job.log, outcome.json, mlflow_run_id, mlflow_logged_step.
+pruned teachers), job.log, metrics.jsonl, outcome.json, mlflow_run_id, mlflow_run_key,
+mlflow_logged_step. A job dispatched again after it had succeeded (its server stopped before
+recording the outcome) returns that attempt's outcome.json instead of running again.
+
+metrics.jsonl is the job's metric history for dashboards: one JSON object per line,
+``{"step": N, "<metric>": value, ...}`` (finite values only), written every
+``max(1, total // METRICS_MAX_LINES)`` steps and at the last step. A resumed run appends again
+from its checkpoint, so a step can appear twice: the later line is the one that counts
+(`read_metrics` applies that rule).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import time
 import traceback
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from worker.spec import JobOutcome, JobSpec
 
-__all__ = ["Reporter", "run_job", "pick_device", "PROGRESS_INTERVAL_S", "GRID_SAMPLES", "ERROR_MAP_IMAGES"]
+__all__ = ["Reporter", "run_job", "pick_device", "read_metrics", "PROGRESS_INTERVAL_S", "GRID_SAMPLES",
+           "ERROR_MAP_IMAGES", "METRICS_MAX_LINES", "SAMPLES_FILE", "ERROR_MAP_FILE", "LOG_FILE", "METRICS_FILE",
+           "OUTCOME_FILE"]
 
 PROGRESS_INTERVAL_S = 1.0  # progress reaches the reporter at most about this often (and at the last step)
 GRID_SAMPLES = 64  # images in the sample grid
 ERROR_MAP_IMAGES = 8  # columns of the error-map figure
+METRICS_MAX_LINES = 1000  # about this many lines of metric history per run, whatever its length
+# Files a job writes into its output folder (the server reads the first four for its dashboards).
+SAMPLES_FILE = "samples.png"
+ERROR_MAP_FILE = "error_map.png"
+LOG_FILE = "job.log"
+METRICS_FILE = "metrics.jsonl"
+OUTCOME_FILE = "outcome.json"
 
 
 @runtime_checkable
@@ -72,6 +91,36 @@ def _finite(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
 
 
+def read_metrics(path: str | Path) -> tuple[list[int], dict[str, list[float | None]]]:
+    """A job's metric history from its metrics.jsonl: (steps ascending, {metric: value per step}).
+
+    A step written twice (a resumed run) keeps its later line; a metric missing at a step is
+    None there. Unreadable lines (a line cut by a crash) are skipped. A missing file: no steps.
+    """
+    by_step: dict[int, dict[str, Any]] = {}
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return [], {}
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+            step = int(row.pop("step"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        by_step[step] = row  # later lines supersede earlier ones
+    steps = sorted(by_step)
+    names = sorted({k for row in by_step.values() for k in row})
+    series: dict[str, list[float | None]] = {}
+    for name in names:
+        values = []
+        for s in steps:
+            v = by_step[s].get(name)
+            values.append(float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None)
+        series[name] = values
+    return steps, series
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -84,6 +133,7 @@ class _Callbacks:
         self.job = job
         self.cancelled = False
         self._last_progress = -math.inf
+        self._history_every = 1
 
     def on_start(self, start_step: int, total_steps: int) -> None:
         job = self.job
@@ -93,6 +143,7 @@ class _Callbacks:
         else:
             job.log(f"training {total_steps} steps from scratch")
         job.steps_done = start_step
+        self._history_every = max(1, total_steps // METRICS_MAX_LINES)
         job.progress(start_step, total_steps, {})
 
     def on_step(self, step: int, total_steps: int, metrics: dict[str, float]) -> None:
@@ -100,6 +151,8 @@ class _Callbacks:
         job.steps_done = step
         if job.tracker is not None:
             job.tracker.log_step(step, metrics)
+        if step % self._history_every == 0 or step == total_steps:
+            job.record_metrics(step, metrics)
         now = time.monotonic()
         if step == total_steps or now - self._last_progress >= PROGRESS_INTERVAL_S:
             self._last_progress = now
@@ -138,7 +191,7 @@ class _Job:
         stamped = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}"
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            with open(self.out / "job.log", "a") as f:
+            with open(self.out / LOG_FILE, "a") as f:
                 f.write(stamped + "\n")
         except OSError:
             pass
@@ -154,6 +207,14 @@ class _Job:
                 self.reporter.progress(self.spec.job_id, step, total, _finite(metrics))
             except Exception:
                 pass
+
+    def record_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """One line of metrics.jsonl (never lets a disk problem end the job)."""
+        try:
+            with open(self.out / METRICS_FILE, "a") as f:
+                f.write(json.dumps({"step": step, **_finite(metrics)}) + "\n")
+        except (OSError, TypeError, ValueError):
+            pass
 
     def cancel_requested(self) -> bool:
         if self.reporter is None:
@@ -173,7 +234,13 @@ class _Job:
             if spec.kind not in ("distill", "teacher"):
                 raise ValueError(f"kind: expected 'distill' or 'teacher', got {spec.kind!r}")
             self.out.mkdir(parents=True, exist_ok=True)
-            self.log(f"job {spec.job_id} ({spec.kind}, attempt {spec.attempt}) starting on {self.device}")
+            self.log(f"job {spec.job_id} ({spec.kind}, attempt {spec.attempt}) starting on {self.device} "
+                     f"(pid {os.getpid()} on {socket.gethostname()})")
+            if (earlier := _earlier_success(self.out, spec)) is not None:
+                # Dispatched again after it had finished (its server stopped before recording the
+                # outcome): the result stands; sampling and scoring again would log it twice.
+                self.log(f"job {spec.job_id} already succeeded in an earlier attempt; returning that outcome")
+                return earlier
             if self.cancel_requested():
                 outcome = self._outcome("cancelled", "cancelled before it started")
             else:
@@ -193,8 +260,10 @@ class _Job:
         self._close_tracker(outcome)
         outcome.metrics.setdefault("duration_s", round(time.monotonic() - start, 3))
         self.log(f"job {spec.job_id} ended: {outcome.status}" + (f" ({outcome.reason})" if outcome.reason else ""))
-        try:
-            (self.out / "outcome.json").write_text(json.dumps(outcome.to_dict(), indent=2, sort_keys=True))
+        try:  # atomic: a worker killed mid-write leaves no half outcome for the next attempt to read
+            tmp = self.out / (OUTCOME_FILE + ".tmp")
+            tmp.write_text(json.dumps(outcome.to_dict(), indent=2, sort_keys=True))
+            os.replace(tmp, self.out / OUTCOME_FILE)
         except OSError:
             pass
         return outcome
@@ -226,8 +295,8 @@ class _Job:
             if outcome.resumed_from_step is not None:
                 tags["resumed_from_step"] = outcome.resumed_from_step
             self.tracker.set_tags(tags)
-            if (self.out / "job.log").is_file():
-                self.tracker.log_artifact(self.out / "job.log")
+            if (self.out / LOG_FILE).is_file():
+                self.tracker.log_artifact(self.out / LOG_FILE)
             self.tracker.end(mlflow_status(outcome.status))
         except Exception as exc:
             self.log(f"warning: could not close the MLflow run: {_describe(exc)}")
@@ -335,14 +404,14 @@ class _Job:
         n = spec.fid_samples if spec.fid_samples >= 2 else GRID_SAMPLES  # fid_samples 0: no FID
         images = sample(model, n, seed=spec.seed, num_inference_steps=spec.sample_steps, device=self.device)
         h = images.shape[-1]
-        grid = save_grid(images[:GRID_SAMPLES], self.out / "samples.png", scale=max(1, min(8, 128 // h)))
+        grid = save_grid(images[:GRID_SAMPLES], self.out / SAMPLES_FILE, scale=max(1, min(8, 128 // h)))
         if reference is not None:
             from liftplace.diagnostics import ERROR_MAP_TIMESTEPS, error_maps, error_means, save_error_maps
 
             gen = torch.Generator().manual_seed(spec.seed)
             idx = torch.randperm(data.shape[0], generator=gen)[:ERROR_MAP_IMAGES]
             maps = error_maps(reference, model, data[idx], ERROR_MAP_TIMESTEPS, seed=spec.seed)
-            emap = save_error_maps(maps, self.out / "error_map.png", scale=max(1, min(8, 64 // h)))
+            emap = save_error_maps(maps, self.out / ERROR_MAP_FILE, scale=max(1, min(8, 64 // h)))
             errors = {f"error_t{t}": v for t, v in error_means(maps, ERROR_MAP_TIMESTEPS).items()}
             metrics.update(errors)
             tracker.log_metrics(errors, step=result.steps)
@@ -364,6 +433,32 @@ class _Job:
         self.log(f"{fid.metric_name} = {fid.fid:.4f} ({fid.num_samples} samples, {spec.sample_steps} DDIM steps, "
                  f"{time.monotonic() - t0:.1f} s)")
         return self._outcome("succeeded", "", fid=fid.fid, fid_metric=fid.metric_name, metrics=_finite(metrics))
+
+
+# Spec fields that may change between attempts of one job without making it another job.
+_NOT_IDENTITY = ("attempt", "mlflow_parent_run_id")
+
+
+def _earlier_success(out: Path, spec: JobSpec) -> JobOutcome | None:
+    """The outcome of an earlier attempt of this same job that succeeded, else None.
+
+    Read from `out/outcome.json`; the model it names must record this spec (save_unet's
+    `extra["job"]`, compared without `_NOT_IDENTITY`), so a folder left by another job is never
+    taken for this one's result.
+    """
+    from liftplace.models import LIFTPLACE_META_FILE
+
+    try:
+        outcome = JobOutcome(**json.loads((out / OUTCOME_FILE).read_text()))
+        if outcome.status != "succeeded" or outcome.job_id != spec.job_id or not outcome.model_dir:
+            return None
+        saved = json.loads((Path(outcome.model_dir) / LIFTPLACE_META_FILE).read_text())["extra"]["job"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    current = spec.to_dict()
+    if not isinstance(saved, dict) or any(saved.get(k) != v for k, v in current.items() if k not in _NOT_IDENTITY):
+        return None
+    return outcome
 
 
 def _recorded_run_id(out: Path) -> str | None:
