@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
         cli_eval = None
     if cli_eval is not None:
         cli_eval.register(sub)
+    from liftplace import cli_study
+
+    cli_study.register(sub)
     # Commands of the platform (e.g. `serve`) plug in through an entry point, so that this
     # library never imports the server: each entry point is a register(subparsers) function.
     from importlib.metadata import entry_points

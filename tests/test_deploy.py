@@ -238,11 +238,11 @@ def deploy_doc() -> str:
 
 
 @cache
-def doc_tables() -> dict[str, list[list[str]]]:
-    """Rows (cells) of the Markdown tables of docs/deploy.md, by the heading above them."""
+def doc_tables(text: str | None = None) -> dict[str, list[list[str]]]:
+    """Rows (cells) of the Markdown tables of docs/deploy.md (or `text`), by the heading above them."""
     tables: dict[str, list[list[str]]] = {}
     heading = ""
-    for line in deploy_doc().splitlines():
+    for line in (deploy_doc() if text is None else text).splitlines():
         if line.startswith("#"):
             heading = line.lstrip("#").strip()
         elif line.startswith("|") and not re.match(r"^\|[\s|:-]+\|$", line):
@@ -681,6 +681,20 @@ def test_every_variable_the_code_reads_is_in_the_reference():
     documented = documented_vars("Read by liftplace")
     missing = sorted(code_env() - set(documented))
     assert not missing, f"docs/deploy.md's configuration reference lacks {missing}"
+
+
+def test_the_readme_configuration_reference_lists_every_variable_with_the_same_default():
+    readme = (ROOT / "README.md").read_text()
+    rows = {name: row for row in doc_tables(readme).get("Configuration", [])
+            for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row[0])}
+    missing = sorted(code_env() - set(rows))
+    assert not missing, f"README's configuration reference lacks {missing}"
+    stale = sorted(v for v in rows if v.startswith("LIFTPLACE_") and v not in code_env())
+    assert not stale, f"README documents variables the code does not read: {stale}"
+    deploy = documented_vars("Read by liftplace")
+    for name, row in rows.items():
+        if name in deploy:
+            assert row[1] == deploy[name][1], f"{name}: README says default {row[1]!r}, docs/deploy.md {deploy[name][1]!r}"
 
 
 def test_every_documented_liftplace_variable_is_read_by_the_code():

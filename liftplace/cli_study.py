@@ -1,0 +1,126 @@
+"""``liftplace study``: the study presets, and running one through a liftplace service.
+
+    liftplace study list
+    liftplace study show stability            # the request bodies it would submit
+    liftplace study run stability --api http://127.0.0.1:8000 [--name NAME] [--no-wait]
+
+`run` registers the preset's dataset and teachers (teachers that exist are reused by name;
+missing ones are trained by the service), submits one study per variant (a study name that
+exists is followed, not submitted again), shows progress until every job has ended, then
+prints each study's Table-6 grid. Ctrl-C stops following; the jobs go on in the service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from liftplace.cli import _HelpFormatter, number_type
+from liftplace.client import (
+    API_TOKEN_ENV,
+    API_URL_ENV,
+    DEFAULT_API_URL,
+    ServiceClient,
+    ServiceError,
+    follow,
+    submit_preset,
+)
+from liftplace.studies import STUDY_PRESET_NAMES, STUDY_PRESETS, get_study_preset
+
+__all__ = ["register", "main", "print_tables"]
+
+_positive_float = number_type(float, "a positive number", lambda v: v > 0)
+
+
+def register(subparsers) -> None:
+    """Add ``study`` (with list, show, run) to an argparse subparsers object."""
+    fmt = _HelpFormatter
+    p = subparsers.add_parser("study", help="study presets: list them, or run one through a liftplace service",
+                              formatter_class=fmt, description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="study_command", required=True, metavar="ACTION")
+
+    q = sub.add_parser("list", help="the study presets with their size", formatter_class=fmt)
+    q.set_defaults(func=_cmd_list)
+
+    q = sub.add_parser("show", help="print the requests a preset submits (JSON)", formatter_class=fmt)
+    q.add_argument("preset", choices=STUDY_PRESET_NAMES, help="study preset")
+    q.add_argument("--name", default=None, help="study name (default: the preset's name)")
+    q.set_defaults(func=_cmd_show)
+
+    q = sub.add_parser("run", help="submit a preset to a service and follow it to its Table-6 grid",
+                       formatter_class=fmt)
+    q.add_argument("preset", choices=STUDY_PRESET_NAMES, help="study preset")
+    q.add_argument("--api", default=None,
+                   help=f"service URL (default: ${API_URL_ENV}, else {DEFAULT_API_URL})")
+    q.add_argument("--name", default=None,
+                   help="study name (default: the preset's name); an existing study of that name is reused")
+    q.add_argument("--no-wait", action="store_true", help="submit and return without following")
+    q.add_argument("--timeout", type=_positive_float, default=None, help="seconds to follow before giving up")
+    q.add_argument("--connect-timeout", type=_positive_float, default=10.0,
+                   help="seconds to wait for the service to answer at all")
+    q.add_argument("--format", choices=("md", "csv", "latex"), default="md", help="format of the printed table")
+    q.set_defaults(func=_cmd_run)
+
+
+def _cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    width = max(len(n) for n in STUDY_PRESET_NAMES)
+    for name, preset in STUDY_PRESETS.items():
+        gpu = " [GPU]" if preset.needs_gpu else ""
+        print(f"{name:<{width}}  {preset.jobs:>4} jobs{gpu}  {preset.description}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    preset = get_study_preset(args.preset)
+    print(json.dumps({
+        "label": preset.label,
+        "dataset": preset.dataset_request(),
+        "teachers": [plan.request(preset.dataset) for plan in preset.teachers],
+        "studies": preset.study_requests(args.name or preset.name),
+    }, indent=2))
+    return 0
+
+
+def print_tables(client: ServiceClient, study_ids: Sequence[int], label: str, fmt: str = "md") -> None:
+    """Print each study's Table-6 grid, headed by its name and the preset's label."""
+    for study_id in study_ids:
+        study = client.get(f"/api/studies/{study_id}")
+        print(f"\n## Study {study['id']} {study['name']!r} — {label}\n")
+        print(client.table(study_id, fmt))
+
+
+def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    preset = get_study_preset(args.preset)
+    client = ServiceClient(args.api)
+    print(f"{preset.name}: {preset.description} ({preset.label})", flush=True)
+    try:
+        client.wait_ready(timeout=args.connect_timeout)
+        runs = submit_preset(client, preset, args.name, note=lambda line: print(line, flush=True))
+        if args.no_wait:
+            return 0
+        follow(client, runs, teachers=[t.name for t in preset.teachers], timeout=args.timeout)
+        print_tables(client, [r.study_id for r in runs], preset.label, args.format)
+    except ServiceError as exc:
+        hint = f" (set ${API_TOKEN_ENV})" if exc.status == 401 else ""
+        print(f"study run: {exc}{hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopped following; the jobs go on in the service", file=sys.stderr)
+        return 130
+    except TimeoutError as exc:
+        print(f"study run: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="liftplace")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args, parser) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

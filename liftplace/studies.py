@@ -1,0 +1,411 @@
+"""Study presets: whole stability studies (teachers x methods x seeds) as named, reproducible plans.
+
+A preset says which teachers a study needs (trained from an architecture preset, pruned and
+retrained from another teacher, or registered from a local diffusers folder), which methods
+and seeds it runs, and the distillation options every job shares. It is turned into the JSON
+bodies of the service's API (``POST /api/datasets``, ``/api/teachers``, ``/api/studies``);
+``liftplace study run PRESET --api URL`` submits them in order.
+
+- ``quick``: the stability study's shape with short training, for the one-command demo. Its
+  results are a smoke test of the pipeline, never a reproduction.
+- ``stability``: the embedded stability study (digits, CPU): three teacher capacities (the
+  largest and two pruned-and-retrained copies of it, as in the paper) x {outkd,
+  outkd+featkd, lift+place+featkd} x 5 seeds, students pruned from their teacher at 0.9.
+- ``ablation-*``: the paper's ablations on the largest stability teacher: Table 8 (LIFT,
+  PLACE, FeatKD), the PLACE group size K (Fig. 7), L1 vs L2 coarse, curriculum on/off.
+- ``celeba64``, ``cifar10``: the paper's pixel-space protocol on a GPU cluster, with a local
+  diffusers DDPM teacher and a local image folder (nothing is downloaded).
+
+Every preset runs the same options for every method: the method contract is fixed, and only
+the training budget (steps, learning rate, batch) and the evaluation (FID samples, DDIM
+steps) are chosen here. This module imports no torch, so the CLI and the server can read it
+cheaply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from liftplace import defaults
+from liftplace.methods import METHOD_NAMES, PAPER_METHOD
+
+__all__ = [
+    "TeacherPlan",
+    "StudyVariant",
+    "StudyPreset",
+    "STUDY_PRESETS",
+    "STUDY_PRESET_NAMES",
+    "STABILITY_METHODS",
+    "TABLE8_METHODS",
+    "get_study_preset",
+]
+
+TeacherSource = Literal["preset", "pruned", "local"]
+
+# The three methods of the paper's Table 6 (its stability study).
+STABILITY_METHODS: tuple[str, ...] = ("outkd", "outkd+featkd", PAPER_METHOD)
+# The four LIFT/PLACE/FeatKD combinations of the paper's Table 8.
+TABLE8_METHODS: tuple[str, ...] = ("lift", "lift+featkd", "lift+place", PAPER_METHOD)
+SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)  # the paper's five tries per cell
+
+
+def _frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class TeacherPlan:
+    """One teacher a preset needs; a preset lists them in dependency order (bases first).
+
+    source "preset": train `preset` (an architecture of `liftplace.presets`) from scratch;
+    "pruned": prune teacher `base` at `prune_ratio` (fraction of channels removed) and retrain it;
+    "local": register the diffusers folder `folder` (a sub-folder of the service's teachers root).
+    `train` holds the TrainOptions of the training job (steps, lr, batch_size, resolution, ...).
+    """
+
+    name: str
+    source: TeacherSource
+    preset: str | None = None
+    base: str | None = None
+    prune_ratio: float | None = None
+    folder: str | None = None
+    train: Mapping[str, Any] = field(default_factory=_frozen)
+
+    def __post_init__(self) -> None:
+        needs = {"preset": ("preset",), "pruned": ("base", "prune_ratio"), "local": ("folder",)}
+        if self.source not in needs:
+            raise ValueError(f"source: expected one of {', '.join(needs)}, got {self.source!r}")
+        missing = [f for f in needs[self.source] if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"teacher {self.name!r}: source {self.source!r} needs {', '.join(missing)}")
+        if self.source == "local" and self.train:
+            raise ValueError(f"teacher {self.name!r}: a local teacher is not trained; `train` must be empty")
+        object.__setattr__(self, "train", _frozen(self.train))
+
+    def request(self, dataset: str) -> dict[str, Any]:
+        """The JSON body of ``POST /api/teachers`` for this teacher, trained on `dataset`."""
+        if self.source == "local":
+            return {"source": "local", "name": self.name, "folder": self.folder}
+        body: dict[str, Any] = {"source": self.source, "name": self.name, "dataset": dataset, **self.train}
+        if self.source == "preset":
+            body["preset"] = self.preset
+        else:
+            body.update(base_teacher=self.base, prune_ratio=self.prune_ratio)
+        return body
+
+
+@dataclass(frozen=True)
+class StudyVariant:
+    """One study of a preset: methods, option overrides, and optionally a subset of the teachers.
+
+    `suffix` names the study (``f"{name}-{suffix}"``; ``""`` for a preset with one study).
+    """
+
+    suffix: str
+    methods: tuple[str, ...]
+    options: Mapping[str, Any] = field(default_factory=_frozen)
+    teachers: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHOD_NAMES]
+        if unknown or not self.methods:
+            raise ValueError(f"methods: unknown or empty {unknown or list(self.methods)}; "
+                             f"choose from {', '.join(METHOD_NAMES)}")
+        object.__setattr__(self, "options", _frozen(self.options))
+
+
+@dataclass(frozen=True)
+class StudyPreset:
+    """A named study plan: dataset, teachers, variants (studies), seeds, shared options.
+
+    `label` is shown with every result of the preset (e.g. that a quick run is no reproduction).
+    `options` are the DistillOptions fields every job shares (steps, lr, batch_size, resolution,
+    fid_samples, sample_steps, checkpoint_every, ...); a variant's `options` override them.
+    """
+
+    name: str
+    description: str
+    label: str
+    dataset: str
+    dataset_folder: str | None
+    teachers: tuple[TeacherPlan, ...]
+    variants: tuple[StudyVariant, ...]
+    seeds: tuple[int, ...]
+    student_ratio: float
+    options: Mapping[str, Any]
+    needs_gpu: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", _frozen(self.options))
+        names = [t.name for t in self.teachers]
+        seen: set[str] = set()
+        for t in self.teachers:
+            if t.source == "pruned" and t.base not in seen:
+                raise ValueError(f"teachers: {t.name!r} is pruned from {t.base!r}, which must come before it")
+            seen.add(t.name)
+        for v in self.variants:
+            stray = [t for t in (v.teachers or ()) if t not in names]
+            if stray:
+                raise ValueError(f"variant {v.suffix!r}: teachers {stray} are not teachers of preset {self.name!r}")
+        suffixes = [v.suffix for v in self.variants]
+        if len(set(suffixes)) != len(suffixes) or ("" in suffixes and len(suffixes) > 1):
+            raise ValueError(f"variants: suffixes must be distinct (and '' only alone), got {suffixes}")
+
+    def study_name(self, name: str, variant: StudyVariant) -> str:
+        return f"{name}-{variant.suffix}" if variant.suffix else name
+
+    def variant_teachers(self, variant: StudyVariant) -> tuple[str, ...]:
+        return variant.teachers if variant.teachers is not None else tuple(t.name for t in self.teachers)
+
+    def study_requests(self, name: str) -> list[dict[str, Any]]:
+        """The JSON bodies of ``POST /api/studies``, one per variant, named after `name`."""
+        return [
+            {
+                "name": self.study_name(name, v),
+                "teachers": list(self.variant_teachers(v)),
+                "methods": list(v.methods),
+                "seeds": list(self.seeds),
+                "student_ratio": self.student_ratio,
+                "dataset": self.dataset,
+                **self.options,
+                **v.options,
+            }
+            for v in self.variants
+        ]
+
+    def dataset_request(self) -> dict[str, Any] | None:
+        """The JSON body of ``POST /api/datasets`` (None for the embedded digits)."""
+        if self.dataset_folder is None:
+            return None
+        body: dict[str, Any] = {"name": self.dataset, "folder": self.dataset_folder,
+                                "description": f"image folder of study preset {self.name!r}"}
+        if self.options.get("resolution") is not None:
+            body["resolution"] = self.options["resolution"]
+        return body
+
+    def teacher_requests(self) -> list[dict[str, Any]]:
+        """The JSON bodies of ``POST /api/teachers``, bases first."""
+        return [t.request(self.dataset) for t in self.teachers]
+
+    @property
+    def jobs(self) -> int:
+        """Distillation jobs over all variants (teacher training jobs not counted)."""
+        return sum(len(self.variant_teachers(v)) * len(v.methods) * len(self.seeds) for v in self.variants)
+
+
+# --- embedded (digits, CPU) ------------------------------------------------------------------------
+# 8x8, the native digits: a quarter of 16x16's pixels per step, and K = 16 still divides H*W
+# (four PLACE groups per channel). See docs/results.md for the calibration behind these numbers:
+# the budget (steps, lr) is what a shared 2-core CPU allows in about an hour and a half.
+DIGITS_RESOLUTION: int = defaults.DIGITS_RESOLUTION
+
+STABILITY_TEACHER_PRESET: str = "digits-s"
+STABILITY_TEACHER: str = "stability-digits-s"
+STABILITY_TEACHER_TRAIN: Mapping[str, Any] = _frozen(
+    {"steps": 4000, "lr": 5e-4, "batch_size": 64, "resolution": DIGITS_RESOLUTION, "checkpoint_every": 500})
+STABILITY_PRUNED_TRAIN: Mapping[str, Any] = _frozen(
+    {"steps": 1500, "lr": 5e-4, "batch_size": 64, "resolution": DIGITS_RESOLUTION, "checkpoint_every": 500})
+STABILITY_PRUNE_RATIOS: tuple[float, ...] = (0.5, 0.7)  # the smaller teachers: channels removed from the largest
+STABILITY_OPTIONS: Mapping[str, Any] = _frozen({
+    "steps": 800,
+    "lr": 3e-3,
+    "batch_size": 64,
+    "resolution": DIGITS_RESOLUTION,
+    "fid_samples": 1000,
+    "sample_steps": 50,
+    "checkpoint_every": 200,
+})
+
+
+def _pruned_name(base: str, ratio: float) -> str:
+    return f"{base}-p{round(100 * ratio)}"
+
+
+def _capacity_teachers(largest: TeacherPlan, ratios: tuple[float, ...], train: Mapping[str, Any]
+                       ) -> tuple[TeacherPlan, ...]:
+    """The largest teacher and its pruned-and-retrained copies (the paper's capacity study)."""
+    pruned = tuple(TeacherPlan(_pruned_name(largest.name, r), "pruned", base=largest.name, prune_ratio=r, train=train)
+                   for r in ratios)
+    return (largest, *pruned)
+
+
+_STABILITY_LARGEST = TeacherPlan(STABILITY_TEACHER, "preset", preset=STABILITY_TEACHER_PRESET,
+                                 train=STABILITY_TEACHER_TRAIN)
+_STABILITY_TEACHERS = _capacity_teachers(_STABILITY_LARGEST, STABILITY_PRUNE_RATIOS, STABILITY_PRUNED_TRAIN)
+
+QUICK_TEACHER_PRESET: str = "digits-s"
+QUICK_TEACHER: str = "quick-digits-s"
+QUICK_TEACHER_TRAIN: Mapping[str, Any] = _frozen(
+    {"steps": 400, "lr": 1e-3, "batch_size": 64, "resolution": DIGITS_RESOLUTION, "checkpoint_every": 0,
+     "fid_samples": 200, "sample_steps": 20})
+QUICK_PRUNED_TRAIN: Mapping[str, Any] = _frozen(
+    {"steps": 150, "lr": 1e-3, "batch_size": 64, "resolution": DIGITS_RESOLUTION, "checkpoint_every": 0,
+     "fid_samples": 200, "sample_steps": 20})
+QUICK_OPTIONS: Mapping[str, Any] = _frozen({
+    "steps": 100,
+    "lr": 3e-3,
+    "batch_size": 32,
+    "resolution": DIGITS_RESOLUTION,
+    "fid_samples": 200,
+    "sample_steps": 20,
+    "checkpoint_every": 0,
+})
+QUICK_LABEL: str = "quick run: short training, not a reproduction"
+EMBEDDED_LABEL: str = ("embedded digits study (8x8, CPU): tiny models and a digits-feature FID; "
+                       "not comparable with the paper's CelebA numbers")
+
+
+SMOKE_TRAIN: Mapping[str, Any] = _frozen(
+    {"steps": 20, "lr": 1e-3, "batch_size": 16, "resolution": DIGITS_RESOLUTION, "checkpoint_every": 0,
+     "fid_samples": 32, "sample_steps": 4})
+SMOKE_OPTIONS: Mapping[str, Any] = _frozen({
+    "steps": 10, "lr": 1e-3, "batch_size": 16, "resolution": DIGITS_RESOLUTION, "fid_samples": 32,
+    "sample_steps": 4, "checkpoint_every": 0,
+})
+
+
+def _ablation(name: str, description: str, variants: tuple[StudyVariant, ...]) -> StudyPreset:
+    """An ablation on the largest stability teacher, with the stability preset's options."""
+    return StudyPreset(
+        name=name, description=description, label=EMBEDDED_LABEL, dataset="digits", dataset_folder=None,
+        teachers=(_STABILITY_LARGEST,), variants=variants, seeds=SEEDS,
+        student_ratio=defaults.STUDENT_RATIO, options=STABILITY_OPTIONS,
+    )
+
+
+# --- GPU presets: the paper's pixel-space protocol ------------------------------------------------
+# Linear betas, T = 1000, Adam 2e-4, EMA 0.9999, batch 128, 500K iterations at 90% pruning,
+# DDIM 100 steps, FID on 50K samples with Inception features (the dispatcher picks Inception for
+# image-folder datasets). lambda_kd stays the method's default (1.0 at 90% pruning, L1 coarse).
+PAPER_STEPS: int = 500_000
+PAPER_BATCH: int = 128
+PAPER_FID_SAMPLES: int = 50_000
+PAPER_CHECKPOINT_EVERY: int = 5_000
+PAPER_PRUNED_TEACHER_STEPS: int = 200_000  # retraining of the smaller teachers (our choice; the paper gives none)
+CELEBA_PRUNE_RATIOS: tuple[float, ...] = (0.5, 0.55, 0.66)  # aimed at 19.7M, 16.6M, 9.2M of the 78.7M teacher
+
+
+def _gpu_options(resolution: int) -> Mapping[str, Any]:
+    return _frozen({
+        "steps": PAPER_STEPS,
+        "lr": defaults.LEARNING_RATE,
+        "batch_size": PAPER_BATCH,
+        "resolution": resolution,
+        "fid_samples": PAPER_FID_SAMPLES,
+        "sample_steps": defaults.DDIM_STEPS,
+        "checkpoint_every": PAPER_CHECKPOINT_EVERY,
+    })
+
+
+def _gpu_train(resolution: int) -> Mapping[str, Any]:
+    return _frozen({"steps": PAPER_PRUNED_TEACHER_STEPS, "lr": defaults.LEARNING_RATE, "batch_size": PAPER_BATCH,
+                    "resolution": resolution, "checkpoint_every": PAPER_CHECKPOINT_EVERY})
+
+
+_CELEBA_TEACHER = TeacherPlan("celeba64-78.7m", "local", folder="ddpm-celeba64")
+_CIFAR_TEACHER = TeacherPlan("ddpm-cifar10-32", "local", folder="ddpm-cifar10-32")
+
+
+STUDY_PRESETS: dict[str, StudyPreset] = {
+    p.name: p
+    for p in (
+        StudyPreset(
+            name="quick",
+            description="The stability study's shape (3 teacher capacities x 3 methods x 5 seeds) with short "
+                        "training: shows the whole pipeline in minutes on a laptop CPU.",
+            label=QUICK_LABEL,
+            dataset="digits",
+            dataset_folder=None,
+            teachers=_capacity_teachers(
+                TeacherPlan(QUICK_TEACHER, "preset", preset=QUICK_TEACHER_PRESET, train=QUICK_TEACHER_TRAIN),
+                STABILITY_PRUNE_RATIOS, QUICK_PRUNED_TRAIN),
+            variants=(StudyVariant("", STABILITY_METHODS),),
+            seeds=SEEDS,
+            student_ratio=defaults.STUDENT_RATIO,
+            options=QUICK_OPTIONS,
+        ),
+        StudyPreset(
+            name="stability",
+            description="Embedded stability study (the paper's Table 6 at digits scale): a digits-s teacher and "
+                        "two pruned-and-retrained copies x {outkd, outkd+featkd, lift+place+featkd} x 5 seeds, "
+                        "students pruned from their teacher at 0.9 (Diff-Pruning, Taylor).",
+            label=EMBEDDED_LABEL,
+            dataset="digits",
+            dataset_folder=None,
+            teachers=_STABILITY_TEACHERS,
+            variants=(StudyVariant("", STABILITY_METHODS),),
+            seeds=SEEDS,
+            student_ratio=defaults.STUDENT_RATIO,
+            options=STABILITY_OPTIONS,
+        ),
+        _ablation("ablation-table8", "The paper's Table 8: LIFT, LIFT+FeatKD, LIFT+PLACE, LIFT+PLACE+FeatKD on "
+                  "the largest stability teacher.", (StudyVariant("", TABLE8_METHODS),)),
+        _ablation("ablation-group-size", "PLACE group size K in {4, 16, 64} (the paper's Fig. 7) with "
+                  "lift+place+featkd; at 8x8, K = 64 is one group (LIFT).",
+                  tuple(StudyVariant(f"k{k}", (PAPER_METHOD,), {"group_size": k}) for k in (4, 16, 64))),
+        _ablation("ablation-coarse", "L1 vs L2 coarse distance with lift+place+featkd.",
+                  tuple(StudyVariant(d, (PAPER_METHOD,), {"coarse": d}) for d in defaults.COARSE_DISTANCES)),
+        _ablation("ablation-curriculum", "The adaptive coarse-to-fine weight w on and off (w = 1) with "
+                  "lift+place+featkd.",
+                  (StudyVariant("curriculum", (PAPER_METHOD,), {"curriculum": True}),
+                   StudyVariant("no-curriculum", (PAPER_METHOD,), {"curriculum": False}))),
+        StudyPreset(
+            name="smoke",
+            description="A plumbing check in about a minute: the test-sized teacher and a pruned copy x "
+                        "{outkd, lift+place+featkd} x 2 seeds, a few steps each.",
+            label="smoke test: checks the pipeline only; the numbers mean nothing",
+            dataset="digits",
+            dataset_folder=None,
+            teachers=_capacity_teachers(
+                TeacherPlan("smoke-tiny", "preset", preset="tiny", train=SMOKE_TRAIN), (0.5,), SMOKE_TRAIN),
+            variants=(StudyVariant("", ("outkd", PAPER_METHOD)),),
+            seeds=(0, 1),
+            student_ratio=defaults.STUDENT_RATIO,
+            options=SMOKE_OPTIONS,
+        ),
+        StudyPreset(
+            name="celeba64",
+            description="The paper's Table 6 on a GPU cluster: the 78.7M CelebA 64x64 DDPM (a local diffusers "
+                        "folder) and three pruned-and-retrained copies x {outkd, outkd+featkd, "
+                        "lift+place+featkd} x 5 seeds, 90%-pruned students, 500K steps, Inception FID on 50K "
+                        "DDIM-100 samples.",
+            label="the paper's protocol (CelebA 64x64, Inception FID on 50K samples)",
+            dataset="celeba64",
+            dataset_folder="celeba",
+            teachers=_capacity_teachers(_CELEBA_TEACHER, CELEBA_PRUNE_RATIOS, _gpu_train(64)),
+            variants=(StudyVariant("", STABILITY_METHODS),),
+            seeds=SEEDS,
+            student_ratio=defaults.STUDENT_RATIO,
+            options=_gpu_options(64),
+            needs_gpu=True,
+        ),
+        StudyPreset(
+            name="cifar10",
+            description="The stability protocol on CIFAR-10 32x32: a local diffusers DDPM teacher (e.g. the "
+                        "35.7M CIFAR-10 DDPM) x {outkd, outkd+featkd, lift+place+featkd} x 5 seeds, 90%-pruned "
+                        "students, 500K steps, Inception FID on 50K DDIM-100 samples.",
+            label="the paper's protocol on CIFAR-10 32x32 (Inception FID on 50K samples)",
+            dataset="cifar10",
+            dataset_folder="cifar10",
+            teachers=(_CIFAR_TEACHER,),
+            variants=(StudyVariant("", STABILITY_METHODS),),
+            seeds=SEEDS,
+            student_ratio=defaults.STUDENT_RATIO,
+            options=_gpu_options(32),
+            needs_gpu=True,
+        ),
+    )
+}
+STUDY_PRESET_NAMES: tuple[str, ...] = tuple(STUDY_PRESETS)
+
+
+def get_study_preset(name: str) -> StudyPreset:
+    """The preset called `name`; ValueError naming the known presets otherwise."""
+    try:
+        return STUDY_PRESETS[name]
+    except KeyError:
+        raise ValueError(f"preset: unknown study preset {name!r}; choose one of {', '.join(STUDY_PRESET_NAMES)}"
+                         ) from None

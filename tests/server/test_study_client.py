@@ -1,0 +1,106 @@
+"""`liftplace study run` and its client against a live service (uvicorn on loopback, fake workers).
+
+The service runs with a ThreadExecutor whose FakeRunner acts out teacher training and the
+distillation jobs in milliseconds; the client speaks real HTTP to it (urllib).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from liftplace import cli_study
+from liftplace.client import ServiceClient, ServiceError, follow, submit_preset
+from liftplace.studies import get_study_preset
+from server.app import create_app
+from server.demo import ApiServer
+from server.executors import ThreadExecutor
+from server.settings import Settings
+from tests.server.server_testkit import MLFLOW_UI, FakeRunner
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live_service(db_url: str, tmp_path: Path) -> Iterator[tuple[str, FakeRunner]]:
+    runner = FakeRunner()
+    port = _free_port()
+    settings = Settings(data_dir=tmp_path / "data", database_url=db_url, mlflow_ui_url=MLFLOW_UI,
+                        poll_interval=0.05, host="127.0.0.1", port=port)
+    server = ApiServer(create_app(settings, ThreadExecutor(runner, max_workers=4), tracking=False),
+                       "127.0.0.1", port)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}", runner
+    finally:
+        server.stop()
+
+
+def test_submit_follow_and_reuse(live_service: tuple[str, FakeRunner]) -> None:
+    url, runner = live_service
+    client = ServiceClient(url, token="")
+    preset = get_study_preset("smoke")
+    notes: list[str] = []
+    runs = submit_preset(client, preset, note=notes.append)
+    assert [r.reused for r in runs] == [False]
+    assert any("training queued" in n for n in notes), notes
+    studies = follow(client, runs, teachers=[t.name for t in preset.teachers], poll=0.1, progress=False,
+                     timeout=60)
+    assert studies[0]["status"] == "ended"
+    assert studies[0]["status_counts"]["succeeded"] == preset.jobs
+    # every teacher was trained once, then every distillation job ran once
+    kinds = [s.kind for s in runner.specs]
+    assert kinds.count("teacher") == len(preset.teachers) and kinds.count("distill") == preset.jobs
+    table = client.table(runs[0].study_id, "md")
+    assert "| outkd |" in table and "smoke-tiny" in table
+
+    # A second run reuses the teachers and the study: nothing new is submitted or run.
+    notes.clear()
+    again = submit_preset(client, preset, note=notes.append)
+    assert [r.reused for r in again] == [True] and again[0].study_id == runs[0].study_id
+    assert sum("reusing" in n for n in notes) == len(preset.teachers) + 1, notes
+    follow(client, again, poll=0.1, progress=False, timeout=10)
+    assert len(runner.specs) == len(preset.teachers) + preset.jobs
+
+
+def test_cli_study_run_prints_the_table(live_service: tuple[str, FakeRunner],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    url, _ = live_service
+    code = cli_study.main(["study", "run", "smoke", "--api", url, "--name", "cli-smoke", "--timeout", "60"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "submitted as study" in out and "## Study" in out and "cli-smoke" in out
+    assert "smoke test: checks the pipeline only" in out  # the preset's label goes with its numbers
+
+
+def test_cli_study_run_unreachable_service(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli_study.main(["study", "run", "smoke", "--api", f"http://127.0.0.1:{_free_port()}",
+                           "--connect-timeout", "1"])
+    assert code == 1
+    assert "cannot reach the service" in capsys.readouterr().err
+
+
+def test_service_error_names_the_field(live_service: tuple[str, FakeRunner]) -> None:
+    url, _ = live_service
+    client = ServiceClient(url, token="")
+    body = get_study_preset("smoke").study_requests("bad")[0] | {"student_ratio": 1.5}
+    with pytest.raises(ServiceError) as err:
+        client.post("/api/studies", body)
+    assert err.value.status == 422 and "student_ratio" in err.value.detail
+
+
+def test_study_show_and_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_study.main(["study", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "quick" in listing and "stability" in listing and "[GPU]" in listing
+    assert cli_study.main(["study", "show", "quick"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["studies"][0]["name"] == "quick" and shown["teachers"]
