@@ -153,6 +153,10 @@ class ApiServer:
 # --- the command ----------------------------------------------------------------------------------
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _say(line: str) -> None:
     print(line, flush=True)
 
@@ -163,6 +167,8 @@ def _cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser | None =
     from liftplace.studies import get_study_preset
 
     preset = get_study_preset(args.preset)
+    # SIGINT gets Python's handler even when started in the background, where the shell ignores it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     data_dir: Path = args.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     # The service's own logs go to a file, so the terminal shows only the demo's lines.
@@ -193,6 +199,9 @@ def _cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser | None =
         # Ray starts in the main thread (so its shutdown also stops its agents) while MLflow boots.
         _say(f"starting Ray: {init_ray(None, log_to_driver=False)}")
         ray_started = True
+        # SIGTERM (kill, a process manager) stops everything the way Ctrl-C does; set after
+        # ray.init, which installs a handler of its own that would exit without cleaning up.
+        signal.signal(signal.SIGTERM, _interrupt)
         wait_http(f"{mlflow_url}/health", MLFLOW_START_TIMEOUT, mlflow_proc)
         api = ApiServer(create_app(settings), "127.0.0.1", port)
         api.start()
@@ -216,7 +225,7 @@ def _cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser | None =
                 time.sleep(3600)
         return 0
     except KeyboardInterrupt:
-        _say("\nCtrl-C: stopping the API, Ray and MLflow ...")
+        _say("\nstopping the API, Ray and MLflow ...")
         return 130
     except (ServiceError, RuntimeError, TimeoutError) as exc:
         print(f"demo: {exc} (logs in {data_dir})", file=sys.stderr)
