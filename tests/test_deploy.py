@@ -694,7 +694,8 @@ def test_the_readme_configuration_reference_lists_every_variable_with_the_same_d
     deploy = documented_vars("Read by liftplace")
     for name, row in rows.items():
         if name in deploy:
-            assert row[1] == deploy[name][1], f"{name}: README says default {row[1]!r}, docs/deploy.md {deploy[name][1]!r}"
+            assert row[1] == deploy[name][1], \
+                f"{name}: README says default {row[1]!r}, docs/deploy.md {deploy[name][1]!r}"
 
 
 def test_every_documented_liftplace_variable_is_read_by_the_code():
