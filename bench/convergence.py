@@ -1,0 +1,210 @@
+"""Convergence curves: FID against training steps, for a teacher or for distilled students.
+
+Calibrates the embedded study presets (`liftplace.studies`): is a teacher good enough (its FID
+against the real-vs-real FID of as many real images), and does a pruned-initialised student
+stop improving before its step budget ends? The run is checkpointed every `--eval-every`
+steps; each checkpoint's EMA model is sampled (DDIM) and scored (digits features), so the
+curve is exactly what a job of the same length would report at that step.
+
+    # a teacher of a preset (its curve, and the model saved to OUTPUT/teacher/model)
+    python bench/convergence.py teacher --preset digits-m --steps 3000 --eval-every 500 --output runs/conv-t
+    # students of that teacher, one per method (same seed), pruned at the study's ratio
+    python bench/convergence.py student --teacher runs/conv-t/teacher/model --steps 3000 --eval-every 250 \
+        --methods outkd outkd+featkd lift+place+featkd --output runs/conv-s
+
+Writes OUTPUT/convergence.csv (kind, name, step, fid_digits, elapsed_s, step_ms) and
+OUTPUT/convergence.png, and prints the step time and the real-vs-real FID. Settings
+default to the `stability` study preset. Run it with one torch thread (`--threads 1`) on a
+shared machine. A benchmark prints figures; it never passes or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from liftplace.studies import get_study_preset  # noqa: E402  (no torch import: cheap)
+
+CSV_FIELDS = ("kind", "name", "step", "fid_digits", "elapsed_s", "step_ms")
+
+
+class _Curve:
+    """A training callback that scores the EMA model of every checkpoint it sees."""
+
+    def __init__(self, kind: str, name: str, *, fid_samples: int, sample_steps: int, seed: int, rows: list[dict],
+                 out_csv: Path):
+        self.kind, self.name = kind, name
+        self.fid_samples, self.sample_steps, self.seed = fid_samples, sample_steps, seed
+        self.rows, self.out_csv = rows, out_csv
+        self.t0 = time.perf_counter()
+        self.train_s = 0.0  # training time only (evaluation excluded), for the step time
+        self.last = self.t0
+        self.steps_timed = 0
+
+    # TrainingCallback hooks (duck-typed: liftplace.training calls what exists)
+    def on_start(self, start_step: int, total_steps: int) -> None:
+        self.last = time.perf_counter()
+
+    def on_step(self, step: int, total_steps: int, metrics: dict[str, float]) -> None:
+        self.steps_timed += 1
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        from liftplace.fid import compute_fid
+        from liftplace.training import load_checkpoint_model
+
+        self.train_s += time.perf_counter() - self.last
+        _, ema, _ = load_checkpoint_model(path)
+        fid = compute_fid(ema.eval(), "digits", features="digits", num_samples=self.fid_samples,
+                          num_inference_steps=self.sample_steps, seed=self.seed)
+        step_ms = 1000 * self.train_s / max(1, self.steps_timed)
+        row = dict(kind=self.kind, name=self.name, step=step, fid_digits=round(fid.fid, 4),
+                   elapsed_s=round(time.perf_counter() - self.t0, 1), step_ms=round(step_ms, 1))
+        self.rows.append(row)
+        _write_csv(self.rows, self.out_csv)
+        print(f"{self.kind} {self.name} step {step}: fid_digits {fid.fid:.3f} (train {step_ms:.0f} ms/step, "
+              f"{row['elapsed_s']} s so far)", flush=True)
+        self.last = time.perf_counter()
+
+    def on_end(self, result) -> None: ...
+
+    def should_stop(self) -> bool:
+        return False
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _plot(rows: list[dict], path: Path, title: str, real_fid: float | None, mark_step: int | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for name in dict.fromkeys(r["name"] for r in rows):
+        pts = [(r["step"], r["fid_digits"]) for r in rows if r["name"] == name]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    if real_fid is not None:
+        ax.axhline(real_fid, color="gray", linestyle="--", label=f"real vs real, disjoint halves ({real_fid:.1f})")
+    if mark_step:
+        ax.axvline(mark_step, color="black", linestyle=":", label=f"study budget ({mark_step} steps)")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("fid_digits (log scale)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def real_vs_real(resolution: int, seed: int = 0) -> float:
+    """FID between two disjoint random halves of the digits: fresh real samples, the floor to read FIDs against."""
+    import torch
+
+    from liftplace.data import load_digits
+    from liftplace.fid import compute_fid
+
+    data = load_digits(resolution)
+    idx = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(seed))
+    half = data.shape[0] // 2
+    return compute_fid(data[idx[:half]], data[idx[half:]], features="digits").fid
+
+
+def main() -> None:
+    stability = get_study_preset("stability")
+    largest = stability.teachers[0]
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", choices=("teacher", "student", "plot"),
+                   help="plot: redraw OUTPUT/convergence.png from OUTPUT/convergence.csv")
+    p.add_argument("--preset", default=largest.preset, help="teacher architecture (kind teacher)")
+    p.add_argument("--teacher", type=Path, help="teacher model folder (kind student)")
+    p.add_argument("--methods", nargs="+", default=list(stability.variants[0].methods))
+    p.add_argument("--steps", type=int, default=None, help="default: the stability preset's")
+    p.add_argument("--eval-every", type=int, default=None, help="default: steps / 6")
+    p.add_argument("--lr", type=float, default=None, help="default: the stability preset's")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the stability preset's")
+    p.add_argument("--student-ratio", type=float, default=stability.student_ratio)
+    p.add_argument("--resolution", type=int, default=stability.options["resolution"])
+    p.add_argument("--fid-samples", type=int, default=stability.options["fid_samples"])
+    p.add_argument("--sample-steps", type=int, default=stability.options["sample_steps"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--title", help="plot title (kind plot)")
+    p.add_argument("--mark-step", type=int, help="draw a vertical line at this step (kind plot): the study's budget")
+    args = p.parse_args()
+
+    os.environ.setdefault("LIFTPLACE_CACHE_DIR", tempfile.mkdtemp(prefix="liftplace-conv-"))
+    import torch
+
+    from liftplace.data import load_digits
+    from liftplace.models import build_unet, count_parameters, load_unet, save_unet
+    from liftplace.training import distill, train_teacher
+
+    torch.set_num_threads(args.threads)
+    train = largest.train if args.kind == "teacher" else stability.options  # plot: the students' settings
+    steps = args.steps or int(train["steps"])
+    lr = args.lr or float(train["lr"])
+    batch = args.batch_size or int(train["batch_size"])
+    every = args.eval_every or max(1, steps // 6)
+    args.output.mkdir(parents=True, exist_ok=True)
+    out_csv = args.output / "convergence.csv"
+    rows: list[dict] = []
+    data = load_digits(args.resolution)
+    real = real_vs_real(args.resolution, args.seed)
+    if args.kind == "plot":
+        rows = [dict(r, step=int(r["step"]), fid_digits=float(r["fid_digits"])) for r in csv.DictReader(open(out_csv))]
+        kinds = {r["kind"] for r in rows}
+        _plot(rows, args.output / "convergence.png",
+              args.title or f"{'/'.join(sorted(kinds))} convergence, batch {batch}, lr {lr}", real, args.mark_step)
+        print(f"wrote {args.output / 'convergence.png'}")
+        return
+    print(f"device: CPU ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+          f"{args.threads} thread(s); digits {tuple(data.shape)}; real vs real fid_digits (disjoint halves) = "
+          f"{real:.3f}", flush=True)
+
+    def curve(kind: str, name: str) -> _Curve:
+        return _Curve(kind, name, fid_samples=args.fid_samples, sample_steps=args.sample_steps, seed=args.seed,
+                      rows=rows, out_csv=out_csv)
+
+    if args.kind == "teacher":
+        model = build_unet(args.preset, sample_size=args.resolution, seed=args.seed)
+        print(f"teacher {args.preset}: {count_parameters(model):,} parameters; {steps} steps, lr {lr}, "
+              f"batch {batch}", flush=True)
+        res = train_teacher(model, data, steps=steps, seed=args.seed, batch_size=batch, lr=lr,
+                            checkpoint_dir=args.output / "teacher" / "checkpoint", checkpoint_every=every,
+                            callbacks=[curve("teacher", args.preset)])
+        save_unet(res.ema_model, args.output / "teacher" / "model")
+        title = f"teacher {args.preset} ({count_parameters(model) / 1e6:.1f}M), batch {batch}, lr {lr}"
+    else:
+        if args.teacher is None:
+            p.error("--teacher: required for kind student")
+        teacher = load_unet(args.teacher)
+        for method in args.methods:
+            res = distill(teacher, args.student_ratio, method, args.seed, steps, data=data, batch_size=batch, lr=lr,
+                          checkpoint_dir=args.output / method.replace("+", "_") / "checkpoint",
+                          checkpoint_every=every, callbacks=[curve("student", method)])
+            print(f"student {method}: {res.parameters:,} of {res.teacher_parameters:,} parameters "
+                  f"({100 * res.parameters / res.teacher_parameters:.2f}%)", flush=True)
+        title = (f"students at ratio {args.student_ratio} of a {count_parameters(teacher) / 1e6:.1f}M teacher, "
+                 f"batch {batch}, lr {lr}")
+    _plot(rows, args.output / "convergence.png", title, real)
+    print(f"wrote {out_csv} and {args.output / 'convergence.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Study presets: every request body they make is one the service accepts, and the plans hold together."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from pydantic import TypeAdapter
+
+from liftplace import defaults
+from liftplace.methods import METHOD_NAMES, PAPER_METHOD
+from liftplace.presets import PRESET_NAMES, TEACHER_PRESETS
+from liftplace.studies import (
+    STABILITY_METHODS,
+    STUDY_PRESET_NAMES,
+    STUDY_PRESETS,
+    TABLE8_METHODS,
+    StudyPreset,
+    StudyVariant,
+    TeacherPlan,
+    get_study_preset,
+)
+from server.schemas import DatasetCreate, StudyCreate, TeacherCreate
+from server.settings import MAX_JOBS_PER_STUDY
+
+EXPECTED = ("quick", "stability", "ablation-table8", "ablation-group-size", "ablation-coarse",
+            "ablation-curriculum", "celeba64", "cifar10")  # the issue's presets (others may be added: smoke)
+TEACHER = TypeAdapter(TeacherCreate)
+
+
+@pytest.fixture(params=STUDY_PRESET_NAMES)
+def preset(request: pytest.FixtureRequest) -> StudyPreset:
+    return STUDY_PRESETS[request.param]
+
+
+def test_the_named_presets_exist_and_unknown_names_are_refused() -> None:
+    assert set(EXPECTED) <= set(STUDY_PRESET_NAMES)
+    assert get_study_preset("stability") is STUDY_PRESETS["stability"]
+    with pytest.raises(ValueError, match="unknown study preset 'nope'.*quick, stability"):
+        get_study_preset("nope")
+
+
+def test_every_request_body_validates_against_the_api_schemas(preset: StudyPreset) -> None:
+    teachers = [TEACHER.validate_python(body) for body in preset.teacher_requests()]
+    assert [t.name for t in teachers] == [t.name for t in preset.teachers]
+    studies = [StudyCreate.model_validate(body) for body in preset.study_requests("run1")]
+    assert len(studies) == len(preset.variants)
+    jobs = 0
+    for study, variant in zip(studies, preset.variants, strict=True):
+        assert study.name == ("run1" if not variant.suffix else f"run1-{variant.suffix}")
+        assert study.dataset == preset.dataset and study.student_ratio == preset.student_ratio
+        assert study.seeds == list(preset.seeds) and study.methods == list(variant.methods)
+        assert set(study.teachers) <= {t.name for t in preset.teachers}
+        for key, value in {**preset.options, **variant.options}.items():
+            assert getattr(study, key) == value, key  # no option dropped or renamed on the way
+        n = len(study.teachers) * len(study.methods) * len(study.seeds)
+        assert n <= MAX_JOBS_PER_STUDY
+        jobs += n
+    assert jobs == preset.jobs
+    body = preset.dataset_request()
+    if preset.dataset_folder is None:
+        assert body is None and preset.dataset == "digits"
+    else:
+        assert DatasetCreate.model_validate(body).resolution == preset.options["resolution"]
+
+
+def test_images_fit_the_architectures_and_every_group_size_divides_them(preset: StudyPreset) -> None:
+    size = preset.options["resolution"]
+    for t in preset.teachers:
+        if t.source == "preset":
+            assert t.preset in PRESET_NAMES
+            assert size % 2 ** (len(TEACHER_PRESETS[t.preset].block_out_channels) - 1) == 0
+        if t.source != "local":
+            assert t.train["resolution"] == size  # teachers train at the students' resolution
+    for v in preset.variants:
+        k = v.options.get("group_size", preset.options.get("group_size", defaults.GROUP_SIZE))
+        assert (size * size) % k == 0, (v.suffix, k)
+
+
+def test_the_embedded_studies_have_the_papers_shape() -> None:
+    for name in ("quick", "stability"):
+        p = STUDY_PRESETS[name]
+        assert not p.needs_gpu and p.dataset == "digits" and p.student_ratio == 0.9 and len(p.seeds) == 5
+        assert [v.methods for v in p.variants] == [STABILITY_METHODS] and p.jobs == 45
+        largest, *smaller = p.teachers
+        assert largest.source == "preset" and len(smaller) >= 2
+        assert all(t.source == "pruned" and t.base == largest.name for t in smaller)  # as in the paper
+    assert STUDY_PRESETS["quick"].label.startswith("quick run") and "not a reproduction" in STUDY_PRESETS["quick"].label
+    # the quick preset really is shorter, everywhere
+    q, s = STUDY_PRESETS["quick"], STUDY_PRESETS["stability"]
+    for key in ("steps", "fid_samples", "sample_steps"):
+        assert q.options[key] < s.options[key], key
+    assert all(tq.train["steps"] < ts.train["steps"] for tq, ts in zip(q.teachers, s.teachers, strict=True))
+    # the teacher names of different presets never collide on one server, except a shared teacher
+    assert not {t.name for t in q.teachers} & {t.name for t in s.teachers}
+
+
+def test_the_ablations_vary_one_thing_on_the_largest_stability_teacher() -> None:
+    largest = STUDY_PRESETS["stability"].teachers[0]
+    for name in EXPECTED:
+        if name.startswith("ablation-"):
+            p = STUDY_PRESETS[name]
+            assert p.teachers == (largest,) and p.options == STUDY_PRESETS["stability"].options
+    assert STUDY_PRESETS["ablation-table8"].variants[0].methods == TABLE8_METHODS
+    assert [dict(v.options) for v in STUDY_PRESETS["ablation-group-size"].variants] == [
+        {"group_size": k} for k in (4, 16, 64)]
+    assert [v.options["coarse"] for v in STUDY_PRESETS["ablation-coarse"].variants] == list(defaults.COARSE_DISTANCES)
+    assert [v.options["curriculum"] for v in STUDY_PRESETS["ablation-curriculum"].variants] == [True, False]
+    for name in ("ablation-group-size", "ablation-coarse", "ablation-curriculum"):
+        assert all(v.methods == (PAPER_METHOD,) for v in STUDY_PRESETS[name].variants)
+
+
+def test_the_gpu_presets_follow_the_papers_protocol() -> None:
+    for name, size in (("celeba64", 64), ("cifar10", 32)):
+        p = STUDY_PRESETS[name]
+        assert p.needs_gpu and p.teachers[0].source == "local" and p.dataset_folder
+        o = p.options
+        assert (o["resolution"], o["fid_samples"], o["sample_steps"], o["lr"]) == (
+            size, 50_000, defaults.DDIM_STEPS, defaults.LEARNING_RATE)
+        assert "lambda_kd" not in o and "coarse" not in o  # the contract's defaults at 90% pruning
+    assert len(STUDY_PRESETS["celeba64"].teachers) == 4  # as the paper's Table 6
+
+
+def test_bad_plans_are_refused_with_the_field_named() -> None:
+    with pytest.raises(ValueError, match="needs base, prune_ratio"):
+        TeacherPlan("x", "pruned")
+    with pytest.raises(ValueError, match="source"):
+        TeacherPlan("x", "hub", preset="tiny")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="methods"):
+        StudyVariant("", ("outkd", "distill-harder"))
+    base = STUDY_PRESETS["stability"]
+    with pytest.raises(ValueError, match="must come before it"):
+        StudyPreset(**{**base.__dict__, "teachers": tuple(reversed(base.teachers))})
+    with pytest.raises(ValueError, match="not teachers of preset"):
+        StudyPreset(**{**base.__dict__, "variants": (StudyVariant("", ("outkd",), teachers=("ghost",)),)})
+    with pytest.raises(ValueError, match="suffixes"):
+        StudyPreset(**{**base.__dict__, "variants": (StudyVariant("a", ("outkd",)), StudyVariant("a", ("lift",)))})
+    assert set(METHOD_NAMES) >= set(STABILITY_METHODS) | set(TABLE8_METHODS)
+
+
+def test_the_module_imports_only_light_modules() -> None:
+    """The CLI and the server read the presets without paying for torch."""
+    import liftplace.studies as studies
+
+    tree = ast.parse(Path(studies.__file__).read_text())
+    imported = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported <= {"__future__", "collections.abc", "dataclasses", "types", "typing", "liftplace",
+                        "liftplace.methods"}, imported
+
+
+# --- the results page generator (scripts/results_report.py) ---------------------------------------
+
+
+def _report_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "results_report.py"
+    spec = importlib.util.spec_from_file_location("results_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_report_rewrites_only_its_own_section(tmp_path: Path) -> None:
+    report = _report_module()
+    page = tmp_path / "results.md"
+    page.write_text("# Results\n\nprose before\n\n<!-- report:a:begin -->\nold\n<!-- report:a:end -->\n\nprose after\n")
+    report.replace_section(page, "a", "new table")
+    report.replace_section(page, "b", "appended")
+    report.replace_section(page, "a", "newer table")  # idempotent: one block per section
+    text = page.read_text()
+    assert text.count("<!-- report:a:begin -->") == 1 and "newer table" in text and "old" not in text
+    assert text.index("prose before") < text.index("newer table") < text.index("prose after") < text.index("appended")
+
+
+def test_the_report_renders_presets_and_convergence_curves(tmp_path: Path) -> None:
+    report = _report_module()
+    text = report.presets_report(["ablation-group-size"], "presets-ablations")
+    for body in STUDY_PRESETS["ablation-group-size"].study_requests("ablation-group-size"):
+        assert f"`{body['name']}`" in text and f"group_size {body['group_size']}" in text
+    assert "liftplace study run ablation-group-size" in text and "--section presets-ablations" in text
+    csv_file = tmp_path / "convergence.csv"
+    csv_file.write_text("kind,name,step,fid_digits,elapsed_s,step_ms\nstudent,outkd,200,90.5,10,100\n"
+                        "student,lift+place+featkd,200,80.25,20,120\nstudent,outkd,400,70.0,30,110\n")
+    table = report.convergence_report(csv_file, tmp_path / "figures" / "convergence.png")
+    assert "| step | outkd | lift+place+featkd |" in table
+    assert "| 200 | 90.5 | 80.25 |" in table and "| 400 | 70.0 | – |" in table
+    assert "outkd 110, lift+place+featkd 120" in table  # the last step time of each curve
