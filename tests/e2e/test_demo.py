@@ -18,8 +18,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 LIFTPLACE = str(Path(sys.executable).with_name("liftplace"))
 RUN_TIMEOUT = 600.0  # seconds; the smoke study takes ~1-3 min on 2 cores
 
@@ -106,8 +104,8 @@ def _get(url: str) -> int:
         return resp.status
 
 
-@pytest.mark.skipif(not Path(LIFTPLACE).exists(), reason="the liftplace console script is not installed")
 def test_demo_runs_a_study_to_its_table_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    assert Path(LIFTPLACE).exists(), f"the liftplace console script is not installed next to {sys.executable}"
     data = tmp_path / "demo-data"
     demo = Demo("--preset", "smoke", "--data-dir", str(data), "--port", "0", "--mlflow-port", "0", cwd=tmp_path)
     try:
