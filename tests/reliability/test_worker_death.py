@@ -111,10 +111,17 @@ def _check_cell(client, study_name: str, seeds: int, mlflow_uri: str) -> None:
 
 def test_killed_workers_resume_and_each_job_finishes_once(world, tmp_path: Path, capsys) -> None:
     experiment = "kills"
-    with _service(world, tmp_path, experiment) as c:
+    holds = {hold_key("kills", 3, 1): ("fid", 1)}
+    killer = Killer(tmp_path / "data")
+    # Patched before the study is submitted, so that no job is dispatched unwatched.
+    with pytest.MonkeyPatch.context() as mp, _service(world, tmp_path, experiment) as c:
+        import worker.ray_tasks
+
+        mp.setattr(worker.ray_tasks, "execute_job", holding_execute_job(holds, env=FILE_STORE_ENV))
+        killer.watch_dispatcher(mp)
         ids = _study(c, "kills", [0, 1, 2, 3, 4])
         control = c.post("/api/jobs", json={"teacher": TEACHER, "method": "outkd", "seed": 4, **JOB_OPTIONS}).json()
-        killer = Killer(tmp_path / "data", [
+        killer.kills.extend([
             Kill(ids[0], 1, "", label="at start-up, before the MLflow run"),
             Kill(ids[1], 1, "steps from scratch", label="training, before the first checkpoint"),
             Kill(ids[2], 1, "checkpoint at step 10", label="after a checkpoint"),
@@ -122,13 +129,7 @@ def test_killed_workers_resume_and_each_job_finishes_once(world, tmp_path: Path,
             Kill(ids[4], 1, "checkpoint at step 20", label="after a checkpoint, then"),
             Kill(ids[4], 2, "resumed from the checkpoint", label="again right after resuming"),
         ])
-        holds = {hold_key("kills", 3, 1): ("fid", 1)}
-        with pytest.MonkeyPatch.context() as mp:
-            import worker.ray_tasks
-
-            mp.setattr(worker.ray_tasks, "execute_job", holding_execute_job(holds, env=FILE_STORE_ENV))
-            killer.watch_dispatcher(mp)
-            jobs = wait_ended(c, [*ids.values(), control["id"]], TIMEOUT_S, between=killer.poll)
+        jobs = wait_ended(c, [*ids.values(), control["id"]], TIMEOUT_S, between=killer.poll)
         _check(c, killer, jobs[:-1], world, experiment)
         steps = [k.checkpoint_step for k in killer.kills]
         assert steps[0] is None and steps[3] == 30  # exact: before any training; held in the FID
@@ -144,26 +145,28 @@ def test_killed_workers_resume_and_each_job_finishes_once(world, tmp_path: Path,
 
 def test_kills_inside_writes_and_of_two_workers_at_once(world, tmp_path: Path, capsys) -> None:
     experiment = "kills-in-writes"
-    with _service(world, tmp_path, experiment) as c:
+    holds = {
+        hold_key("writes", 0, 1): ("checkpoint-write", 1),  # no checkpoint yet, half a temporary file
+        hold_key("writes", 1, 1): ("checkpoint-write", 2),  # the checkpoint of step 10, half of step 20's
+        hold_key("writes", 2, 1): ("mlflow-run", 1),
+        hold_key("writes", 3, 1): ("returned", 1),
+    }
+    killer = Killer(tmp_path / "data")
+    # The stand-in task and the dispatcher's watch go in before the study is submitted: a job
+    # dispatched before them would run unheld (and its kill would never come).
+    with pytest.MonkeyPatch.context() as mp, _service(world, tmp_path, experiment) as c:
+        import worker.ray_tasks
+
+        mp.setattr(worker.ray_tasks, "execute_job", holding_execute_job(holds, env=FILE_STORE_ENV))
+        killer.watch_dispatcher(mp)
         ids = _study(c, "writes", [0, 1, 2, 3])
-        holds = {
-            hold_key("writes", 0, 1): ("checkpoint-write", 1),  # no checkpoint yet, half a temporary file
-            hold_key("writes", 1, 1): ("checkpoint-write", 2),  # the checkpoint of step 10, half of step 20's
-            hold_key("writes", 2, 1): ("mlflow-run", 1),
-            hold_key("writes", 3, 1): ("returned", 1),
-        }
-        killer = Killer(tmp_path / "data", [
+        killer.kills.extend([
             Kill(ids[0], 1, hold="checkpoint-write", group="both", label="writing the first checkpoint"),
             Kill(ids[1], 1, hold="checkpoint-write", group="both", label="writing the second checkpoint, same moment"),
             Kill(ids[2], 1, hold="mlflow-run", label="MLflow run created, its id not yet recorded"),
             Kill(ids[3], 1, hold="returned", label="outcome written, the task not yet returned"),
         ])
-        with pytest.MonkeyPatch.context() as mp:
-            import worker.ray_tasks
-
-            mp.setattr(worker.ray_tasks, "execute_job", holding_execute_job(holds, env=FILE_STORE_ENV))
-            killer.watch_dispatcher(mp)
-            jobs = wait_ended(c, list(ids.values()), TIMEOUT_S, between=killer.poll)
+        jobs = wait_ended(c, list(ids.values()), TIMEOUT_S, between=killer.poll)
         _check(c, killer, jobs, world, experiment)
         assert [k.checkpoint_step for k in killer.kills] == [None, 10, None, 30]
         both = killer.kills[:2]
