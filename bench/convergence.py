@@ -136,6 +136,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="default: the stability preset's")
     p.add_argument("--eval-every", type=int, default=None, help="default: steps / 6")
     p.add_argument("--lr", type=float, default=None, help="default: the stability preset's")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
+                   help="default: the stability preset's (constant for a teacher)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the stability preset's")
     p.add_argument("--student-ratio", type=float, default=stability.student_ratio)
     p.add_argument("--resolution", type=int, default=stability.options["resolution"])
@@ -159,6 +161,7 @@ def main() -> None:
     train = largest.train if args.kind == "teacher" else stability.options  # plot: the students' settings
     steps = args.steps or int(train["steps"])
     lr = args.lr or float(train["lr"])
+    schedule = args.lr_schedule or str(train.get("lr_schedule", "constant"))
     batch = args.batch_size or int(train["batch_size"])
     every = args.eval_every or max(1, steps // 6)
     args.output.mkdir(parents=True, exist_ok=True)
@@ -185,7 +188,7 @@ def main() -> None:
         model = build_unet(args.preset, sample_size=args.resolution, seed=args.seed)
         print(f"teacher {args.preset}: {count_parameters(model):,} parameters; {steps} steps, lr {lr}, "
               f"batch {batch}", flush=True)
-        res = train_teacher(model, data, steps=steps, seed=args.seed, batch_size=batch, lr=lr,
+        res = train_teacher(model, data, steps=steps, seed=args.seed, batch_size=batch, lr=lr, lr_schedule=schedule,
                             checkpoint_dir=args.output / "teacher" / "checkpoint", checkpoint_every=every,
                             callbacks=[curve("teacher", args.preset)])
         save_unet(res.ema_model, args.output / "teacher" / "model")
@@ -196,12 +199,13 @@ def main() -> None:
         teacher = load_unet(args.teacher)
         for method in args.methods:
             res = distill(teacher, args.student_ratio, method, args.seed, steps, data=data, batch_size=batch, lr=lr,
+                          lr_schedule=schedule,
                           checkpoint_dir=args.output / method.replace("+", "_") / "checkpoint",
                           checkpoint_every=every, callbacks=[curve("student", method)])
             print(f"student {method}: {res.parameters:,} of {res.teacher_parameters:,} parameters "
                   f"({100 * res.parameters / res.teacher_parameters:.2f}%)", flush=True)
         title = (f"students at ratio {args.student_ratio} of a {count_parameters(teacher) / 1e6:.1f}M teacher, "
-                 f"batch {batch}, lr {lr}")
+                 f"batch {batch}, lr {lr} ({schedule})")
     _plot(rows, args.output / "convergence.png", title, real)
     print(f"wrote {out_csv} and {args.output / 'convergence.png'}")
 

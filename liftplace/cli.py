@@ -82,6 +82,8 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of data order, noise and init")
     p.add_argument("--batch-size", type=_positive_int, default=defaults.BATCH_SIZE, help="images per step")
     p.add_argument("--lr", type=_positive_float, default=defaults.LEARNING_RATE, help="Adam learning rate")
+    p.add_argument("--lr-schedule", choices=defaults.LR_SCHEDULES, default=defaults.LR_SCHEDULE,
+                   help="constant, or cosine decay from --lr to 0 over the steps")
     p.add_argument("--ema-decay", type=float, default=defaults.EMA_DECAY, help="EMA decay (warmed up)")
     p.add_argument("--flip", action="store_true", help="random horizontal flips (not for digits)")
     p.add_argument("--checkpoint-every", type=_non_negative_int, default=500,
@@ -225,7 +227,7 @@ def _cmd_train_teacher(args: argparse.Namespace, parser: argparse.ArgumentParser
         parser.error(f"--preset/--resolution: {exc}")
     result = train_teacher(
         model, data, steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
-        ema_decay=args.ema_decay, flip=args.flip, device=_device(args),
+        lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, flip=args.flip, device=_device(args),
         checkpoint_dir=args.output / "checkpoint", checkpoint_every=args.checkpoint_every, resume=args.resume,
         callbacks=[ProgressCallback("teacher")],
     )
@@ -266,7 +268,8 @@ def _cmd_distill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     try:
         result = distill(
             teacher, args.student_ratio, args.method, args.seed, args.steps, data=data, student=student,
-            importance=args.importance, batch_size=args.batch_size, lr=args.lr, group_size=args.group_size,
+            importance=args.importance, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
+            group_size=args.group_size,
             coarse=args.coarse, curriculum=not args.no_curriculum, ablation=args.ablation, reduction=args.reduction,
             lambda_diff=args.lambda_diff, lambda_kd=args.lambda_kd, lambda_feat=args.lambda_feat,
             ema_decay=args.ema_decay, flip=args.flip, device=_device(args),

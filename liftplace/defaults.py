@@ -29,6 +29,10 @@ BETA_SCHEDULE: str = "linear"
 
 # --- optimisation ------------------------------------------------------------------
 LEARNING_RATE: float = 2e-4
+# "constant": the paper's; "cosine": decayed from lr to 0 over the run (short budgets: the run settles
+# before it ends instead of stopping mid-descent)
+LR_SCHEDULE: str = "constant"
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 ADAM_EPS: float = 1e-8
 GRAD_CLIP: float = 1.0
 EMA_DECAY: float = 0.9999

@@ -11,6 +11,7 @@ No Ray, MLflow or HTTP here: the worker adapts these callbacks to its own tracki
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from liftplace.schedulers import make_ddpm_scheduler
 
 __all__ = [
     "EMA",
+    "lr_at",
     "TrainingCallback",
     "ProgressCallback",
     "TrainResult",
@@ -57,6 +59,20 @@ METRIC_NAMES: tuple[str, ...] = (
     "ts_distance",
     "grad_norm",
 )
+
+
+def lr_at(step: int, steps: int, lr: float, schedule: str = defaults.LR_SCHEDULE) -> float:
+    """The learning rate of step `step` (1-based) of a run of `steps` steps.
+
+    "constant": `lr` throughout. "cosine": lr * (1 + cos(pi * (step - 1) / steps)) / 2, from `lr` at
+    the first step to nearly 0 at the last; a function of the step only, so a resumed run continues
+    the same curve.
+    """
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / steps))
+    raise ValueError(f"lr_schedule: expected one of {', '.join(defaults.LR_SCHEDULES)}, got {schedule!r}")
 
 
 class EMA:
@@ -228,6 +244,7 @@ def _run_loop(
     seed: int,
     batch_size: int,
     lr: float,
+    lr_schedule: str,
     ema_decay: float,
     grad_clip: float,
     flip: bool,
@@ -246,6 +263,11 @@ def _run_loop(
         raise ValueError(f"lr: expected a positive number, got {lr!r}")
     if checkpoint_every < 0:
         raise ValueError(f"checkpoint_every: expected >= 0, got {checkpoint_every!r}")
+    if lr_schedule not in defaults.LR_SCHEDULES:
+        raise ValueError(f"lr_schedule: expected one of {', '.join(defaults.LR_SCHEDULES)}, got {lr_schedule!r}")
+    if lr_schedule != defaults.LR_SCHEDULE:
+        # only when not the default: checkpoints of runs made before the option existed still resume
+        run_info = {**run_info, "lr_schedule": lr_schedule}
 
     torch.manual_seed(seed)
     model.to(device).train()
@@ -315,6 +337,9 @@ def _run_loop(
             outcome, diverged_step = "diverged", step
             last_metrics = {k: float(v) for k, v in parts.items()} | {"loss_total": float(loss.detach())}
             break
+        if lr_schedule != "constant":
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, steps, lr, lr_schedule)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -360,6 +385,7 @@ def train_teacher(
     seed: int = 0,
     batch_size: int = defaults.BATCH_SIZE,
     lr: float = defaults.LEARNING_RATE,
+    lr_schedule: str = defaults.LR_SCHEDULE,
     ema_decay: float = defaults.EMA_DECAY,
     grad_clip: float = defaults.GRAD_CLIP,
     reduction: str = defaults.REDUCTION,
@@ -373,7 +399,8 @@ def train_teacher(
     """Train a UNet2DModel as a DDPM epsilon-predictor on `data` ([N, C, H, W] in [-1, 1]).
 
     Returns a TrainResult whose `ema_model` is the teacher to use. The model is trained
-    in place. With `checkpoint_dir`, a checkpoint is written every `checkpoint_every`
+    in place. `lr_schedule` (see `lr_at`): "constant" or "cosine" decay to 0 over `steps`.
+    With `checkpoint_dir`, a checkpoint is written every `checkpoint_every`
     steps and at the end; `resume=True` continues from it.
     """
     _check_positive_int("steps", steps)
@@ -395,6 +422,7 @@ def train_teacher(
         seed=seed,
         batch_size=batch_size,
         lr=lr,
+        lr_schedule=lr_schedule,
         ema_decay=ema_decay,
         grad_clip=grad_clip,
         flip=flip,
@@ -422,6 +450,7 @@ def distill(
     importance: str = defaults.PRUNING_IMPORTANCE,
     batch_size: int = defaults.BATCH_SIZE,
     lr: float = defaults.LEARNING_RATE,
+    lr_schedule: str = defaults.LR_SCHEDULE,
     group_size: int | None = defaults.GROUP_SIZE,
     coarse: str = defaults.COARSE_DISTANCE,
     curriculum: bool = defaults.CURRICULUM,
@@ -447,10 +476,14 @@ def distill(
     the lambdas defaulting to the method's (liftplace.methods). `data` is the training
     set ([N, C, H, W] in [-1, 1]), also used for Taylor importance scores.
 
+    `lr_schedule` (see `lr_at`): "constant" or "cosine" decay to 0 over `steps`.
+
     Returns a DistillResult; `ema_model` is the student to sample from. A NaN or inf
     loss ends the run with outcome "diverged" and `diverged_step` set; no exception.
     """
     spec: MethodSpec = get_method(method)
+    if lr_schedule not in defaults.LR_SCHEDULES:  # before the pruning, which takes a while
+        raise ValueError(f"lr_schedule: expected one of {', '.join(defaults.LR_SCHEDULES)}, got {lr_schedule!r}")
     _check_positive_int("steps", steps)
     _check_positive_int("batch_size", batch_size, 1_000_000)
     _check_seed(seed)
@@ -554,6 +587,7 @@ def distill(
             seed=seed,
             batch_size=batch_size,
             lr=lr,
+            lr_schedule=lr_schedule,
             ema_decay=ema_decay,
             grad_clip=grad_clip,
             flip=flip,

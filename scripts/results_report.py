@@ -293,7 +293,13 @@ def study_report(api: Api, name: str, preset_name: str | None, figure: Path, sec
                 student_params.setdefault(j["teacher"], []).append(p)
             if j["metrics"].get("duration_s"):
                 durations.setdefault(j["teacher"], []).append(j["metrics"]["duration_s"])
-    lines.append("\n**Students** (pruned from their teacher, so their size follows the teacher's):\n")
+    fixed = opts.get("student_teacher")
+    if fixed:
+        lines.append(f"\n**Students** (one fixed student, as in the paper: pruned from `{fixed}` at ratio "
+                     f"{study['student_ratio']} by every job — same ratio, importance and seed — whichever teacher "
+                     "it distils from):\n")
+    else:
+        lines.append("\n**Students** (pruned from their teacher, so their size follows the teacher's):\n")
     lines.append("| teacher | student parameters | share of the teacher | median job time (s) |")
     lines.append("|---|---|---|---|")
     for tname in study["teachers"]:

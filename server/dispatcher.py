@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from server import aggregation
@@ -108,6 +108,9 @@ def build_spec(settings: Settings, job: Job, *, parent_run_id: str | None = None
         assert job.teacher is not None
         common.update(teacher_name=job.teacher.name, teacher_path=teacher_path(settings, job.teacher),
                       student_ratio=job.student_ratio, method=job.method)
+        if job.student_teacher is not None:
+            common.update(student_teacher_name=job.student_teacher.name,
+                          student_teacher_path=teacher_path(settings, job.student_teacher))
         if job.study is not None:
             common.update(study_id=job.study.id, study_name=job.study.name, mlflow_parent_run_id=parent_run_id)
     return JobSpec(**{**opts, **common})
@@ -141,7 +144,8 @@ def end_job(s: Session, settings: Settings, job: Job, status: str, reason: str) 
 def fail_waiting_on(s: Session, settings: Settings, teachers: Iterable[Teacher]) -> None:
     """Fail the queued jobs that wait for teachers that will not be ready (their training failed)."""
     for teacher in teachers:
-        waiting = list(s.scalars(select(Job).where(Job.status == "queued", Job.teacher_id == teacher.id)))
+        waiting = list(s.scalars(select(Job).where(
+            Job.status == "queued", or_(Job.teacher_id == teacher.id, Job.student_teacher_id == teacher.id))))
         for job in waiting:
             end_job(s, settings, job, "failed", f"teacher {teacher.name!r} did not train ({teacher.reason})")
 
@@ -414,8 +418,9 @@ class Dispatcher:
         if room <= 0:
             return
         with self.sessions() as s:
-            ready = or_(Job.teacher_id.is_(None), Job.teacher_id.in_(select(Teacher.id).where(
-                Teacher.status == "ready")))
+            ready_ids = select(Teacher.id).where(Teacher.status == "ready")
+            ready = and_(or_(Job.teacher_id.is_(None), Job.teacher_id.in_(ready_ids)),
+                         or_(Job.student_teacher_id.is_(None), Job.student_teacher_id.in_(ready_ids)))
             ids = list(s.scalars(select(Job.id).where(Job.status == "queued", ready).order_by(Job.id).limit(room)))
         for job_id in ids:
             if self._stop.is_set() or not self._submit(job_id):

@@ -156,6 +156,10 @@ class Job(Base):
     # distill: the teacher to distill; teacher job: the base teacher of a pruned copy. The job
     # waits while this teacher is still training.
     teacher_id: Mapped[int | None] = mapped_column(ForeignKey("teachers.id"), index=True)
+    # distill: prune the student from this teacher instead of `teacher` (the paper's capacity study
+    # distils one fixed student, pruned from the largest teacher, from every teacher). The job waits
+    # while it is still training.
+    student_teacher_id: Mapped[int | None] = mapped_column(ForeignKey("teachers.id"), index=True)
     # teacher job: the teacher it trains (ready when the job succeeds).
     output_teacher_id: Mapped[int | None] = mapped_column(ForeignKey("teachers.id"), index=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
@@ -193,6 +197,7 @@ class Job(Base):
 
     teacher: Mapped[Teacher | None] = relationship(foreign_keys=[teacher_id])
     output_teacher: Mapped[Teacher | None] = relationship(foreign_keys=[output_teacher_id])
+    student_teacher: Mapped[Teacher | None] = relationship(foreign_keys=[student_teacher_id])
     dataset: Mapped[Dataset] = relationship()
     study: Mapped[Study | None] = relationship(back_populates="jobs")
 

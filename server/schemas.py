@@ -134,6 +134,8 @@ class TrainOptions(_Strict):
     resolution: int | None = Field(None, ge=8, le=1024, description="image size; default: the dataset's")
     batch_size: int = Field(defaults.BATCH_SIZE, ge=1, le=4096)
     lr: float = Field(defaults.LEARNING_RATE, gt=0, le=1)
+    lr_schedule: Literal[defaults.LR_SCHEDULES] = Field(  # type: ignore[valid-type]
+        defaults.LR_SCHEDULE, description="constant, or cosine decay from lr to 0 over the steps")
     checkpoint_every: int = Field(DEFAULT_CHECKPOINT_EVERY, ge=0, description="steps between checkpoints (a retry "
                                   "resumes from the last one)")
     # The FID at the end of the job (teachers are scored too: the dashboard shows their FID).
@@ -155,10 +157,18 @@ class DistillOptions(TrainOptions):
     lambda_feat: float | None = Field(None, ge=0, description="default: the method's")
 
 
+# Distil one fixed student from several teachers (the paper's capacity study prunes its student
+# from the largest teacher): the student is pruned from this teacher instead of the distilling one.
+StudentTeacher = Annotated[Name | None, Field(
+    description="prune the student from this registered teacher instead of the one it distils from "
+                "(same architecture family; default: the distilling teacher)")]
+
+
 class JobCreate(DistillOptions):
     """POST /api/jobs: one distillation run."""
 
     teacher: Name = Field(description="a registered teacher name")
+    student_teacher: StudentTeacher = None
     student_ratio: Ratio = defaults.STUDENT_RATIO
     method: MethodName = PAPER_METHOD
     seed: int = Field(0, ge=0, le=2**31 - 1)
@@ -170,6 +180,7 @@ class StudyCreate(DistillOptions):
     name: StudyName
     teachers: list[Name] = Field(min_length=1)
     methods: list[MethodName] = Field(min_length=1)
+    student_teacher: StudentTeacher = None
     seeds: Seeds = Field(default_factory=lambda: list(range(DEFAULT_SEEDS)),
                          description=f"a list of seeds, or a count n for seeds 0..n-1 (default {DEFAULT_SEEDS})")
     student_ratio: Ratio = defaults.STUDENT_RATIO
@@ -240,6 +251,8 @@ class JobRead(BaseModel):
     kind: Literal["distill", "teacher"]
     status: JobStatus
     teacher: str | None
+    student_teacher: str | None = Field(None, description="distill jobs: the teacher the student was pruned from, "
+                                        "when not `teacher`")
     output_teacher: str | None = Field(description="teacher jobs: the teacher being trained")
     dataset: str
     study_id: int | None

@@ -12,6 +12,7 @@ from liftplace import defaults
 from liftplace.methods import METHOD_NAMES, PAPER_METHOD
 from liftplace.presets import PRESET_NAMES, TEACHER_PRESETS
 from liftplace.studies import (
+    ABLATION_OPTIONS,
     STABILITY_METHODS,
     STUDY_PRESET_NAMES,
     STUDY_PRESETS,
@@ -101,7 +102,13 @@ def test_the_ablations_vary_one_thing_on_the_largest_stability_teacher() -> None
     for name in EXPECTED:
         if name.startswith("ablation-"):
             p = STUDY_PRESETS[name]
-            assert p.teachers == (largest,) and p.options == STUDY_PRESETS["stability"].options
+            assert p.teachers == (largest,) and p.options == ABLATION_OPTIONS
+    # the ablations keep the budget they were measured with; the stability study differs only in its
+    # budget and in naming its (only) student's teacher, which for one teacher changes nothing
+    stability = dict(STUDY_PRESETS["stability"].options)
+    assert stability.pop("student_teacher") == largest.name
+    assert set(stability) == set(ABLATION_OPTIONS)
+    assert {k for k in stability if stability[k] != ABLATION_OPTIONS[k]} <= {"steps", "lr", "checkpoint_every"}
     assert STUDY_PRESETS["ablation-table8"].variants[0].methods == TABLE8_METHODS
     assert [dict(v.options) for v in STUDY_PRESETS["ablation-group-size"].variants] == [
         {"group_size": k} for k in (4, 16, 64)]

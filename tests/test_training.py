@@ -1,12 +1,20 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 
 from liftplace.methods import METHOD_NAMES
-from liftplace.training import METRIC_NAMES, TrainingCallback, distill, load_checkpoint_model, train_teacher
+from liftplace.training import (
+    METRIC_NAMES,
+    TrainingCallback,
+    distill,
+    load_checkpoint_model,
+    lr_at,
+    train_teacher,
+)
 
 
 class Recorder(TrainingCallback):
@@ -77,6 +85,26 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, tiny_teacher, narrow_stud
     assert all(torch.equal(p, q) for p, q in zip(_weights(model), _weights(full.model), strict=True))
 
 
+def test_cosine_schedule_decays_to_zero_and_resumes_on_the_same_curve(tmp_path, tiny_teacher, narrow_student,
+                                                                      digits):
+    assert [lr_at(s, 4, 1e-2) for s in (1, 4)] == [1e-2, 1e-2]  # constant
+    lrs = [lr_at(s, 8, 1e-2, "cosine") for s in range(1, 9)]
+    assert lrs[0] == 1e-2 and lrs[3] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 3 / 8)))
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and 0 < lrs[-1] < 1e-3
+
+    full, _ = _run(tiny_teacher, narrow_student, digits, steps=8, lr=1e-2, lr_schedule="cosine")
+    constant, _ = _run(tiny_teacher, narrow_student, digits, steps=8, lr=1e-2)
+    assert not all(torch.equal(p, q) for p, q in zip(_weights(full.model), _weights(constant.model), strict=True))
+    ckpt = tmp_path / "ckpt"
+    _run(tiny_teacher, narrow_student, digits, steps=8, lr=1e-2, lr_schedule="cosine", checkpoint_dir=ckpt,
+         checkpoint_every=2, stop_at=5)
+    with pytest.raises(ValueError, match="^resume:"):  # the schedule is part of the run
+        _run(tiny_teacher, narrow_student, digits, steps=8, lr=1e-2, checkpoint_dir=ckpt, resume=True)
+    resumed, _ = _run(tiny_teacher, narrow_student, digits, steps=8, lr=1e-2, lr_schedule="cosine",
+                      checkpoint_dir=ckpt, resume=True)
+    assert all(torch.equal(p, q) for p, q in zip(_weights(full.model), _weights(resumed.model), strict=True))
+
+
 def test_resume_refuses_a_different_run(tmp_path, tiny_teacher, narrow_student, digits):
     ckpt = tmp_path / "ckpt"
     _run(tiny_teacher, narrow_student, digits, steps=3, checkpoint_dir=ckpt)
@@ -135,6 +163,7 @@ def test_divergence_stops_the_run(tiny_teacher, narrow_student, digits):
         ({"coarse": "l0"}, "coarse"),
         ({"method": "outkd", "ablation": "fine"}, "ablation"),
         ({"batch_size": 0}, "batch_size"),
+        ({"lr_schedule": "linear"}, "lr_schedule"),
     ],
 )
 def test_bad_arguments(kwargs, field, tiny_teacher, narrow_student, digits):

@@ -30,6 +30,7 @@ LABELS: dict[str, str] = {
     "seed": "Seed",
     "seeds": "Seeds",
     "student_ratio": "Student ratio",
+    "student_teacher": "Student pruned from",
     "steps": "Steps",
     "dataset": "Dataset",
     "resolution": "Resolution",
@@ -64,6 +65,8 @@ HELP: dict[str, str] = {
     "reduction": "sum over pixels (pixel DDPM) or mean (latent)",
     "folder": "sub-folder of the teachers root (default: the name)",
     "prune_ratio": "fraction of channels removed from the base teacher",
+    "student_teacher": "prune the student from this teacher instead (one fixed student for several teachers, "
+                       "as in the paper's capacity study)",
 }
 
 

@@ -119,7 +119,7 @@ def queue_page(request: Request) -> Response:
 
 @router.get("/jobs/new", response_class=HTMLResponse)
 def new_job_page(request: Request) -> Response:
-    fields = specs(JobCreate, ("teacher", "dataset", "method", "seed", "student_ratio", "steps"))
+    fields = specs(JobCreate, ("teacher", "student_teacher", "dataset", "method", "seed", "student_ratio", "steps"))
     return render(request, "job_new.html", "job_new", title="Submit a job", f=fields, **_distill_context())
 
 
@@ -135,7 +135,8 @@ def studies_page(request: Request) -> Response:
 
 @router.get("/studies/new", response_class=HTMLResponse)
 def new_study_page(request: Request) -> Response:
-    fields = specs(StudyCreate, ("name", "teachers", "methods", "seeds", "dataset", "student_ratio", "steps"))
+    fields = specs(StudyCreate, ("name", "teachers", "methods", "seeds", "dataset", "student_ratio",
+                                 "student_teacher", "steps"))
     return render(request, "study_new.html", "study_new", title="Submit a study", f=fields,
                   default_seeds=DEFAULT_SEEDS, **_distill_context())
 

@@ -322,10 +322,24 @@ class _Job:
         teacher = load_unet(spec.teacher_path, device=self.device)
         self.log(f"teacher {spec.teacher_name or spec.teacher_path}: {count_parameters(teacher):,} parameters")
         data = self._data()
+        student = None
+        if spec.student_teacher_path:
+            from liftplace.pruning import prune
+
+            # Pruned as distill() would prune the teacher itself (same ratio, importance, seed), from another
+            # teacher: the paper distils one fixed student, pruned from the largest teacher, from every teacher.
+            source = load_unet(spec.student_teacher_path, device=self.device)
+            pruned = prune(source, spec.student_ratio, spec.importance, data=data, seed=spec.seed)
+            student = pruned.model
+            self.log(f"student pruned from teacher {spec.student_teacher_name or spec.student_teacher_path} at "
+                     f"{spec.student_ratio} ({spec.importance}): {pruned.params_before:,} -> "
+                     f"{pruned.params_after:,} parameters")
+            del source
         callbacks = _Callbacks(self)
         result = distill(
-            teacher, spec.student_ratio, spec.method, spec.seed, spec.steps, data=data,
-            importance=spec.importance, batch_size=spec.batch_size, lr=spec.lr, group_size=spec.group_size,
+            teacher, spec.student_ratio, spec.method, spec.seed, spec.steps, data=data, student=student,
+            importance=spec.importance, batch_size=spec.batch_size, lr=spec.lr, lr_schedule=spec.lr_schedule,
+            group_size=spec.group_size,
             coarse=spec.coarse, curriculum=spec.curriculum, ablation=spec.ablation, reduction=spec.reduction,
             lambda_kd=spec.lambda_kd, lambda_feat=spec.lambda_feat, device=self.device,
             checkpoint_dir=self.out / "checkpoint", checkpoint_every=spec.checkpoint_every, resume=True,
@@ -364,6 +378,7 @@ class _Job:
         callbacks = _Callbacks(self)
         result = train_teacher(
             model, data, steps=spec.steps, seed=spec.seed, batch_size=spec.batch_size, lr=spec.lr,
+            lr_schedule=spec.lr_schedule,
             reduction=spec.reduction, device=self.device, checkpoint_dir=self.out / "checkpoint",
             checkpoint_every=spec.checkpoint_every, resume=True, callbacks=[callbacks],
         )

@@ -18,7 +18,8 @@ Outcome = Literal["succeeded", "failed", "diverged", "cancelled"]
 class JobSpec:
     """One unit of work for a worker.
 
-    kind "distill": prune `teacher_path` at `student_ratio` and distill with `method`.
+    kind "distill": prune `teacher_path` (or `student_teacher_path` when set) at `student_ratio` and
+    distill with `method` from `teacher_path`.
     kind "teacher": train a teacher, either a fresh `preset` or, with `base_teacher_path`
     and `prune_ratio`, a pruned-and-retrained copy of another teacher; the result is saved
     in diffusers format to `output_dir/model`.
@@ -34,10 +35,14 @@ class JobSpec:
     resolution: int | None = None
     batch_size: int = 64
     lr: float = 2e-4
+    lr_schedule: str = "constant"
     checkpoint_every: int = 100
     # distill
     teacher_name: str = ""
     teacher_path: str = ""
+    # prune the student from this teacher instead of `teacher_path` (one fixed student for several teachers)
+    student_teacher_name: str | None = None
+    student_teacher_path: str | None = None
     student_ratio: float = 0.9
     method: str = "lift+place+featkd"
     importance: str = "taylor"

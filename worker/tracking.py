@@ -96,6 +96,7 @@ def spec_tags(spec: JobSpec) -> dict[str, str]:
         "method": method,
         "seed": spec.seed,
         "student_ratio": spec.student_ratio if spec.kind == "distill" else spec.prune_ratio,
+        "student_teacher": spec.student_teacher_name if spec.kind == "distill" else None,
         "dataset": spec.dataset_name,
         "attempt": spec.attempt,
     }

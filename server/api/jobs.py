@@ -76,6 +76,11 @@ def get_usable_teacher(session: Session, name: str, field: str | tuple[str | int
     return teacher
 
 
+def get_student_teacher(session: Session, name: str | None) -> Teacher | None:
+    """The teacher a student is pruned from when it is not the distilling one (None: that one)."""
+    return None if name is None else get_usable_teacher(session, name, "student_teacher")
+
+
 def image_size(dataset: Dataset, resolution: int | None) -> int:
     return resolution or dataset.resolution or 8
 
@@ -103,11 +108,14 @@ def job_read(job: Job, settings: Settings) -> JobRead:
     total = job.progress_total
     fraction = (job.progress_step or 0) / total if total else None
     waiting_for = None
-    if job.status == "queued" and job.teacher is not None and job.teacher.status == "training":
-        waiting_for = f"teacher {job.teacher.name!r} is still training"
+    if job.status == "queued":
+        training = [t.name for t in (job.teacher, job.student_teacher) if t is not None and t.status == "training"]
+        if training:
+            waiting_for = " and ".join(f"teacher {n!r}" for n in dict.fromkeys(training)) + " still training"
     return JobRead(
         id=job.id, kind=job.kind, status=job.status,  # type: ignore[arg-type]
         teacher=job.teacher.name if job.teacher else None,
+        student_teacher=job.student_teacher.name if job.student_teacher else None,
         output_teacher=job.output_teacher.name if job.output_teacher else None,
         dataset=job.dataset.name, study_id=job.study_id, method=job.method, seed=job.seed,
         student_ratio=job.student_ratio, steps=job.steps, options=job.options or {}, attempts=job.attempts,
@@ -122,7 +130,8 @@ def job_read(job: Job, settings: Settings) -> JobRead:
     )
 
 
-_LOAD = (selectinload(Job.teacher), selectinload(Job.output_teacher), selectinload(Job.dataset))
+_LOAD = (selectinload(Job.teacher), selectinload(Job.student_teacher), selectinload(Job.output_teacher),
+         selectinload(Job.dataset))
 
 
 def load_job(session: Session, job_id: int) -> Job:
@@ -143,10 +152,12 @@ def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, requ
         return claimed
     check_steps(settings, body.steps)
     teacher = get_usable_teacher(session, body.teacher)
+    student_teacher = get_student_teacher(session, body.student_teacher)
     dataset = get_dataset(session, body.dataset)
     check_distill_options(body, dataset, [body.method])
-    job = Job(kind="distill", status="queued", teacher=teacher, dataset=dataset, method=body.method, seed=body.seed,
-              student_ratio=body.student_ratio, steps=body.steps, options=options_of(body))
+    job = Job(kind="distill", status="queued", teacher=teacher, student_teacher=student_teacher, dataset=dataset,
+              method=body.method, seed=body.seed, student_ratio=body.student_ratio, steps=body.steps,
+              options=options_of(body))
     session.add(job)
     session.flush()
     read = job_read(job, settings)
@@ -220,9 +231,10 @@ def retry_job(job_id: RowId, session: SessionDep, settings: SettingsDep, request
     job = load_job(session, job_id)
     if job.status not in RETRYABLE:
         raise conflict(f"job {job_id} is {job.status}; only {', '.join(RETRYABLE)} jobs can be retried")
-    if job.teacher is not None and job.teacher.status == "failed":
-        raise conflict(f"job {job_id}: its teacher {job.teacher.name!r} failed to train; retry the teacher's job "
-                       "first")
+    for teacher in (job.teacher, job.student_teacher):
+        if teacher is not None and teacher.status == "failed":
+            raise conflict(f"job {job_id}: its teacher {teacher.name!r} failed to train; retry the teacher's "
+                           "job first")
     # Same job, same output folder: the worker resumes from its checkpoint and reopens its MLflow run.
     job.status, job.reason, job.attempts, job.cancel_requested = "queued", "", 0, False
     job.finished_at, job.diverged_step, job.claimed_by = None, None, None

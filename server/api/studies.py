@@ -28,6 +28,7 @@ from server.api.jobs import (
     check_distill_options,
     check_steps,
     get_dataset,
+    get_student_teacher,
     get_usable_teacher,
     options_of,
 )
@@ -79,18 +80,22 @@ def create_study(body: StudyCreate, session: SessionDep, settings: SettingsDep, 
                       len(body.seeds))
     check_steps(settings, body.steps)
     teachers = [get_usable_teacher(session, name, ("teachers", i)) for i, name in enumerate(body.teachers)]
+    student_teacher = get_student_teacher(session, body.student_teacher)
     dataset = get_dataset(session, body.dataset)
     check_distill_options(body, dataset, list(body.methods))
     if session.scalar(select(Study.id).where(Study.name == body.name)) is not None:
         raise conflict(f"name: a study named {body.name!r} already exists")
     options = {"steps": body.steps, **options_of(body)}
+    if student_teacher is not None:
+        options["student_teacher"] = student_teacher.name
     study = Study(name=body.name, teachers=list(body.teachers), methods=list(body.methods), seeds=list(body.seeds),
                   student_ratio=body.student_ratio, dataset=dataset, options=options)
     session.add(study)
     for teacher in teachers:
         for method in body.methods:
             for seed in body.seeds:
-                session.add(Job(kind="distill", status="queued", teacher=teacher, dataset=dataset, study=study,
+                session.add(Job(kind="distill", status="queued", teacher=teacher, student_teacher=student_teacher,
+                                dataset=dataset, study=study,
                                 method=method, seed=seed, student_ratio=body.student_ratio, steps=body.steps,
                                 options=options_of(body)))
     with unique_or_conflict(session, f"name: a study named {body.name!r} already exists"):

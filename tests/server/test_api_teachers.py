@@ -165,3 +165,49 @@ def test_datasets_are_registered_by_name(harness: Harness) -> None:
     assert c.post("/api/datasets", json={"name": "faces"}).status_code == 409
     assert c.post("/api/datasets", json={"name": "digits"}).status_code == 409
     assert [d["name"] for d in c.get("/api/datasets").json()] == ["digits", "faces"]
+
+
+def test_a_student_pruned_from_another_teacher(harness: Harness) -> None:
+    """student_teacher: the job waits for both teachers; the spec carries both; the study records it."""
+    c = harness.client
+    harness.runner.hold.set()
+    big = c.post("/api/teachers", json={"source": "preset", "name": "big", "preset": "tiny", "steps": 5}).json()
+    r = c.post("/api/jobs", json={"teacher": "t-small", "student_teacher": "ghost", "method": "outkd"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "student_teacher"], r.text
+    assert "unknown teacher 'ghost'" in r.json()["detail"][0]["msg"]
+    job = harness.submit(teacher="t-small", student_teacher="big", method="outkd")
+    assert job["student_teacher"] == "big" and job["teacher"] == "t-small"
+    assert job["waiting_for"] == "teacher 'big' still training"
+    harness.wait_status(big["job_id"], "running")
+    for _ in range(3):
+        harness.tick()
+    assert harness.job(job["id"])["status"] == "queued"  # its student's teacher is not ready yet
+    harness.runner.release()
+    harness.wait_status(job["id"], "succeeded")
+    spec = harness.runner.specs_of(job["id"])[0]
+    big_dir = str(harness.settings.data_dir / "jobs" / str(big["job_id"]) / "model")
+    assert spec.student_teacher_name == "big" and spec.student_teacher_path == big_dir
+    assert spec.teacher_name == "t-small" and spec.teacher_path.endswith("t-small")
+    plain = harness.submit(teacher="t-small", method="outkd")
+    harness.wait_status(plain["id"], "succeeded")
+    assert harness.runner.specs_of(plain["id"])[0].student_teacher_path is None and plain["student_teacher"] is None
+
+    r = c.post("/api/studies", json={"name": "fixed-student", "teachers": ["t-small", "t-large"],
+                                     "methods": ["outkd"], "seeds": [0], "student_teacher": "big"})
+    assert r.status_code == 201, r.text
+    assert r.json()["options"]["student_teacher"] == "big"
+    for job_id in r.json()["job_ids"]:
+        assert harness.job(job_id)["student_teacher"] == "big"
+
+
+def test_jobs_waiting_for_their_students_teacher_fail_with_it(harness: Harness) -> None:
+    c = harness.client
+    harness.runner.plan = lambda spec: ({"status": "failed", "reason": "out of memory"} if spec.kind == "teacher"
+                                        else {"status": "succeeded", "fid": 1.0})
+    bad = c.post("/api/teachers", json={"source": "preset", "name": "bad-big", "preset": "tiny", "steps": 5}).json()
+    job = harness.submit(teacher="t-small", student_teacher="bad-big", method="lift")
+    failed = harness.wait_status(job["id"], "failed")
+    assert "teacher 'bad-big' did not train" in failed["reason"]
+    r = c.post(f"/api/jobs/{job['id']}/retry")
+    assert r.status_code == 409 and "'bad-big' failed to train" in r.json()["detail"]
+    assert bad["status"] == "training"

@@ -83,7 +83,7 @@ def test_plotly_js_comes_from_the_installed_package(harness: Harness) -> None:
 @sqlite_only
 def test_forms_carry_the_api_defaults_and_limits(harness: Harness) -> None:
     job = _parse(harness.client.get("/jobs/new").text)
-    assert job.fields[:5] == ["teacher", "dataset", "student_ratio", "steps", "seed"]
+    assert job.fields[:6] == ["teacher", "student_teacher", "dataset", "student_ratio", "steps", "seed"]
     assert "method" in job.fields and [f for f in job.fields if f in OPTION_FIELDS] == list(OPTION_FIELDS)
     for name in ("steps", "seed", "student_ratio", "batch_size", "lr", "fid_samples", "sample_steps"):
         value = job.inputs[f"f-{name}"]["value"]
@@ -92,7 +92,8 @@ def test_forms_carry_the_api_defaults_and_limits(harness: Harness) -> None:
     assert job.inputs["f-resolution"]["value"] == ""  # optional: empty means "the dataset's"
 
     study = _parse(harness.client.get("/studies/new").text)
-    assert {"name", "teachers", "methods", "seeds", "dataset", "student_ratio", "steps"} <= set(study.fields)
+    assert {"name", "teachers", "methods", "seeds", "dataset", "student_ratio", "student_teacher",
+            "steps"} <= set(study.fields)
     assert study.inputs["f-seeds"]["value"] == str(DEFAULT_SEEDS) and study.inputs["f-seeds"]["data-kind"] == "list"
     assert study.inputs["f-student_ratio"]["value"] == str(StudyCreate.model_fields["student_ratio"].default)
     html = harness.client.get("/studies/new").text

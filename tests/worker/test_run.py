@@ -235,3 +235,35 @@ def test_spec_params_and_tags():
     tags = spec_tags(spec)
     assert tags["teacher"] == "digits-l" and tags["attempt"] == "3" and "study_id" not in tags
     assert "mlflow.parentRunId" not in tags
+
+
+def test_a_student_pruned_from_another_teacher(tmp_path, mlflow_store, teacher_dir):
+    """student_teacher_path: the student is pruned from that teacher (the paper's fixed student), with the
+    same ratio, importance and seed as from the distilling teacher; naming the distilling teacher itself
+    changes nothing."""
+    from liftplace.data import load_dataset
+    from liftplace.pruning import prune
+
+    uri, client = mlflow_store
+    big = load_unet(teacher_dir)
+    small_dir = save_unet(prune(big, 0.5, "magnitude", seed=0).model, tmp_path / "tiny-half")
+    data = load_dataset("digits", 8)
+    from_big = prune(big, 0.9, "magnitude", data=data, seed=3).params_after
+    from_small = prune(load_unet(small_dir), 0.9, "magnitude", data=data, seed=3).params_after
+    assert from_big != from_small
+
+    common = dict(seed=3, student_ratio=0.9, method="outkd+featkd", teacher_name="tiny-half",
+                  teacher_path=str(small_dir))
+    fixed = run_job(_spec(tmp_path, uri, job_id=301, student_teacher_path=str(teacher_dir),
+                          student_teacher_name="tiny", **common))
+    assert fixed.status == "succeeded", fixed.reason
+    assert fixed.parameters == from_big
+    assert client.get_run(fixed.mlflow_run_id).data.tags["student_teacher"] == "tiny"
+    log = (Path(fixed.model_dir).parent / "job.log").read_text()
+    assert "student pruned from teacher tiny at 0.9" in log
+
+    own = run_job(_spec(tmp_path, uri, job_id=302, **common))
+    same = run_job(_spec(tmp_path, uri, job_id=303, student_teacher_path=str(small_dir), **common))
+    assert own.status == same.status == "succeeded"
+    assert own.parameters == same.parameters == from_small
+    assert own.fid == pytest.approx(same.fid, rel=1e-6)

@@ -332,10 +332,11 @@
   }
 
   // Fill a <select> or a checkbox/radio list from an API list; keeps the current choice when still there.
-  function fillSelect(select, items, {value, label, empty, disabled}) {
+  function fillSelect(select, items, {value, label, empty, disabled, none}) {
     const current = select.value || select.dataset.default || "";
     const options = items.map((it) => el("option", {value: value(it), disabled: disabled && disabled(it)}, label(it)));
-    if (!items.length && empty) options.push(el("option", {value: "", disabled: true}, empty));
+    if (!items.length && empty && !none) options.push(el("option", {value: "", disabled: true}, empty));
+    if (none) options.unshift(el("option", {value: ""}, none));  // optional field: empty = the server's default
     replace(select, options);
     if (items.some((it) => value(it) === current)) select.value = current;
   }

@@ -16,7 +16,8 @@
       const source = select.dataset.source;
       if (source === "teachers") {
         fillSelect(select, lists.teachers, {value: (t) => t.name, label: teacherLabel, disabled: (t) => t.status === "failed",
-                                            empty: "no teacher registered yet: see Teachers"});
+                                            empty: "no teacher registered yet: see Teachers",
+                                            none: select.dataset.none});
       } else if (source === "datasets") {
         fillSelect(select, lists.datasets, {value: (d) => d.name,
                                             label: (d) => `${d.name} (${d.kind}, ${d.resolution || "?"}px)`});
