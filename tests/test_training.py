@@ -90,7 +90,7 @@ def test_cosine_schedule_decays_to_zero_and_resumes_on_the_same_curve(tmp_path, 
     assert [lr_at(s, 4, 1e-2) for s in (1, 4)] == [1e-2, 1e-2]  # constant
     lrs = [lr_at(s, 8, 1e-2, "cosine") for s in range(1, 9)]
     assert lrs[0] == 1e-2 and lrs[3] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 3 / 8)))
-    assert all(a > b for a, b in zip(lrs, lrs[1:])) and 0 < lrs[-1] < 1e-3
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False)) and 0 < lrs[-1] < 1e-3
 
     full, _ = _run(tiny_teacher, narrow_student, digits, steps=8, lr=1e-2, lr_schedule="cosine")
     constant, _ = _run(tiny_teacher, narrow_student, digits, steps=8, lr=1e-2)
