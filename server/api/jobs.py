@@ -110,8 +110,11 @@ def job_read(job: Job, settings: Settings) -> JobRead:
     waiting_for = None
     if job.status == "queued":
         training = [t.name for t in (job.teacher, job.student_teacher) if t is not None and t.status == "training"]
-        if training:
-            waiting_for = " and ".join(f"teacher {n!r}" for n in dict.fromkeys(training)) + " still training"
+        names = list(dict.fromkeys(training))
+        if len(names) == 1:
+            waiting_for = f"teacher {names[0]!r} is still training"
+        elif names:
+            waiting_for = f"teachers {names[0]!r} and {names[1]!r} are still training"
     return JobRead(
         id=job.id, kind=job.kind, status=job.status,  # type: ignore[arg-type]
         teacher=job.teacher.name if job.teacher else None,

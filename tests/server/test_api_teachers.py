@@ -177,7 +177,10 @@ def test_a_student_pruned_from_another_teacher(harness: Harness) -> None:
     assert "unknown teacher 'ghost'" in r.json()["detail"][0]["msg"]
     job = harness.submit(teacher="t-small", student_teacher="big", method="outkd")
     assert job["student_teacher"] == "big" and job["teacher"] == "t-small"
-    assert job["waiting_for"] == "teacher 'big' still training"
+    assert job["waiting_for"] == "teacher 'big' is still training"
+    c.post("/api/teachers", json={"source": "preset", "name": "big2", "preset": "tiny", "steps": 5})
+    both = harness.submit(teacher="big2", student_teacher="big", method="outkd")
+    assert both["waiting_for"] == "teachers 'big2' and 'big' are still training"
     harness.wait_status(big["job_id"], "running")
     for _ in range(3):
         harness.tick()
