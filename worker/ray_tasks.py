@@ -198,6 +198,20 @@ class StoreReporter:
         self._cancelled = False
         self._pending = None  # an is_cancelled request whose answer has not been read yet
 
+    @staticmethod
+    def _answer_without_blocking(ref, timeout_s: float) -> bool:
+        """The store's answer, polled (never a blocking ray.get: see should_cancel); False if none in time."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            time.sleep(0.005)  # an actor call on this node answers in about a millisecond
+            try:
+                ready, _ = ray.wait([ref], timeout=0)
+                if ready:
+                    return bool(ray.get(ready[0]))
+            except Exception:  # a store that does not answer never cancels a job
+                return False
+        return False
+
     def progress(self, job_id: int, step: int, total: int, metrics: dict[str, float]) -> None:
         self.store.report.remote(job_id, step, total, metrics)
 
@@ -213,10 +227,7 @@ class StoreReporter:
         now = time.monotonic()
         if self._checked_at == -float("inf"):  # the first check, before any work: wait for it
             self._checked_at = now
-            try:
-                self._cancelled = bool(ray.get(self.store.is_cancelled.remote(job_id), timeout=10))
-            except Exception:
-                pass
+            self._cancelled = self._answer_without_blocking(self.store.is_cancelled.remote(job_id), 10.0)
             return self._cancelled
         if self._pending is not None:
             try:

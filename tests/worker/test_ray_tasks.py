@@ -146,3 +146,32 @@ def test_cancel_through_the_store(store, setup_dirs):
     assert Path(spec.output_dir, "checkpoint", "last.pt").is_file()
     ray.get(store.clear.remote(312))
     assert not ray.get(store.is_cancelled.remote(312))
+
+
+def test_no_more_jobs_run_at_once_than_cpus(store, setup_dirs):
+    """A starting job must not lend its CPU back to Ray (a task blocked in ray.get does): on 2 CPUs
+    with one CPU per job, at most 2 of 4 jobs ever run at once."""
+    from mlflow import MlflowClient
+
+    root, teacher, uri = setup_dirs
+    MlflowClient(tracking_uri=uri).search_experiments()  # the store's tables first: jobs do not race to create them
+    specs = [_spec(root, teacher, uri, 400 + i, steps=300, checkpoint_every=0, fid_samples=20, sample_steps=2)
+             for i in range(4)]
+    for s in specs:
+        ray.get(store.clear.remote(s.job_id))
+    refs = {s.job_id: execute_job.options(**job_options(s)).remote(s.to_dict(), store) for s in specs}
+    pending, most, outcomes = dict(refs), 0, []
+    deadline = time.monotonic() + TIMEOUT_S
+    while pending and time.monotonic() < deadline:
+        started = [jid for jid in pending if (p := ray.get(store.get.remote(jid))) is not None and p["step"] >= 1]
+        # read progress first, then which jobs ended: a job that started in a slot freed by another
+        # is counted only once that other one is seen to have ended
+        done, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=0)
+        ended = {jid for jid, ref in pending.items() if ref in done}
+        most = max(most, len([jid for jid in started if jid not in ended]))
+        for jid in ended:
+            outcomes.append(ray.get(pending.pop(jid)))
+        time.sleep(0.05)
+    assert not pending, "the jobs did not end in time"
+    assert [o["status"] for o in outcomes] == ["succeeded"] * 4, [o["reason"] for o in outcomes]
+    assert most == 2, f"{most} jobs ran at once on 2 CPUs"
