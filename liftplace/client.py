@@ -159,8 +159,10 @@ def ensure_teachers(client: ServiceClient, preset: Any, note: Callable[[str], No
         elif have["status"] == "failed":
             raise ServiceError(409, f"teacher {plan.name!r} failed to train ({have.get('reason')}); retry job "
                                     f"{have.get('job_id')} first", client.base_url + "/api/teachers")
+        elif have.get("parameters") is None:  # still training: its size is known once it has a model
+            _say(note, f"teacher {plan.name!r}: reusing ({have['status']}, job {have.get('job_id')})")
         else:
-            _say(note, f"teacher {plan.name!r}: reusing ({have['status']}, {have.get('parameters')} parameters)")
+            _say(note, f"teacher {plan.name!r}: reusing ({have['status']}, {have['parameters']} parameters)")
     return queued
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from liftplace import cli_study
-from liftplace.client import ServiceClient, ServiceError, follow, submit_preset
+from liftplace.client import ServiceClient, ServiceError, ensure_teachers, follow, submit_preset
 from liftplace.studies import get_study_preset
 from server.app import create_app
 from server.demo import ApiServer
@@ -67,8 +67,24 @@ def test_submit_follow_and_reuse(live_service: tuple[str, FakeRunner]) -> None:
     again = submit_preset(client, preset, note=notes.append)
     assert [r.reused for r in again] == [True] and again[0].study_id == runs[0].study_id
     assert sum("reusing" in n for n in notes) == len(preset.teachers) + 1, notes
+    assert all("None" not in n and "parameters" in n for n in notes if n.startswith("teacher")), notes
     follow(client, again, poll=0.1, progress=False, timeout=10)
     assert len(runner.specs) == len(preset.teachers) + preset.jobs
+
+
+def test_reusing_a_teacher_in_training_names_its_job() -> None:
+    """A teacher still training has no size yet: the note names its job instead of 'None parameters'."""
+    preset = get_study_preset("smoke")
+
+    class Teachers:
+        def get(self, path: str) -> list[dict]:
+            assert path == "/api/teachers"
+            return [{"name": t.name, "status": "training", "parameters": None, "job_id": 7 + i}
+                    for i, t in enumerate(preset.teachers)]
+
+    notes: list[str] = []
+    assert ensure_teachers(Teachers(), preset, notes.append) == []  # nothing new queued
+    assert notes == [f"teacher {t.name!r}: reusing (training, job {7 + i})" for i, t in enumerate(preset.teachers)]
 
 
 def test_cli_study_run_prints_the_table(live_service: tuple[str, FakeRunner],
