@@ -9,6 +9,7 @@ computed from those numbers, job timings, and a capacity-gap plot (PNG under doc
 
     python scripts/results_report.py --api http://127.0.0.1:8000 --study stability
     python scripts/results_report.py --convergence runs/conv-s/convergence.csv --section convergence
+    python scripts/results_report.py --api http://127.0.0.1:8000 --ablation ablation-group-size
     python scripts/results_report.py --fragment gpu.md --section gpu-estimate  # from gpu_estimate.py --markdown
 
 With ``--convergence`` it renders a convergence curve CSV of bench/convergence.py (FID against
@@ -223,41 +224,13 @@ def same_cells(api: Api, study: dict[str, Any], table: dict[str, Any], other_nam
     return out if rows else []
 
 
-def study_report(api: Api, name: str, preset_name: str | None, figure: Path, section: str | None = None,
-                 same_as: str | None = None) -> str:
-    from liftplace.methods import PAPER_METHOD
-    from liftplace.stats import COLLAPSE_FID_THRESHOLD
-
-    study = api.study(name)
-    sid = study["id"]
-    table = api.get(f"/api/studies/{sid}/table")
-    jobs = api.jobs(sid)
+def teacher_lines(api: Api, study: dict[str, Any], table: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
+    """The study's teachers (source, size, FID against the real-vs-real FID) and their parameter counts."""
     teachers = {t["name"]: t for t in api.get("/api/teachers")}
     opts = study["options"]
     resolution = int(opts.get("resolution") or 8)
     fid_samples = int(opts.get("fid_samples") or 1000)
     lines: list[str] = []
-    label = ""
-    if preset_name:
-        from liftplace.studies import get_study_preset
-
-        label = get_study_preset(preset_name).label
-        lines.append(f"*{label}*\n")
-
-    started = [d for j in jobs if (d := _ts(j["started_at"]))]
-    finished = [d for j in jobs if (d := _ts(j["finished_at"]))]
-    counts = study["status_counts"]
-    lines.append(f"Study **{study['name']}** (service study id {sid}, MLflow experiment "
-                 f"{study['mlflow_experiment_id']}, parent run `{study['mlflow_run_id']}`): {study['jobs']} jobs, "
-                 + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".")
-    if started and finished:
-        wall = (max(finished) - min(started)).total_seconds()
-        lines.append(f"First job started {min(started):%Y-%m-%d %H:%M} UTC, last ended {max(finished):%H:%M} UTC: "
-                     f"{wall / 60:.0f} min of wall time for the distillation jobs.")
-    lines.append(f"Options shared by every job: student ratio {study['student_ratio']}, "
-                 + ", ".join(f"{k} {v}" for k, v in sorted(opts.items()) if v is not None) + ".\n")
-
-    # teachers
     rvr = real_vs_real(resolution, fid_samples) if study["dataset"] == "digits" else None
     lines.append("**Teachers** (trained by the service; FID of the EMA teacher on its job's samples):\n")
     lines.append("| teacher | source | parameters | training steps | teacher FID | teacher FID / real-vs-real |")
@@ -282,6 +255,42 @@ def study_report(api: Api, name: str, preset_name: str | None, figure: Path, sec
                      f"of the digits ({rvr['halves_n']:.0f} images each) {rvr['halves']:.2f}; {rvr['subset_n']:.0f} "
                      f"real digits against the whole set they are part of {rvr['subset']:.2f} (a model that "
                      "copied its training set).")
+    return lines, teacher_params
+
+
+def study_report(api: Api, name: str, preset_name: str | None, figure: Path, section: str | None = None,
+                 same_as: str | None = None) -> str:
+    from liftplace.methods import PAPER_METHOD
+    from liftplace.stats import COLLAPSE_FID_THRESHOLD
+
+    study = api.study(name)
+    sid = study["id"]
+    table = api.get(f"/api/studies/{sid}/table")
+    jobs = api.jobs(sid)
+    opts = study["options"]
+    lines: list[str] = []
+    label = ""
+    if preset_name:
+        from liftplace.studies import get_study_preset
+
+        label = get_study_preset(preset_name).label
+        lines.append(f"*{label}*\n")
+
+    started = [d for j in jobs if (d := _ts(j["started_at"]))]
+    finished = [d for j in jobs if (d := _ts(j["finished_at"]))]
+    counts = study["status_counts"]
+    lines.append(f"Study **{study['name']}** (service study id {sid}, MLflow experiment "
+                 f"{study['mlflow_experiment_id']}, parent run `{study['mlflow_run_id']}`): {study['jobs']} jobs, "
+                 + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".")
+    if started and finished:
+        wall = (max(finished) - min(started)).total_seconds()
+        lines.append(f"First job started {min(started):%Y-%m-%d %H:%M} UTC, last ended {max(finished):%H:%M} UTC: "
+                     f"{wall / 60:.0f} min of wall time for the distillation jobs.")
+    lines.append(f"Options shared by every job: student ratio {study['student_ratio']}, "
+                 + ", ".join(f"{k} {v}" for k, v in sorted(opts.items()) if v is not None) + ".\n")
+
+    teacher_rows, teacher_params = teacher_lines(api, study, table)
+    lines += teacher_rows
 
     # students
     student_params: dict[str, list[float]] = {}
@@ -412,6 +421,117 @@ def study_report(api: Api, name: str, preset_name: str | None, figure: Path, sec
     return "\n".join(lines)
 
 
+def ablation_report(api: Api, preset_name: str, figure: Path, section: str) -> str:
+    """All the studies of an ablation preset (one per variant) as one table, each row against the reference.
+
+    A row is a variant's method (its seeds, mean, sample std, collapses); the reference is the
+    variant whose options are the method's defaults (the job spec's), or the first variant. Each
+    other row gets Welch's t-test against the reference row of the same method.
+    """
+    import dataclasses
+
+    from liftplace.stats import COLLAPSE_FID_THRESHOLD
+    from liftplace.studies import get_study_preset
+    from worker.spec import JobSpec
+
+    preset = get_study_preset(preset_name)
+    spec_defaults = {f.name: f.default for f in dataclasses.fields(JobSpec)}
+    reference = next((v for v in preset.variants
+                      if all(spec_defaults.get(k, object()) == val for k, val in v.options.items())),
+                     preset.variants[0])
+    studies, tables, all_jobs = [], [], []
+    for body in preset.study_requests(preset.name):
+        study = api.study(body["name"])
+        studies.append(study)
+        tables.append(api.get(f"/api/studies/{study['id']}/table"))
+        all_jobs += api.jobs(study["id"])
+
+    lines = [f"*{preset.label}*\n"]
+    lines.append(f"Preset **{preset.name}**: {preset.description}\n")
+    lines.append("| variant | study | jobs | MLflow parent run |")
+    lines.append("|---|---|---|---|")
+    for variant, study in zip(preset.variants, studies, strict=True):
+        counts = ", ".join(f"{v} {k}" for k, v in study["status_counts"].items() if v)
+        lines.append(f"| {variant.suffix} | `{study['name']}` (id {study['id']}) | {study['jobs']}: {counts} | "
+                     f"`{study['mlflow_run_id']}` |")
+    started = [d for j in all_jobs if (d := _ts(j["started_at"]))]
+    finished = [d for j in all_jobs if (d := _ts(j["finished_at"]))]
+    if started and finished:
+        wall = (max(finished) - min(started)).total_seconds()
+        lines.append(f"\nFirst job started {min(started):%Y-%m-%d %H:%M} UTC, last ended {max(finished):%H:%M} UTC "
+                     f"({wall / 60:.0f} min of wall time for the {len(all_jobs)} distillation jobs).")
+    varied = sorted({k for v in preset.variants for k in v.options})
+    shared = {k: v for k, v in sorted(studies[0]["options"].items()) if v is not None and k not in varied}
+    lines.append(f"Options shared by every job: student ratio {studies[0]['student_ratio']}, "
+                 + ", ".join(f"{k} {v}" for k, v in shared.items()) + "; varied: " + ", ".join(varied) + ".\n")
+    teacher_rows, _ = teacher_lines(api, studies[0], tables[0])
+    lines += teacher_rows
+
+    seeds = studies[0]["seeds"]
+    lines.append(f"\n**The ablation** ({tables[0].get('metric') or 'fid'}, lower is better; the tries by seed, their "
+                 "mean and sample std (ddof = 1) over the succeeded runs, and the collapses — runs that diverged or "
+                 f"scored above {COLLAPSE_FID_THRESHOLD:g}; Welch's t-test of each row against the reference "
+                 f"variant `{reference.suffix}` (the defaults), same method; negative t: lower mean FID than the "
+                 "reference):\n")
+    lines.append("| variant | teacher | method | " + " | ".join(f"seed {s}" for s in seeds)
+                 + " | mean | std | collapses | t | p |")
+    lines.append("|---|---|---|" + "---:|" * (len(seeds) + 5))
+    ref_table = tables[preset.variants.index(reference)]
+
+    def ok(cell: dict[str, Any]) -> list[float]:
+        return [t["fid"] for t in cell["tries"] if t["status"] == "succeeded" and t["fid"] is not None]
+
+    points: list[tuple[str, list[float], float | None, float | None]] = []
+    for variant, table in zip(preset.variants, tables, strict=True):
+        for c in table["cells"]:
+            by_seed = {t["seed"]: t for t in c["tries"]}
+            tries = [("…" if by_seed[s]["status"] in ("queued", "running") else
+                      _fmt(by_seed[s]["fid"]) if by_seed[s]["status"] == "succeeded" else by_seed[s]["status"])
+                     if s in by_seed else "" for s in seeds]
+            ref = next((r for r in ref_table["cells"] if r["teacher"] == c["teacher"] and r["method"] == c["method"]),
+                       None)
+            w = _welch(ok(c), ok(ref)) if ref is not None and variant is not reference else None
+            label = f"**{variant.suffix}** (reference)" if variant is reference else variant.suffix
+            lines.append(f"| {label} | {c['teacher']} | {c['method']} | " + " | ".join(tries)
+                         + f" | {_fmt(c['mean'])} | {_fmt(c['std'])} | {c.get('collapses', 0)} | "
+                         f"{_fmt(w.statistic if w else None)} | {_fmt(w.pvalue if w else None, 4)} |")
+            points.append((f"{variant.suffix}\n{c['method']}" if len(table["methods"]) > 1 else variant.suffix,
+                           ok(c), c["mean"], c["std"]))
+    if any(t["status"] in ("queued", "running") for tb in tables for c in tb["cells"] for t in c["tries"]):
+        lines.append("\n(… : still queued or running.)")
+    ablation_plot(points, figure, f"{preset.name}: student FID per variant ({len(seeds)} seeds)",
+                  tables[0].get("metric") or "fid")
+    rel = os.path.relpath(figure, DEFAULT_RESULTS.parent)
+    lines.append(f"\n![{preset.name}: FID per variant]({rel})\n")
+    lines.append(f"*Each variant's seeds (dots) and mean ± sample std (bar); file `{os.path.relpath(figure, ROOT)}`.*")
+    lines.append(f"\nGenerated by `python scripts/results_report.py --api URL --ablation {preset.name} --section "
+                 f"{section}` from the service's data (report written on {platform.machine()} with "
+                 f"{os.cpu_count()} CPUs).")
+    return "\n".join(lines)
+
+
+def ablation_plot(points: list[tuple[str, list[float], float | None, float | None]], path: Path, title: str,
+                  metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(points) + 1.5), 3.8), dpi=120)
+    for i, (_, fids, mean, std) in enumerate(points):
+        ax.scatter([i] * len(fids), fids, s=14, alpha=0.5, color=f"C{i}")
+        if mean is not None:
+            ax.errorbar([i + 0.15], [mean], yerr=[std or 0.0], marker="o", capsize=4, color=f"C{i}")
+    ax.set_xticks(range(len(points)), [p[0] for p in points], fontsize=8)
+    ax.set_ylabel(f"{metric} of the students")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def convergence_summary(rows: list[dict[str, str]], budget: int | None) -> list[str]:
     """Per curve: how much the FID still fell over its last interval and after `budget` (computed, not judged)."""
     out = []
@@ -516,6 +636,7 @@ def main() -> None:
     p.add_argument("--study", help="study name (or id) on the service")
     p.add_argument("--preset", help="the study preset it ran (its label is shown)")
     p.add_argument("--convergence", type=Path, help="a convergence.csv of bench/convergence.py")
+    p.add_argument("--ablation", help="an ablation study preset: all its variants' studies as one table")
     p.add_argument("--presets", nargs="+", help="study preset names: render their plans")
     p.add_argument("--budget", type=int, help="with --convergence: the study's step budget, to compare against")
     p.add_argument("--same-as", help="with --study: another study sharing cells with it; report whether they repeat")
@@ -525,9 +646,15 @@ def main() -> None:
     p.add_argument("--section", help="marker name in the results page (default: the study name)")
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     args = p.parse_args()
-    if sum(map(bool, (args.convergence, args.presets, args.fragment))) > 1 or not any(
-            (args.study, args.convergence, args.presets, args.fragment)):
-        p.error("give one of --study, --convergence (optionally with --study), --presets and --fragment")
+    if sum(map(bool, (args.convergence, args.presets, args.fragment, args.ablation))) > 1 or not any(
+            (args.study, args.convergence, args.presets, args.fragment, args.ablation)):
+        p.error("give one of --study, --convergence (optionally with --study), --ablation, --presets and --fragment")
+    if args.ablation:
+        section = args.section or args.ablation
+        figure = FIGURES / f"{section}.png"
+        replace_section(args.results, section, ablation_report(Api(args.api), args.ablation, figure, section))
+        print(f"wrote section {section!r} of {args.results} and {figure}")
+        return
     if args.fragment:
         if not args.section:
             p.error("--fragment needs --section")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import statistics
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,54 @@ def test_the_report_renders_presets_and_convergence_curves(tmp_path: Path) -> No
     assert "| step | outkd | lift+place+featkd |" in table
     assert "| 200 | 90.5 | 80.25 |" in table and "| 400 | 70.0 | – |" in table
     assert "outkd 110, lift+place+featkd 120" in table  # the last step time of each curve
+
+
+class _FakeReportApi:
+    """What ablation_report reads from the service, for the three studies of ablation-group-size."""
+
+    FIDS = {"k4": [60.0, 70.0, 65.0, 55.0, 50.0], "k16": [40.0, 45.0, 50.0, 55.0, 60.0],
+            "k64": [90.0, 120.0, 110.0, 100.0, 95.0]}
+
+    def __init__(self) -> None:
+        self.studies = {}
+        for i, suffix in enumerate(self.FIDS, start=1):
+            name = f"ablation-group-size-{suffix}"
+            self.studies[name] = {
+                "id": i, "name": name, "jobs": 5, "status_counts": {"succeeded": 5}, "mlflow_run_id": f"run{i}",
+                "student_ratio": 0.9, "seeds": [0, 1, 2, 3, 4], "teachers": ["t"], "dataset": "faces",
+                "options": {"steps": 800, "group_size": int(suffix[1:]), "resolution": 8, "fid_samples": 1000},
+            }
+
+    def study(self, name: str) -> dict:
+        return self.studies[name]
+
+    def jobs(self, study_id: int) -> list[dict]:
+        return [{"started_at": "2026-11-24T06:00:00", "finished_at": f"2026-11-24T06:{10 * study_id}:00"}] * 5
+
+    def get(self, path: str) -> object:
+        if path == "/api/teachers":
+            return [{"name": "t", "parameters": 1_000_000, "source": "preset", "preset": "digits-s", "job_id": None}]
+        study_id = int(path.split("/")[3])
+        suffix = next(s for s in self.studies.values() if s["id"] == study_id)["name"].rsplit("-", 1)[1]
+        fids = self.FIDS[suffix]
+        return {"metric": "fid_digits", "teachers": ["t"], "methods": ["lift+place+featkd"], "cells": [{
+            "teacher": "t", "method": "lift+place+featkd", "mean": statistics.mean(fids), "std": statistics.stdev(fids),
+            "collapses": sum(f > 100 for f in fids),
+            "tries": [{"seed": s, "status": "succeeded", "fid": f} for s, f in enumerate(fids)]}]}
+
+
+def test_the_report_puts_an_ablations_variants_in_one_table(tmp_path: Path) -> None:
+    from liftplace.stats import welch_t_test
+
+    report = _report_module()
+    figure = tmp_path / "figures" / "k.png"
+    text = report.ablation_report(_FakeReportApi(), "ablation-group-size", figure, "k")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if "| lift+place+featkd |" in line}
+    assert set(rows) == {"k4", "**k16** (reference)", "k64"}  # K = 16 is the default, so the reference
+    assert "| 60.00 | 70.00 | 65.00 | 55.00 | 50.00 | 60.00 | 7.91 | 0 |" in rows["k4"]
+    assert rows["k64"].split(" | ")[-3] == "2"  # two seeds above the collapse threshold
+    expected = welch_t_test(_FakeReportApi.FIDS["k64"], _FakeReportApi.FIDS["k16"])
+    assert rows["k64"].rstrip(" |").endswith(f"| {expected.statistic:.2f} | {expected.pvalue:.4f}")
+    assert rows["**k16** (reference)"].rstrip(" |").endswith("| – | –")  # no test against itself
+    assert "varied: group_size" in text and "30 min of wall time for the 15 distillation jobs" in text
+    assert figure.is_file() and "--ablation ablation-group-size --section k" in text
