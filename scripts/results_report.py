@@ -541,6 +541,12 @@ def convergence_summary(rows: list[dict[str, str]], budget: int | None) -> list[
             continue
         (s0, f0), (s1, f1) = pts[-2], pts[-1]
         line = (f"- {name}: {100 * (f0 - f1) / f0:.1f}% lower over its last {s1 - s0} steps ({s0} → {s1})")
+        # the last quarter of the curve: less noisy than one interval (each point is one FID estimate)
+        sq, fq = next((s, f) for s, f in pts if s >= 0.75 * s1)
+        if sq < s0:
+            line += f", {100 * (fq - f1) / fq:.1f}% over its last quarter ({sq} → {s1})"
+        best_step, best = min(pts, key=lambda p: p[1])
+        line += f"; lowest FID {best:.2f} at step {best_step}"
         at = dict(pts)
         if budget in at and budget != s1:
             line += f"; {100 * (at[budget] - f1) / at[budget]:.1f}% lower at step {s1} than at the budget ({budget})"

@@ -247,3 +247,15 @@ def test_the_report_puts_an_ablations_variants_in_one_table(tmp_path: Path) -> N
     assert rows["**k16** (reference)"].rstrip(" |").endswith("| – | –")  # no test against itself
     assert "varied: group_size" in text and "30 min of wall time for the 15 distillation jobs" in text
     assert figure.is_file() and "--ablation ablation-group-size --section k" in text
+
+
+def test_the_convergence_summary_reads_the_last_quarter_and_the_lowest_point() -> None:
+    report = _report_module()
+    curve = ((400, 80.0), (800, 40.0), (1200, 30.0), (1400, 24.0), (1600, 25.0))
+    rows = [{"name": "outkd", "step": str(s), "fid_digits": str(f)} for s, f in curve]
+    (line,) = report.convergence_summary(rows, budget=1200)
+    assert line == ("- outkd: -4.2% lower over its last 200 steps (1400 → 1600), 16.7% over its last quarter "
+                    "(1200 → 1600); lowest FID 24.00 at step 1400; 16.7% lower at step 1600 than at the budget (1200).")
+    short = [r for r in rows if r["step"] in ("1400", "1600")]  # one interval: no separate quarter
+    assert report.convergence_summary(short, budget=None) == [
+        "- outkd: -4.2% lower over its last 200 steps (1400 → 1600); lowest FID 24.00 at step 1400."]
