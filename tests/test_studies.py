@@ -105,10 +105,11 @@ def test_the_ablations_vary_one_thing_on_the_largest_stability_teacher() -> None
             p = STUDY_PRESETS[name]
             assert p.teachers == (largest,) and p.options == ABLATION_OPTIONS
     # the ablations keep the budget they were measured with; the stability study differs only in its
-    # budget and in naming its (only) student's teacher, which for one teacher changes nothing
+    # budget (steps, lr, schedule) and in naming its (only) student's teacher, which for one teacher changes nothing
     stability = dict(STUDY_PRESETS["stability"].options)
     assert stability.pop("student_teacher") == largest.name
-    assert set(stability) == set(ABLATION_OPTIONS)
+    assert stability.pop("lr_schedule") == "cosine"  # the ablations' default: constant
+    assert set(stability) == set(ABLATION_OPTIONS) and "lr_schedule" not in ABLATION_OPTIONS
     assert {k for k in stability if stability[k] != ABLATION_OPTIONS[k]} <= {"steps", "lr", "checkpoint_every"}
     assert STUDY_PRESETS["ablation-table8"].variants[0].methods == TABLE8_METHODS
     assert [dict(v.options) for v in STUDY_PRESETS["ablation-group-size"].variants] == [
