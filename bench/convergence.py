@@ -12,6 +12,12 @@ curve is exactly what a job of the same length would report at that step.
     python bench/convergence.py student --teacher runs/conv-t/teacher/model --steps 3000 --eval-every 250 \
         --methods outkd outkd+featkd lift+place+featkd --output runs/conv-s
 
+    # two settings of one method side by side in one CSV and plot
+    python bench/convergence.py student --teacher T --methods lift+place+featkd --steps 6000 --lr-schedule constant \
+        --label "constant" --output runs/sched
+    python bench/convergence.py student --teacher T --methods lift+place+featkd --lr-schedule cosine \
+        --label "cosine" --append --output runs/sched
+
 Writes OUTPUT/convergence.csv (kind, name, step, fid_digits, elapsed_s, step_ms) and
 OUTPUT/convergence.png, and prints the step time and the real-vs-real FID. Settings
 default to the `stability` study preset. Run it with one torch thread (`--threads 1`) on a
@@ -24,6 +30,7 @@ import argparse
 import csv
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -77,6 +84,15 @@ class _Curve:
 
     def should_stop(self) -> bool:
         return False
+
+
+def _curve_name(name: str, label: str | None) -> str:
+    return f"{name}, {label}" if label else name
+
+
+def _slug(name: str) -> str:
+    """A folder name for a curve's checkpoints (the pre-label runs used METHOD with '+' as '_')."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("+", "_")).strip("_")
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:
@@ -146,6 +162,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--label", help="appended to each curve's name (\"METHOD, LABEL\"), e.g. the setting compared")
+    p.add_argument("--append", action="store_true",
+                   help="add the curves to OUTPUT/convergence.csv instead of starting it anew (a curve of the same "
+                        "name is replaced): several settings side by side in one CSV and plot")
     p.add_argument("--title", help="plot title (kind plot)")
     p.add_argument("--mark-step", type=int, help="draw a vertical line at this step (kind plot): the study's budget")
     args = p.parse_args()
@@ -167,6 +187,10 @@ def main() -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     out_csv = args.output / "convergence.csv"
     rows: list[dict] = []
+    if args.append and args.kind != "plot" and out_csv.is_file():
+        new_names = {_curve_name(m, args.label) for m in args.methods} if args.kind == "student" else {
+            _curve_name(args.preset, args.label)}
+        rows = [r for r in csv.DictReader(open(out_csv)) if r["name"] not in new_names]
     data = load_digits(args.resolution)
     real = real_vs_real(args.resolution, args.seed)
     if args.kind == "plot":
@@ -190,7 +214,7 @@ def main() -> None:
               f"batch {batch}", flush=True)
         res = train_teacher(model, data, steps=steps, seed=args.seed, batch_size=batch, lr=lr, lr_schedule=schedule,
                             checkpoint_dir=args.output / "teacher" / "checkpoint", checkpoint_every=every,
-                            callbacks=[curve("teacher", args.preset)])
+                            callbacks=[curve("teacher", _curve_name(args.preset, args.label))])
         save_unet(res.ema_model, args.output / "teacher" / "model")
         title = f"teacher {args.preset} ({count_parameters(model) / 1e6:.1f}M), batch {batch}, lr {lr}"
     else:
@@ -200,12 +224,13 @@ def main() -> None:
         for method in args.methods:
             res = distill(teacher, args.student_ratio, method, args.seed, steps, data=data, batch_size=batch, lr=lr,
                           lr_schedule=schedule,
-                          checkpoint_dir=args.output / method.replace("+", "_") / "checkpoint",
-                          checkpoint_every=every, callbacks=[curve("student", method)])
+                          checkpoint_dir=args.output / _slug(_curve_name(method, args.label)) / "checkpoint",
+                          checkpoint_every=every, callbacks=[curve("student", _curve_name(method, args.label))])
             print(f"student {method}: {res.parameters:,} of {res.teacher_parameters:,} parameters "
                   f"({100 * res.parameters / res.teacher_parameters:.2f}%)", flush=True)
         title = (f"students at ratio {args.student_ratio} of a {count_parameters(teacher) / 1e6:.1f}M teacher, "
                  f"batch {batch}, lr {lr} ({schedule})")
+    rows = [dict(r, step=int(r["step"]), fid_digits=float(r["fid_digits"])) for r in rows]
     _plot(rows, args.output / "convergence.png", title, real)
     print(f"wrote {out_csv} and {args.output / 'convergence.png'}")
 
