@@ -260,3 +260,31 @@ def test_the_convergence_summary_reads_the_last_quarter_and_the_lowest_point() -
     short = [r for r in rows if r["step"] in ("1400", "1600")]  # one interval: no separate quarter
     assert report.convergence_summary(short, budget=None) == [
         "- outkd: -4.2% lower over its last 200 steps (1400 → 1600); lowest FID 24.00 at step 1400."]
+
+
+def test_the_report_reads_a_grid_as_an_earlier_commit_published_it(tmp_path: Path) -> None:
+    import subprocess
+
+    report = _report_module()
+    page = tmp_path / "docs" / "results.md"
+    page.parent.mkdir()
+    page.write_text(
+        "<!-- report:s:begin -->\n**Teachers**\n\n| t | x |\n\n**The Table-6 grid** (fid):\n\n*Teacher big (1.1M):*\n\n"
+        "| method | seed 0 | seed 1 | mean | std | collapses |\n|---|---:|---:|---:|---:|---:|\n"
+        "| lift | 10.00 | 20.00 | 15.00 | 7.07 | 0 |\n| outkd | 5.00 | failed | 5.00 | – | 1 |\n"
+        "| lift+place+featkd | 1.50 | 2.50 | **2.00** | 0.71 | 0 |\n\n"
+        "**Welch's t-tests**\n\n| big | lift | 15.00 | 2.00 | -1 | 1.0 | 0.5 |\n<!-- report:s:end -->\n")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "page"], check=True)
+    page.write_text("changed since")
+    cells = report.previous_cells("HEAD", "s", results=page, repo=tmp_path)
+    # the bold best mean is read, a failed seed drops its row, the Welch table is not a grid
+    assert cells == {("big", "lift"): [10.0, 20.0], ("big", "lift+place+featkd"): [1.5, 2.5]}
+    table = {"cells": [{"teacher": "big", "method": "lift", "mean": 40.0, "std": 5.0,
+                        "tries": [{"seed": 0, "status": "succeeded", "fid": 36.5},
+                                  {"seed": 1, "status": "succeeded", "fid": 43.5}]}]}
+    rows = [r for r in report.previous_comparison(table, "HEAD", "s", page, tmp_path) if r.startswith("| big")]
+    assert len(rows) == 1 and rows[0].startswith("| big | lift | 40.00 ± 5.00 | 15.00 ± 7.07 |")
+    assert rows[0].endswith("| no |")  # 25 apart: more than either std

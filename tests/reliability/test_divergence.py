@@ -35,7 +35,7 @@ DIVERGING_LAMBDA_KD = 1e38  # lambda_kd * L_kd (about 10 at the first step) is i
 TIMEOUT_S = 180
 
 
-def test_a_diverging_run_is_stopped_recorded_and_counted_as_a_collapse(tmp_path: Path,
+def test_a_diverging_run_is_stopped_recorded_and_counted_as_a_collapse(db_url: str, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from liftplace.features import ensure_digits_classifier
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a file store opens at once (see test_worker_death)
@@ -48,7 +48,7 @@ def test_a_diverging_run_is_stopped_recorded_and_counted_as_a_collapse(tmp_path:
             spec = dataclasses.replace(spec, lambda_kd=DIVERGING_LAMBDA_KD)
         return run_in_process(spec, reporter)
 
-    with service(tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'server.db'}",
+    with service(tmp_path / "data", database_url=db_url,  # SQLite and PostgreSQL
                  teachers_dir=tmp_path / "teachers", mlflow_uri=mlflow_uri, experiment="divergence",
                  executor=ThreadExecutor(runner, max_workers=2)) as c:
         r = c.post("/api/studies", json={"name": "divergence", "teachers": [TEACHER], "methods": ["outkd"],

@@ -69,8 +69,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
                 shutdown_ray()
 
 
-def _service(world: dict[str, object], tmp_path: Path, experiment: str):
-    return service(tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'server.db'}",
+def _service(world: dict[str, object], tmp_path: Path, experiment: str, database_url: str | None = None):
+    return service(tmp_path / "data", database_url=database_url or f"sqlite:///{tmp_path / 'server.db'}",
                    teachers_dir=world["teachers"], mlflow_uri=world["mlflow"], experiment=experiment,
                    executor=RayExecutor(None, cpus_per_job=1, gpus_per_job=0), max_attempts=MAX_ATTEMPTS)
 
@@ -109,12 +109,13 @@ def _check_cell(client, study_name: str, seeds: int, mlflow_uri: str) -> None:
         pytest.approx(cell["mean"])]
 
 
-def test_killed_workers_resume_and_each_job_finishes_once(world, tmp_path: Path, capsys) -> None:
-    experiment = "kills"
+def test_killed_workers_resume_and_each_job_finishes_once(world, db_url: str, tmp_path: Path, capsys) -> None:
+    """On SQLite and on PostgreSQL: a requeue after a lost worker is a database write like any other."""
+    experiment = f"kills-{db_url.split(':')[0]}"
     holds = {hold_key("kills", 3, 1): ("fid", 1)}
     killer = Killer(tmp_path / "data")
     # Patched before the study is submitted, so that no job is dispatched unwatched.
-    with pytest.MonkeyPatch.context() as mp, _service(world, tmp_path, experiment) as c:
+    with pytest.MonkeyPatch.context() as mp, _service(world, tmp_path, experiment, db_url) as c:
         import worker.ray_tasks
 
         mp.setattr(worker.ray_tasks, "execute_job", holding_execute_job(holds, env=FILE_STORE_ENV))
