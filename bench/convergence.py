@@ -18,6 +18,9 @@ curve is exactly what a job of the same length would report at that step.
     python bench/convergence.py student --teacher T --methods lift+place+featkd --lr-schedule cosine \
         --label "cosine" --append --output runs/sched
 
+    # the resolution of the points: each curve's last checkpoint scored with 8 sampling seeds
+    python bench/convergence.py noise --output runs/conv-s
+
 Writes OUTPUT/convergence.csv (kind, name, step, fid_digits, elapsed_s, step_ms) and
 OUTPUT/convergence.png, and prints the step time and the real-vs-real FID. Settings
 default to the `stability` study preset. Run it with one torch thread (`--threads 1`) on a
@@ -86,6 +89,41 @@ class _Curve:
         return False
 
 
+def rows_of(out_csv: Path) -> list[dict]:
+    return [dict(r, step=int(r["step"]), fid_digits=float(r["fid_digits"])) for r in csv.DictReader(open(out_csv))]
+
+
+def fid_noise(output: Path, rows: list[dict], seeds: int, fid_samples: int, sample_steps: int) -> None:
+    """How much the FID of one model moves with the sampling seed alone: the resolution of a curve's points.
+
+    Each curve's last checkpoint (OUTPUT/<curve>/checkpoint/last.pt) is sampled and scored with
+    seeds 0..seeds-1; writes OUTPUT/fid_noise.csv (name, step, seed, fid_digits).
+    """
+    import statistics
+
+    from liftplace.fid import compute_fid
+    from liftplace.training import load_checkpoint_model
+
+    out = []
+    for name in dict.fromkeys(r["name"] for r in rows):
+        ckpt = output / _slug(name) / "checkpoint" / "last.pt"
+        if not ckpt.is_file():
+            print(f"{name}: no checkpoint at {ckpt}; skipped", flush=True)
+            continue
+        _, ema, info = load_checkpoint_model(ckpt)
+        fids = [compute_fid(ema.eval(), "digits", features="digits", num_samples=fid_samples,
+                            num_inference_steps=sample_steps, seed=seed).fid for seed in range(seeds)]
+        step = max(r["step"] for r in rows if r["name"] == name)
+        out += [dict(name=name, step=step, seed=seed, fid_digits=round(f, 4)) for seed, f in enumerate(fids)]
+        print(f"{name} at step {step}: fid_digits over {seeds} sampling seeds {statistics.mean(fids):.3f} "
+              f"± {statistics.stdev(fids):.3f}", flush=True)
+    with open(output / "fid_noise.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=("name", "step", "seed", "fid_digits"))
+        w.writeheader()
+        w.writerows(out)
+    print(f"wrote {output / 'fid_noise.csv'}")
+
+
 def _curve_name(name: str, label: str | None) -> str:
     return f"{name}, {label}" if label else name
 
@@ -144,8 +182,9 @@ def main() -> None:
     stability = get_study_preset("stability")
     largest = stability.teachers[0]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=("teacher", "student", "plot"),
-                   help="plot: redraw OUTPUT/convergence.png from OUTPUT/convergence.csv")
+    p.add_argument("kind", choices=("teacher", "student", "plot", "noise"),
+                   help="plot: redraw OUTPUT/convergence.png from OUTPUT/convergence.csv; noise: score each curve's "
+                        "last checkpoint again with --noise-seeds sampling seeds (OUTPUT/fid_noise.csv)")
     p.add_argument("--preset", default=largest.preset, help="teacher architecture (kind teacher)")
     p.add_argument("--teacher", type=Path, help="teacher model folder (kind student)")
     p.add_argument("--methods", nargs="+", default=list(stability.variants[0].methods))
@@ -166,6 +205,7 @@ def main() -> None:
     p.add_argument("--append", action="store_true",
                    help="add the curves to OUTPUT/convergence.csv instead of starting it anew (a curve of the same "
                         "name is replaced): several settings side by side in one CSV and plot")
+    p.add_argument("--noise-seeds", type=int, default=8, help="kind noise: sampling seeds per checkpoint")
     p.add_argument("--title", help="plot title (kind plot)")
     p.add_argument("--mark-step", type=int, help="draw a vertical line at this step (kind plot): the study's budget")
     args = p.parse_args()
@@ -193,8 +233,11 @@ def main() -> None:
         rows = [r for r in csv.DictReader(open(out_csv)) if r["name"] not in new_names]
     data = load_digits(args.resolution)
     real = real_vs_real(args.resolution, args.seed)
+    if args.kind == "noise":
+        fid_noise(args.output, rows_of(out_csv), args.noise_seeds, args.fid_samples, args.sample_steps)
+        return
     if args.kind == "plot":
-        rows = [dict(r, step=int(r["step"]), fid_digits=float(r["fid_digits"])) for r in csv.DictReader(open(out_csv))]
+        rows = rows_of(out_csv)
         kinds = {r["kind"] for r in rows}
         _plot(rows, args.output / "convergence.png",
               args.title or f"{'/'.join(sorted(kinds))} convergence, batch {batch}, lr {lr}", real, args.mark_step)

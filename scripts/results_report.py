@@ -617,6 +617,25 @@ def convergence_summary(rows: list[dict[str, str]], budget: int | None) -> list[
     return out
 
 
+def noise_summary(rows: list[dict[str, str]], noise: list[dict[str, str]]) -> list[str]:
+    """The FID of each curve's last checkpoint under several sampling seeds, against the curve's last change."""
+    out = ["\nThe resolution of a point (`bench/convergence.py noise`): each curve's last checkpoint sampled and "
+           "scored again with several sampling seeds (0, 1, …; the curve's own points all use seed 0). Its FID "
+           "moves this much with the sampling seed alone:\n",
+           "| curve | step | sampling seeds | FID mean ± std | min – max | change over the curve's last interval |",
+           "|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["name"] for r in noise):
+        fids = [float(r["fid_digits"]) for r in noise if r["name"] == name]
+        pts = sorted((int(r["step"]), float(r["fid_digits"])) for r in rows if r["name"] == name)
+        last = f"{pts[-2][1] - pts[-1][1]:.2f} lower ({pts[-2][0]} → {pts[-1][0]})" if len(pts) > 1 else "–"
+        sd = statistics.stdev(fids) if len(fids) > 1 else None
+        step = next(r["step"] for r in noise if r["name"] == name)
+        out.append(f"| {name} | {step} | "
+                   f"{len(fids)} | {statistics.mean(fids):.2f} ± {_fmt(sd)} | {min(fids):.2f} – {max(fids):.2f} | "
+                   f"{last} |")
+    return out
+
+
 def reproduction_check(rows: list[dict[str, str]], api: Api, study_name: str) -> list[str]:
     """The curve's FID at the study's step count against the study's job of the same seed, teacher and method."""
     study = api.study(study_name)
@@ -651,6 +670,9 @@ def convergence_report(csv_path: Path, figure: Path, budget: int | None = None, 
     if summary:
         out.append("\nStill improving? The FID of each curve:\n")
         out += summary
+    noise_csv = csv_path.parent / "fid_noise.csv"
+    if noise_csv.is_file():
+        out += noise_summary(rows, list(csv.DictReader(open(noise_csv))))
     if api is not None and study:
         check = reproduction_check(rows, api, study)
         if check:

@@ -288,3 +288,13 @@ def test_the_report_reads_a_grid_as_an_earlier_commit_published_it(tmp_path: Pat
     rows = [r for r in report.previous_comparison(table, "HEAD", "s", page, tmp_path) if r.startswith("| big")]
     assert len(rows) == 1 and rows[0].startswith("| big | lift | 40.00 ± 5.00 | 15.00 ± 7.07 |")
     assert rows[0].endswith("| no |")  # 25 apart: more than either std
+
+
+def test_the_convergence_report_shows_the_fid_noise_of_the_last_checkpoint(tmp_path: Path) -> None:
+    report = _report_module()
+    (tmp_path / "convergence.csv").write_text("kind,name,step,fid_digits,elapsed_s,step_ms\n"
+                                              "student,outkd,200,20.0,10,100\nstudent,outkd,400,19.5,20,100\n")
+    (tmp_path / "fid_noise.csv").write_text("name,step,seed,fid_digits\noutkd,400,0,19.5\noutkd,400,1,21.5\n"
+                                            "outkd,400,2,17.5\n")
+    text = report.convergence_report(tmp_path / "convergence.csv", tmp_path / "figures" / "c.png")
+    assert "| outkd | 400 | 3 | 19.50 ± 2.00 | 17.50 – 21.50 | 0.50 lower (200 → 400) |" in text
