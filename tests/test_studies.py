@@ -298,3 +298,33 @@ def test_the_convergence_report_shows_the_fid_noise_of_the_last_checkpoint(tmp_p
                                             "outkd,400,2,17.5\n")
     text = report.convergence_report(tmp_path / "convergence.csv", tmp_path / "figures" / "c.png")
     assert "| outkd | 400 | 3 | 19.50 ± 2.00 | 17.50 – 21.50 | 0.50 lower (200 → 400) |" in text
+
+
+def test_the_results_page_is_consistent_with_the_code() -> None:
+    """docs/results.md: paired report markers, figures that exist, commands that name real presets and options."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    page = (root / "docs" / "results.md").read_text()
+    begins = re.findall(r"<!-- report:([\w-]+):begin -->", page)
+    ends = re.findall(r"<!-- report:([\w-]+):end -->", page)
+    assert begins == ends and len(set(begins)) == len(begins), (begins, ends)
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
+    for figure in figures:
+        assert (root / "docs" / figure).is_file(), figure
+    named = re.findall(r"liftplace study run ([\w-]+)", page) + re.findall(r"--(?:ablation|preset) ([\w-]+)", page)
+    for preset in named:
+        assert preset in STUDY_PRESETS, preset
+    commands = re.findall(r"results_report\.py((?:[^\n`]|\\\n)*)", page)
+    assert len(begins) >= 10 and len(figures) >= 5 and len(named) >= 10 and len(commands) >= 10  # not vacuous
+    for presets in re.findall(r"--presets((?: (?!--)[\w-]+)+)", page):
+        assert all(p in STUDY_PRESETS for p in presets.split()), presets
+    script = (root / "scripts" / "results_report.py").read_text()
+    report_options = set(re.findall(r'add_argument\("(--[\w-]+)"', script))
+    for command in commands:
+        used = set(re.findall(r"(?<![\w-])(--[\w-]+)", command))
+        assert used <= report_options, (used - report_options, command)
+    # a generated section says which section it is
+    for section, body in re.findall(r"<!-- report:([\w-]+):begin -->(.*?)<!-- report:\1:end -->", page, re.S):
+        generated = re.search(r"--section ([\w-]+)", body)
+        assert generated is None or generated.group(1) == section, (section, generated.group(1))
