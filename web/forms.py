@@ -36,6 +36,7 @@ LABELS: dict[str, str] = {
     "resolution": "Resolution",
     "batch_size": "Batch size",
     "lr": "Learning rate",
+    "lr_schedule": "LR schedule",
     "checkpoint_every": "Checkpoint every",
     "importance": "Pruning importance",
     "group_size": "PLACE group size K",

@@ -148,7 +148,7 @@ def study_page(request: Request, study_id: int) -> Response:
 
 @router.get("/teachers", response_class=HTMLResponse)
 def teachers_page(request: Request) -> Response:
-    train = ("steps", "batch_size", "lr", "resolution", "seed", "checkpoint_every")
+    train = ("steps", "batch_size", "lr", "lr_schedule", "resolution", "seed", "checkpoint_every")
     return render(
         request, "teachers.html", "teachers", title="Teachers", train_fields=train,
         local=specs(LocalTeacherCreate, ("name", "folder")),

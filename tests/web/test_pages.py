@@ -100,6 +100,12 @@ def test_forms_carry_the_api_defaults_and_limits(harness: Harness) -> None:
     assert "0 &lt; x &lt; 1" in html  # the ratio's bounds, from the schema
     teachers = _parse(harness.client.get("/teachers").text)
     assert {"f-preset-name", "f-pruned-prune_ratio", "f-local-folder"} <= set(teachers.inputs)
+    html = harness.client.get("/teachers").text
+    default = JobCreate.model_fields["lr_schedule"].default
+    for prefix in ("preset", "pruned"):  # a teacher's training takes the same schedules as a job's
+        assert teachers.inputs[f"f-{prefix}-lr_schedule"]["data-kind"] == "choice"
+        select = html.split(f'id="f-{prefix}-lr_schedule"', 1)[1].split("</select>", 1)[0]
+        assert f'<option value="{default}" selected>' in select and '<option value="cosine" >' in select
 
 
 def _app(tmp_path, **overrides) -> TestClient:
