@@ -242,6 +242,18 @@ class StoreReporter:
             self._pending = self.store.is_cancelled.remote(job_id)
         return self._cancelled
 
+    def flush(self, job_id: int, timeout_s: float = 30.0) -> None:
+        """Wait until the store has taken every line and report sent before (the job's end).
+
+        log and progress are fire-and-forget; Ray runs an actor's calls from one caller in
+        order, so one answered call means all earlier ones are in. Without it the server, which
+        reads the logs as soon as the task returns, could miss the last lines (e.g. "ended").
+        """
+        try:
+            ray.get(self.store.get.remote(job_id), timeout=timeout_s)
+        except Exception:  # the store is gone or slow: the lines are in job.log all the same
+            pass
+
 
 # --- the job task ---------------------------------------------------------------------------------
 
@@ -274,7 +286,11 @@ def execute_job(spec_dict: dict, store=None) -> dict:
         torch.set_num_threads(int(cpus))
     device = None if _assigned("GPU") > 0 else "cpu"  # a CPU-only task never grabs a visible GPU
     reporter = StoreReporter(store) if store is not None else None
-    return run_job(spec, reporter=reporter, device=device).to_dict()
+    try:
+        return run_job(spec, reporter=reporter, device=device).to_dict()
+    finally:
+        if reporter is not None:
+            reporter.flush(spec.job_id)
 
 
 def job_options(spec: JobSpec, *, num_gpus: float = 0.0, num_cpus: float = 1.0) -> dict:

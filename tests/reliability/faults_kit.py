@@ -304,6 +304,7 @@ def holding_execute_job(holds: dict[str, tuple[str, int]], *, env: dict[str, str
     """A stand-in for worker.ray_tasks.execute_job that runs it, holding where `holds` says.
 
     holds: {hold_key(study name, seed, attempt): (moment, n)} with moment one of
+    "started" (the task has started, the job has not: nothing written, no MLflow run),
     "checkpoint-write" (the n-th checkpoint, half of its bytes written to the temporary file),
     "fid" (before the FID), "mlflow-run" (the MLflow run created, its id not yet recorded) and
     "returned" (the outcome written, the task not yet returned). A held worker writes its pid to
@@ -342,7 +343,9 @@ def holding_execute_job(holds: dict[str, tuple[str, int]], *, env: dict[str, str
             restore.append((module, name, getattr(module, name)))
             setattr(module, name, new)
 
-        if moment == "checkpoint-write":
+        if moment == "started":
+            wait_to_be_killed()
+        elif moment == "checkpoint-write":
             import torch
 
             import liftplace.training as training

@@ -33,6 +33,7 @@ def acted_out_jobs(monkeypatch: pytest.MonkeyPatch, local_ray: str) -> None:
             if ray.get(store.is_cancelled.remote(job_id)):
                 return {"job_id": job_id, "status": "cancelled", "reason": "stopped at step 1"}
             time.sleep(0.05)
+        ray.get(store.get.remote(job_id))  # flush the log line, as the real execute_job does (StoreReporter.flush)
         return {"job_id": job_id, "status": "succeeded", "fid": 4.5, "fid_metric": "fid_digits",
                 "mlflow_run_id": None, "steps_done": spec["steps"]}
 

@@ -89,6 +89,27 @@ def test_progress_store_api(local_ray):
     assert ray.get(b.get.remote(5))["step"] == 1
 
 
+def test_a_flushed_reporter_leaves_no_line_in_flight(local_ray):
+    """Lines are sent fire-and-forget; after flush() the store holds all of them, so the server,
+    which reads the logs as soon as a task returns, never misses a job's last lines."""
+    store = ProgressStore.remote()
+
+    @ray.remote(num_cpus=0)
+    def logs_then_returns(store, n: int) -> int:
+        from worker.ray_tasks import StoreReporter
+
+        reporter = StoreReporter(store)
+        for i in range(n):
+            reporter.log(7, f"line {i}")
+        reporter.progress(7, n, n, {})
+        reporter.flush(7)
+        return n
+
+    n = ray.get(logs_then_returns.remote(store, 2000))
+    assert ray.get(store.logs.remote(7)) == [f"line {i}" for i in range(n)]  # read right after the return
+    assert ray.get(store.get.remote(7))["step"] == n
+
+
 def test_job_options_cpu_only_cluster(local_ray):
     spec = JobSpec(job_id=4, kind="distill", output_dir="/tmp/x")
     opts = job_options(spec, num_gpus=0.25, num_cpus=1)
