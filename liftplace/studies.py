@@ -201,7 +201,8 @@ class StudyPreset:
 # --- embedded (digits, CPU) ------------------------------------------------------------------------
 # 8x8, the native digits: a quarter of 16x16's pixels per step, and K = 16 still divides H*W
 # (four PLACE groups per channel). See docs/results.md for the calibration behind these numbers:
-# the budget (steps, lr, schedule) is what a 2-core CPU allows in well under two hours.
+# the budget (steps, lr, schedule) keeps the study under two hours on the 2-core machine of that
+# page (about an hour there; about three hours on a CPU three times slower per step).
 DIGITS_RESOLUTION: int = defaults.DIGITS_RESOLUTION
 
 STABILITY_TEACHER_PRESET: str = "digits-s"
