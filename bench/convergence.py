@@ -233,6 +233,8 @@ def main() -> None:
         rows = [r for r in csv.DictReader(open(out_csv)) if r["name"] not in new_names]
     data = load_digits(args.resolution)
     real = real_vs_real(args.resolution, args.seed)
+    if args.kind in ("noise", "plot") and not out_csv.is_file():
+        p.error(f"--output: no {out_csv} to read (run kind teacher or student first)")
     if args.kind == "noise":
         fid_noise(args.output, rows_of(out_csv), args.noise_seeds, args.fid_samples, args.sample_steps)
         return

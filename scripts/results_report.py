@@ -271,8 +271,10 @@ def previous_cells(rev: str, section: str, results: Path = DEFAULT_RESULTS, repo
     from liftplace.methods import METHOD_NAMES
 
     rel = results.resolve().relative_to(repo.resolve())
-    text = subprocess.run(["git", "-C", str(repo), "show", f"{rev}:{rel.as_posix()}"], capture_output=True, text=True,
-                          check=True).stdout
+    done = subprocess.run(["git", "-C", str(repo), "show", f"{rev}:{rel.as_posix()}"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"--previous: cannot read {rel} at {rev!r}: {done.stderr.strip()}")
+    text = done.stdout
     begin, end = f"<!-- report:{section}:begin -->", f"<!-- report:{section}:end -->"
     if begin not in text:
         raise SystemExit(f"--previous: section {section!r} is not in {rel} at {rev}")
@@ -743,6 +745,11 @@ def main() -> None:
             (args.study, args.convergence, args.presets, args.fragment, args.ablation)):
         p.error("give one of --study, --convergence (optionally with --study), --ablation, --presets and --fragment")
     if args.ablation:
+        from liftplace.studies import STUDY_PRESETS
+
+        if len(getattr(STUDY_PRESETS.get(args.ablation), "variants", ())) < 2:
+            p.error(f"--ablation: expected a study preset with several variants, one of "
+                    f"{', '.join(n for n, v in STUDY_PRESETS.items() if len(v.variants) > 1)}; got {args.ablation!r}")
         section = args.section or args.ablation
         figure = FIGURES / f"{section}.png"
         replace_section(args.results, section, ablation_report(Api(args.api), args.ablation, figure, section))

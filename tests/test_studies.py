@@ -279,6 +279,10 @@ def test_the_report_reads_a_grid_as_an_earlier_commit_published_it(tmp_path: Pat
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "page"], check=True)
     page.write_text("changed since")
+    with pytest.raises(SystemExit, match="--previous: cannot read docs/results.md at 'no-such-rev'"):
+        report.previous_cells("no-such-rev", "s", results=page, repo=tmp_path)
+    with pytest.raises(SystemExit, match="section 'other' is not in"):
+        report.previous_cells("HEAD", "other", results=page, repo=tmp_path)
     cells = report.previous_cells("HEAD", "s", results=page, repo=tmp_path)
     # the bold best mean is read, a failed seed drops its row, the Welch table is not a grid
     assert cells == {("big", "lift"): [10.0, 20.0], ("big", "lift+place+featkd"): [1.5, 2.5]}
