@@ -144,6 +144,20 @@ def replace_section(path: Path, section: str, body: str) -> None:
 # --- the study report ----------------------------------------------------------------------------
 
 
+def _succeeded_fids(cell: dict[str, Any]) -> list[float]:
+    """The FIDs of a grid cell's tries that succeeded (seed order)."""
+    return [t["fid"] for t in cell.get("tries", []) if t["status"] == "succeeded" and t["fid"] is not None]
+
+
+def _job_span(jobs: list[dict[str, Any]]) -> tuple[datetime, datetime, float] | None:
+    """First start, last end and the wall time between them (s) of some jobs; None before any ended."""
+    started = [d for j in jobs if (d := _ts(j["started_at"]))]
+    finished = [d for j in jobs if (d := _ts(j["finished_at"]))]
+    if not (started and finished):
+        return None
+    return min(started), max(finished), (max(finished) - min(started)).total_seconds()
+
+
 def _welch(a: list[float], b: list[float]):
     from liftplace.stats import welch_t_test
 
@@ -168,7 +182,7 @@ def capacity_plot(table: dict[str, Any], teacher_params: dict[str, int], path: P
             if cell is None:
                 continue
             x = teacher_params.get(t) or 0
-            fids = [tr["fid"] for tr in cell["tries"] if tr["status"] == "succeeded" and tr["fid"] is not None]
+            fids = _succeeded_fids(cell)
             jitter = 1 + 0.04 * (i - 1)  # side by side, so the seeds of different methods do not overlap
             ax.scatter([x * jitter] * len(fids), fids, s=12, alpha=0.45, marker=markers.get(method, "o"),
                        color=f"C{i}")
@@ -308,7 +322,7 @@ def previous_comparison(table: dict[str, Any], rev: str, section: str, results: 
     rows = 0
     for c in table["cells"]:
         there = old.get((c["teacher"], c["method"]))
-        here = [t["fid"] for t in c["tries"] if t["status"] == "succeeded" and t["fid"] is not None]
+        here = _succeeded_fids(c)
         if not there or len(here) < 2 or len(there) < 2:
             continue
         w = _welch(here, there)
@@ -339,15 +353,14 @@ def study_report(api: Api, name: str, preset_name: str | None, figure: Path, sec
         label = get_study_preset(preset_name).label
         lines.append(f"*{label}*\n")
 
-    started = [d for j in jobs if (d := _ts(j["started_at"]))]
-    finished = [d for j in jobs if (d := _ts(j["finished_at"]))]
+    span = _job_span(jobs)
     counts = study["status_counts"]
     lines.append(f"Study **{study['name']}** (service study id {sid}, MLflow experiment "
                  f"{study['mlflow_experiment_id']}, parent run `{study['mlflow_run_id']}`): {study['jobs']} jobs, "
                  + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".")
-    if started and finished:
-        wall = (max(finished) - min(started)).total_seconds()
-        lines.append(f"First job started {min(started):%Y-%m-%d %H:%M} UTC, last ended {max(finished):%H:%M} UTC: "
+    if span:
+        first, last, wall = span
+        lines.append(f"First job started {first:%Y-%m-%d %H:%M} UTC, last ended {last:%H:%M} UTC: "
                      f"{wall / 60:.0f} min of wall time for the distillation jobs.")
     lines.append(f"Options shared by every job: student ratio {study['student_ratio']}, "
                  + ", ".join(f"{k} {v}" for k, v in sorted(opts.items()) if v is not None) + ".\n")
@@ -519,11 +532,10 @@ def ablation_report(api: Api, preset_name: str, figure: Path, section: str) -> s
         counts = ", ".join(f"{v} {k}" for k, v in study["status_counts"].items() if v)
         lines.append(f"| {variant.suffix} | `{study['name']}` (id {study['id']}) | {study['jobs']}: {counts} | "
                      f"`{study['mlflow_run_id']}` |")
-    started = [d for j in all_jobs if (d := _ts(j["started_at"]))]
-    finished = [d for j in all_jobs if (d := _ts(j["finished_at"]))]
-    if started and finished:
-        wall = (max(finished) - min(started)).total_seconds()
-        lines.append(f"\nFirst job started {min(started):%Y-%m-%d %H:%M} UTC, last ended {max(finished):%H:%M} UTC "
+    span = _job_span(all_jobs)
+    if span:
+        first, last, wall = span
+        lines.append(f"\nFirst job started {first:%Y-%m-%d %H:%M} UTC, last ended {last:%H:%M} UTC "
                      f"({wall / 60:.0f} min of wall time for the {len(all_jobs)} distillation jobs).")
     varied = sorted({k for v in preset.variants for k in v.options})
     shared = {k: v for k, v in sorted(studies[0]["options"].items()) if v is not None and k not in varied}
@@ -543,9 +555,6 @@ def ablation_report(api: Api, preset_name: str, figure: Path, section: str) -> s
     lines.append("|---|---|---|" + "---:|" * (len(seeds) + 5))
     ref_table = tables[preset.variants.index(reference)]
 
-    def ok(cell: dict[str, Any]) -> list[float]:
-        return [t["fid"] for t in cell["tries"] if t["status"] == "succeeded" and t["fid"] is not None]
-
     points: list[tuple[str, list[float], float | None, float | None]] = []
     for variant, table in zip(preset.variants, tables, strict=True):
         for c in table["cells"]:
@@ -555,13 +564,14 @@ def ablation_report(api: Api, preset_name: str, figure: Path, section: str) -> s
                      if s in by_seed else "" for s in seeds]
             ref = next((r for r in ref_table["cells"] if r["teacher"] == c["teacher"] and r["method"] == c["method"]),
                        None)
-            w = _welch(ok(c), ok(ref)) if ref is not None and variant is not reference else None
+            compared = ref is not None and variant is not reference
+            w = _welch(_succeeded_fids(c), _succeeded_fids(ref)) if compared else None
             label = f"**{variant.suffix}** (reference)" if variant is reference else variant.suffix
             lines.append(f"| {label} | {c['teacher']} | {c['method']} | " + " | ".join(tries)
                          + f" | {_fmt(c['mean'])} | {_fmt(c['std'])} | {c.get('collapses', 0)} | "
                          f"{_fmt(w.statistic if w else None)} | {_fmt(w.pvalue if w else None, 4)} |")
             points.append((f"{variant.suffix}\n{c['method']}" if len(table["methods"]) > 1 else variant.suffix,
-                           ok(c), c["mean"], c["std"]))
+                           _succeeded_fids(c), c["mean"], c["std"]))
     if any(t["status"] in ("queued", "running") for tb in tables for c in tb["cells"] for t in c["tries"]):
         lines.append("\n(… : still queued or running.)")
     ablation_plot(points, figure, f"{preset.name}: student FID per variant ({len(seeds)} seeds)",
