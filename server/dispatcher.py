@@ -37,8 +37,7 @@ from server.executors import Executor, Finished
 from server.models import TERMINAL_STATUSES, Dataset, Job, JobLog, Study, StudyCell, Teacher, utcnow
 from server.settings import Settings
 from server.tracking import Tracking
-from worker.spec import JobSpec
-from worker.tracking import RUN_ID_FILE
+from worker.spec import RUN_ID_FILE, JobSpec
 
 log = logging.getLogger(__name__)
 

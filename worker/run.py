@@ -34,26 +34,28 @@ import socket
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
-from worker.spec import JobOutcome, JobSpec
+from worker.spec import (
+    ERROR_MAP_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    OUTCOME_FILE,
+    RUN_ID_FILE,
+    SAMPLES_FILE,
+    JobOutcome,
+    JobSpec,
+)
 
-__all__ = ["Reporter", "run_job", "pick_device", "read_metrics", "PROGRESS_INTERVAL_S", "GRID_SAMPLES",
-           "ERROR_MAP_IMAGES", "METRICS_MAX_LINES", "SAMPLES_FILE", "ERROR_MAP_FILE", "LOG_FILE", "METRICS_FILE",
-           "OUTCOME_FILE"]
+__all__ = ["Reporter", "run_job", "pick_device", "PROGRESS_INTERVAL_S", "GRID_SAMPLES", "ERROR_MAP_IMAGES",
+           "METRICS_MAX_LINES"]
 
 PROGRESS_INTERVAL_S = 1.0  # progress reaches the reporter at most about this often (and at the last step)
 GRID_SAMPLES = 64  # images in the sample grid
 ERROR_MAP_IMAGES = 8  # columns of the error-map figure
 METRICS_MAX_LINES = 1000  # about this many lines of metric history per run, whatever its length
-# Files a job writes into its output folder (the server reads the first four for its dashboards).
-SAMPLES_FILE = "samples.png"
-ERROR_MAP_FILE = "error_map.png"
-LOG_FILE = "job.log"
-METRICS_FILE = "metrics.jsonl"
-OUTCOME_FILE = "outcome.json"
 
 
 @runtime_checkable
@@ -89,36 +91,6 @@ def run_job(spec: JobSpec, *, reporter: Reporter | None = None, device: str | to
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-
-
-def read_metrics(path: str | Path) -> tuple[list[int], dict[str, list[float | None]]]:
-    """A job's metric history from its metrics.jsonl: (steps ascending, {metric: value per step}).
-
-    A step written twice (a resumed run) keeps its later line; a metric missing at a step is
-    None there. Unreadable lines (a line cut by a crash) are skipped. A missing file: no steps.
-    """
-    by_step: dict[int, dict[str, Any]] = {}
-    try:
-        text = Path(path).read_text()
-    except OSError:
-        return [], {}
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-            step = int(row.pop("step"))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            continue
-        by_step[step] = row  # later lines supersede earlier ones
-    steps = sorted(by_step)
-    names = sorted({k for row in by_step.values() for k in row})
-    series: dict[str, list[float | None]] = {}
-    for name in names:
-        values = []
-        for s in steps:
-            v = by_step[s].get(name)
-            values.append(float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None)
-        series[name] = values
-    return steps, series
 
 
 def _describe(exc: BaseException) -> str:
@@ -477,7 +449,6 @@ def _earlier_success(out: Path, spec: JobSpec) -> JobOutcome | None:
 
 
 def _recorded_run_id(out: Path) -> str | None:
-    from worker.tracking import RUN_ID_FILE
 
     try:
         return (out / RUN_ID_FILE).read_text().strip() or None

@@ -7,8 +7,21 @@ Both sides import this module; it depends on nothing but the standard library.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
+
+# Files a job writes into its output folder; the server reads some of them for its dashboards.
+SAMPLES_FILE = "samples.png"
+ERROR_MAP_FILE = "error_map.png"
+LOG_FILE = "job.log"
+METRICS_FILE = "metrics.jsonl"
+OUTCOME_FILE = "outcome.json"
+RUN_ID_FILE = "mlflow_run_id"  # the job's MLflow run, so a retry logs to the same run
+RUN_KEY_FILE = "mlflow_run_key"
+LOGGED_STEP_FILE = "mlflow_logged_step"
 
 JobKind = Literal["distill", "teacher"]
 Outcome = Literal["succeeded", "failed", "diverged", "cancelled"]
@@ -101,3 +114,33 @@ class JobOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def read_metrics(path: str | Path) -> tuple[list[int], dict[str, list[float | None]]]:
+    """A job's metric history from its metrics.jsonl: (steps ascending, {metric: value per step}).
+
+    A step written twice (a resumed run) keeps its later line; a metric missing at a step is
+    None there. Unreadable lines (a line cut by a crash) are skipped. A missing file: no steps.
+    """
+    by_step: dict[int, dict[str, Any]] = {}
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return [], {}
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+            step = int(row.pop("step"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        by_step[step] = row  # later lines supersede earlier ones
+    steps = sorted(by_step)
+    names = sorted({k for row in by_step.values() for k in row})
+    series: dict[str, list[float | None]] = {}
+    for name in names:
+        values = []
+        for s in steps:
+            v = by_step[s].get(name)
+            values.append(float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None)
+        series[name] = values
+    return steps, series

@@ -22,23 +22,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from worker.spec import JobSpec
+from worker.spec import LOGGED_STEP_FILE, RUN_ID_FILE, RUN_KEY_FILE, JobSpec
 
 __all__ = [
     "JobTracker",
-    "RUN_ID_FILE",
-    "RUN_KEY_FILE",
     "RUN_KEY_TAG",
-    "LOGGED_STEP_FILE",
     "mlflow_status",
     "spec_params",
     "spec_tags",
 ]
 
-RUN_ID_FILE = "mlflow_run_id"
-RUN_KEY_FILE = "mlflow_run_key"
 RUN_KEY_TAG = "liftplace.run_key"
-LOGGED_STEP_FILE = "mlflow_logged_step"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000

@@ -26,7 +26,7 @@ from server.api.studies import load_study, study_read, study_table
 from server.models import Job, Teacher
 from server.schemas import StudyRead, TableRead
 from server.tracking import run_url
-from worker.run import ERROR_MAP_FILE, LOG_FILE, METRICS_FILE, SAMPLES_FILE, read_metrics
+from worker.spec import ERROR_MAP_FILE, LOG_FILE, METRICS_FILE, SAMPLES_FILE, read_metrics
 
 router = APIRouter(prefix="/api", tags=["dashboards"])
 

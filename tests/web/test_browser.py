@@ -282,7 +282,7 @@ def test_sign_in_when_the_server_has_a_token(tmp_path: Path, page: Any, shots: A
 def test_the_job_page_draws_curves_as_the_job_logs_them(tmp_path: Path, page: Any, shots: Any) -> None:
     import json
 
-    from worker.run import METRICS_FILE
+    from worker.spec import METRICS_FILE
 
     settings = _settings(tmp_path)
     make_local_teacher(settings.teachers_dir, "tiny")

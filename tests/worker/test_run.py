@@ -12,8 +12,8 @@ import torch
 import worker.run as run_mod
 from liftplace.models import build_unet, count_parameters, load_unet, save_unet
 from worker.run import Reporter, run_job
-from worker.spec import JobSpec
-from worker.tracking import RUN_ID_FILE, spec_params, spec_tags
+from worker.spec import RUN_ID_FILE, JobSpec
+from worker.tracking import spec_params, spec_tags
 
 EXPERIMENT = "worker-tests"
 
