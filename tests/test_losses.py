@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from collections import Counter
+from collections.abc import Callable
 
 import pytest
 import torch
 
+from liftplace.defaults import LIFT_EPS
 from liftplace.losses import FeatureKD, diffusion_loss, lift_place, outkd
 from liftplace.models import build_unet
 
@@ -301,14 +304,83 @@ def test_curriculum_weight_is_not_differentiated():
     torch.testing.assert_close(g_loss, g_coarse + out.weight * g_fine)
 
 
+# --- vectorisation: the operators dispatched do not grow with the number of groups ---------------
+
+FEW_GROUPS = ((1, 1, 8, 8), 16)  # (shape, K): 4 groups in all
+MANY_GROUPS = ((4, 3, 16, 16), 16)  # 4 samples x 3 channels x 16 groups = 192 groups
+
+
+def _dispatched_ops(loss_fn: Callable[..., torch.Tensor], shape: tuple[int, ...], group_size: int) -> Counter[str]:
+    """The aten operators one forward and backward of `loss_fn` dispatch, by name.
+
+    Only operators called from Python or by an autograd node count, not those an operator calls
+    inside itself: those depend on tensor sizes (e.g. gather's backward fills its zeros with one
+    more `aten::fill_` on a large tensor), not on how many times the loss calls into torch.
+    """
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(shape, generator=g, requires_grad=True)
+    u = torch.randn(shape, generator=g)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        loss_fn(s, u, group_size).backward()
+    return Counter(
+        e.name for e in prof.events()
+        if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+    )
+
+
+def _op_scaling(loss_fn: Callable[..., torch.Tensor]) -> tuple[str, Counter[str]]:
+    """("constant" or "scales", the operators dispatched more often with many groups than with few).
+
+    A loss vectorised over batch, channel and group dispatches the same operators for 4 groups as
+    for 192; a Python loop over any of the three dispatches more as it grows.
+    """
+    few = _dispatched_ops(loss_fn, *FEW_GROUPS)
+    many = _dispatched_ops(loss_fn, *MANY_GROUPS)
+    return ("scales" if many.total() > few.total() else "constant"), many - few
+
+
+def _lift_place_loss(s: torch.Tensor, u: torch.Tensor, group_size: int) -> torch.Tensor:
+    return lift_place(s, u, group_size=group_size).loss
+
+
+def _per_group_loop_lift_place(s: torch.Tensor, u: torch.Tensor, group_size: int) -> torch.Tensor:
+    """LIFT+PLACE without the curriculum (l1 coarse term, sum reduction) with a Python loop over
+    the groups: the implementation the vectorisation check must flag."""
+    u = u.detach()
+    order = torch.argsort((u - s.detach()).pow(2).flatten(2), dim=-1, stable=True)
+    s_sorted = torch.gather(s.flatten(2), -1, order)
+    u_sorted = torch.gather(u.flatten(2), -1, order)
+    per_sample = s.new_zeros(s.shape[0])
+    for start in range(0, s_sorted.shape[-1], group_size):
+        sk, uk = s_sorted[..., start : start + group_size], u_sorted[..., start : start + group_size]
+        ds = sk - sk.mean(dim=-1, keepdim=True)
+        beta1 = (ds * (uk - uk.mean(dim=-1, keepdim=True))).mean(dim=-1) / (ds.pow(2).mean(dim=-1) + LIFT_EPS)
+        beta0 = uk.mean(dim=-1) - beta1 * sk.mean(dim=-1)
+        coarse = group_size * ((beta1 - 1).abs() + beta0.abs())
+        resid = beta1.detach().unsqueeze(-1) * sk + beta0.detach().unsqueeze(-1) - uk
+        per_sample = per_sample + (coarse + resid.pow(2).sum(dim=-1)).sum(dim=-1)
+    return per_sample.mean()
+
+
 def test_no_python_loop_scaling():
-    """Vectorised: a 64x64, 3-channel batch (768 groups per sample) goes through in one call."""
+    """Vectorised: 192 groups dispatch the same operators as 4, and a 64x64, 3-channel batch goes through."""
+    verdict, extra = _op_scaling(_lift_place_loss)
+    assert verdict == "constant", f"more operators with more groups: {dict(extra)}"
     s = torch.randn(4, 3, 64, 64, requires_grad=True)
     u = torch.randn(4, 3, 64, 64)
     out = lift_place(s, u, group_size=16)
     out.loss.backward()
     assert out.slope.shape == (4, 3, 64 * 64 // 16)
     assert torch.isfinite(s.grad).all()
+
+
+def test_op_scaling_check_flags_a_per_group_loop():
+    """The check of test_no_python_loop_scaling can fail: a per-group loop computing the same loss scales."""
+    s, u = _pair((2, 3, 8, 8), seed=5)
+    torch.testing.assert_close(_per_group_loop_lift_place(s, u, 16), lift_place(s, u, curriculum=False).loss)
+    verdict, extra = _op_scaling(_per_group_loop_lift_place)
+    assert verdict == "scales"
+    assert extra["aten::mean"] > 0
 
 
 # --- OutKD, diffusion loss -----------------------------------------------------------------------
