@@ -11,7 +11,6 @@ import torch
 
 from liftplace.defaults import LIFT_EPS
 from liftplace.losses import FeatureKD, diffusion_loss, lift_place, outkd
-from liftplace.models import build_unet
 
 torch.set_default_dtype(torch.float32)
 
@@ -399,22 +398,8 @@ def test_outkd_values():
 # --- FeatKD ---------------------------------------------------------------------------------------
 
 
-def _teacher_student():
-    teacher = build_unet("tiny", seed=0)
-    student = build_unet("tiny", seed=1)
-    # A narrower student with the same block structure, as Diff-Pruning makes.
-    from diffusers import UNet2DModel
-
-    cfg = dict(teacher.config)
-    cfg["block_out_channels"] = (8, 16)
-    cfg["norm_num_groups"] = 4
-    torch.manual_seed(2)
-    student = UNet2DModel.from_config(cfg)
-    return teacher, student
-
-
-def test_featurekd_pairs_blocks_and_trains_adapters():
-    teacher, student = _teacher_student()
+def test_featurekd_pairs_blocks_and_trains_adapters(tiny_teacher, narrow_student):
+    teacher, student = tiny_teacher, narrow_student
     fkd = FeatureKD(teacher, student)
     assert fkd.blocks == ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]
     # 1x1 adapters map student widths to teacher widths.
@@ -436,8 +421,8 @@ def test_featurekd_pairs_blocks_and_trains_adapters():
         fkd.loss()
 
 
-def test_featurekd_value_matches_manual_fitnet():
-    teacher, student = _teacher_student()
+def test_featurekd_value_matches_manual_fitnet(tiny_teacher, narrow_student):
+    teacher, student = tiny_teacher, narrow_student
     fkd = FeatureKD(teacher, student, blocks=["mid_block"], reduction="mean")
     feats = {}
     teacher.mid_block.register_forward_hook(lambda m, i, o: feats.__setitem__("t", o))
@@ -450,8 +435,8 @@ def test_featurekd_value_matches_manual_fitnet():
     torch.testing.assert_close(fkd.loss(), manual)
 
 
-def test_featurekd_remove_and_pause():
-    teacher, student = _teacher_student()
+def test_featurekd_remove_and_pause(tiny_teacher, narrow_student):
+    teacher, student = tiny_teacher, narrow_student
     fkd = FeatureKD(teacher, student)
     x, t = torch.randn(1, 1, 8, 8), torch.tensor([3])
     with fkd.paused():
@@ -466,7 +451,7 @@ def test_featurekd_remove_and_pause():
         fkd.loss()
 
 
-def test_featurekd_bad_block_name():
-    teacher, student = _teacher_student()
+def test_featurekd_bad_block_name(tiny_teacher, narrow_student):
+    teacher, student = tiny_teacher, narrow_student
     with pytest.raises(ValueError, match="^blocks:"):
         FeatureKD(teacher, student, blocks=["nope"])
