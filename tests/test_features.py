@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
@@ -11,39 +9,7 @@ from liftplace import features as feat
 from liftplace.data import load_digits
 from liftplace.sampling import to_uint8
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one CPU thread is as fast, and far faster on a busy shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def digits_weights():
-    """The cached digits classifier (trained once per session into the test cache dir)."""
-    return feat.ensure_digits_classifier()
-
-
-@pytest.fixture()
-def isolated_cache(tmp_path, monkeypatch, digits_weights):
-    """A fresh LIFTPLACE_CACHE_DIR holding only a copy of the trained digits classifier."""
-    target = tmp_path / "cache" / "features" / digits_weights.name
-    target.parent.mkdir(parents=True)
-    shutil.copy2(digits_weights, target)
-    monkeypatch.setenv("LIFTPLACE_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture()
-def no_inception(tmp_path, monkeypatch):
-    """No LIFTPLACE_INCEPTION_WEIGHTS and an empty torch hub dir."""
-    monkeypatch.delenv(feat.INCEPTION_WEIGHTS_ENV, raising=False)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch" / "hub"))
-    return tmp_path / "torch" / "hub"
+pytestmark = pytest.mark.usefixtures("one_thread")  # the shared fixtures are in tests/conftest.py
 
 
 def _digit_labels(split: str) -> torch.Tensor:

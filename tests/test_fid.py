@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -15,19 +14,7 @@ from liftplace.data import load_digits
 from liftplace.fid import DivergedSamplesError, FidResult, compute_fid, fid_between, reference_cache_name
 from liftplace.sampling import to_uint8
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one CPU thread is as fast, and far faster on a busy shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def digits_weights():
-    return feat.ensure_digits_classifier()
+pytestmark = pytest.mark.usefixtures("one_thread")  # the shared fixtures are in tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -41,22 +28,6 @@ def halves(digits_weights):
 @pytest.fixture(scope="module")
 def real_vs_real(halves):
     return fid_between(*halves).fid
-
-
-@pytest.fixture()
-def isolated_cache(tmp_path, monkeypatch, digits_weights):
-    target = tmp_path / "cache" / "features" / digits_weights.name
-    target.parent.mkdir(parents=True)
-    shutil.copy2(digits_weights, target)
-    monkeypatch.setenv("LIFTPLACE_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture()
-def no_inception(tmp_path, monkeypatch):
-    monkeypatch.delenv(feat.INCEPTION_WEIGHTS_ENV, raising=False)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch" / "hub"))
 
 
 def _write_pngs(images: torch.Tensor, folder) -> None:
