@@ -110,6 +110,29 @@ def test_a_flushed_reporter_leaves_no_line_in_flight(local_ray):
     assert ray.get(store.get.remote(7))["step"] == n
 
 
+def test_store_reporter_follows_the_protocol_through_a_store(local_ray):
+    """The Reporter protocol as run_job uses it, on the production reporter: progress and log reach the
+    store, should_cancel answers a bool, False until the store is asked to cancel, then True."""
+    from worker.ray_tasks import StoreReporter
+    from worker.run import Reporter
+
+    store = ProgressStore.remote()
+    reporter: Reporter = StoreReporter(store, poll_s=0.0)
+    assert reporter.should_cancel(21) is False
+    reporter.progress(21, 3, 10, {"loss_total": 0.5})
+    reporter.log(21, "checkpoint at step 3")
+    reporter.flush(21)
+    got = ray.get(store.get.remote(21))
+    assert (got["step"], got["total"], got["metrics"]) == (3, 10, {"loss_total": 0.5})
+    assert ray.get(store.logs.remote(21)) == ["checkpoint at step 3"]
+    ray.get(store.request_cancel.remote(21))
+    deadline = time.monotonic() + 30
+    while not reporter.should_cancel(21) and time.monotonic() < deadline:  # asks, then reads the answer later
+        time.sleep(0.01)
+    assert reporter.should_cancel(21) is True
+    assert StoreReporter(store).should_cancel(22) is False  # the cancel was for job 21 alone
+
+
 def test_job_options_cpu_only_cluster(local_ray):
     spec = JobSpec(job_id=4, kind="distill", output_dir="/tmp/x")
     opts = job_options(spec, num_gpus=0.25, num_cpus=1)

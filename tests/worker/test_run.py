@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import inspect
 import math
+import typing
 from pathlib import Path
 
 import pytest
@@ -88,8 +91,20 @@ def _runs_of_job(client, job_id: int):
     return client.search_runs([exp.experiment_id], filter_string=f"tags.job_id = '{job_id}'")
 
 
-def test_fake_reporters_follow_the_protocol():
-    assert isinstance(FakeReporter(), Reporter) and isinstance(BrokenReporter(), Reporter)
+REPORTER_METHODS = ("progress", "should_cancel", "log")
+
+
+@pytest.mark.parametrize("module,name", [("server.executors", "LocalReporter"), ("worker.ray_tasks", "StoreReporter")])
+def test_real_reporters_follow_the_protocol(module, name):
+    """The reporters the server hands to run_job (in process, through Ray) have the protocol's methods,
+    with its parameters (names, kinds) and types: isinstance alone checks only that the names exist."""
+    cls = getattr(importlib.import_module(module), name)
+    assert isinstance(cls(store=None), Reporter)
+    for method in REPORTER_METHODS:
+        expected, actual = getattr(Reporter, method), getattr(cls, method)
+        params = [(p.name, p.kind) for p in inspect.signature(actual).parameters.values()]
+        assert params == [(p.name, p.kind) for p in inspect.signature(expected).parameters.values()], method
+        assert typing.get_type_hints(actual) == typing.get_type_hints(expected), method
 
 
 def test_distill_cancel_then_resume_succeeds_in_one_mlflow_run(tmp_path, mlflow_store, teacher_dir, monkeypatch):
