@@ -185,10 +185,31 @@ def build_parser() -> argparse.ArgumentParser:
     for ep in entry_points(group="liftplace.commands"):
         try:
             register = ep.load()
-        except ImportError:  # the platform's extra dependencies are not installed
+        except ImportError as exc:  # the platform's extra dependencies are not installed
+            _register_unavailable(sub, ep.name, exc)
             continue
         register(sub)
     return parser
+
+
+# --- platform commands without the platform extra ------------------------------------------------
+
+PLATFORM_EXTRA = "pip install 'liftplace[platform]'"
+OWN_PACKAGES = ("liftplace", "server", "worker", "web")
+
+
+def _platform_missing(command: str, exc: ImportError) -> int:
+    """One line instead of a traceback when a platform command lacks its dependencies; exit code 2."""
+    print(f"liftplace {command}: needs the platform extra ({exc}); install it with {PLATFORM_EXTRA}",
+          file=sys.stderr)
+    return 2
+
+
+def _register_unavailable(sub: argparse._SubParsersAction, name: str, exc: ImportError) -> None:
+    # Any arguments are accepted (no option prefix): the command cannot run, whatever is asked of it.
+    p = sub.add_parser(name, help=f"(unavailable: {PLATFORM_EXTRA})", add_help=False, prefix_chars="\0")
+    p.add_argument("args", nargs="*")
+    p.set_defaults(func=lambda _args, _parser: _platform_missing(name, exc))
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -314,7 +335,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     sub_parser = parser._subparsers._group_actions[0].choices[args.command]  # the subcommand's own parser
-    return int(args.func(args, sub_parser) or 0)
+    try:
+        return int(args.func(args, sub_parser) or 0)
+    except ModuleNotFoundError as exc:
+        # A command plugged in by the platform (e.g. `serve`) imports its dependencies when it runs.
+        plugged_in = args.func.__module__.partition(".")[0] != "liftplace"
+        if not plugged_in or (exc.name or "").partition(".")[0] in OWN_PACKAGES:
+            raise
+        return _platform_missing(args.command, exc)
 
 
 if __name__ == "__main__":

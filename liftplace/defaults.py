@@ -6,7 +6,7 @@ from here, so a default changes in one place only.
 
 from __future__ import annotations
 
-# --- LIFT / PLACE (docs: the LIFT and PLACE contract) -------------------------------
+# --- LIFT / PLACE (docs/method.md: the LIFT and PLACE contract) ---------------------
 GROUP_SIZE: int = 16  # K, positions per PLACE group; the paper fixes K = 16
 COARSE_DISTANCE: str = "l1"  # "l1" (default) or "l2"
 COARSE_DISTANCES: tuple[str, ...] = ("l1", "l2")

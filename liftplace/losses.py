@@ -1,7 +1,7 @@
 """Distillation losses: LIFT, LIFT+PLACE, OutKD, FeatKD, and the DDPM loss.
 
-`lift_place` implements the LIFT and PLACE contract exactly (docs/lift-place.md in the
-project's shared docs; Han, Yeo, Yoo, CVPR 2026). All terms are vectorised over
+`lift_place` implements the LIFT and PLACE contract exactly (docs/method.md; Han, Yeo,
+Yoo, CVPR 2026). All terms are vectorised over
 batch, channel and group: no Python loop over groups or channels.
 
 Shapes: `student` and `teacher` are [B, C, H, W] noise predictions (pixels or latents).

