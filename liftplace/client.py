@@ -17,16 +17,17 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 API_URL_ENV = "LIFTPLACE_API_URL"
 API_TOKEN_ENV = "LIFTPLACE_API_TOKEN"
 DEFAULT_API_URL = "http://127.0.0.1:8000"
+PAGE_SIZE = 500  # the largest `limit` the service's listings accept
 
-__all__ = ["ServiceClient", "ServiceError", "StudyRun", "ensure_teachers", "submit_preset", "follow",
-           "API_URL_ENV", "API_TOKEN_ENV", "DEFAULT_API_URL"]
+__all__ = ["ServiceClient", "ServiceError", "StudyRun", "ensure_teachers", "submit_preset", "follow", "find_study",
+           "study_jobs", "API_URL_ENV", "API_TOKEN_ENV", "DEFAULT_API_URL", "PAGE_SIZE"]
 
 
 class ServiceError(RuntimeError):
@@ -92,6 +93,20 @@ class ServiceClient:
 
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, body if body is not None else {})
+
+    def pages(self, path: str, page_size: int = PAGE_SIZE, **params: Any) -> Iterator[Any]:
+        """Every item of a paged listing (``{"items": [...], "total": n}`` by `limit` and `offset`), in order.
+
+        Pages are fetched as the items are consumed, so stopping early fetches no further page. Ends at
+        `total`, or at the first empty page (a listing that shrank while it was read).
+        """
+        offset = 0
+        while True:
+            page = self.get(path, **params, limit=page_size, offset=offset)
+            yield from page["items"]
+            offset += len(page["items"])
+            if not page["items"] or offset >= page["total"]:
+                return
 
     def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
         """Poll /api/status until the service answers; ServiceError after `timeout` seconds."""
@@ -166,16 +181,10 @@ def ensure_teachers(client: ServiceClient, preset: Any, note: Callable[[str], No
     return queued
 
 
-def _find_study(client: ServiceClient, name: str) -> dict[str, Any] | None:
-    offset = 0
-    while True:
-        page = client.get("/api/studies", limit=500, offset=offset)
-        for study in page["items"]:
-            if study["name"] == name:
-                return study
-        offset += len(page["items"])
-        if not page["items"] or offset >= page["total"]:
-            return None
+def find_study(client: ServiceClient, name: str, *, match_id: bool = False) -> dict[str, Any] | None:
+    """The study named `name` (or, with `match_id`, whose id is `name`); None when the service has none."""
+    return next((s for s in client.pages("/api/studies") if s["name"] == name or (match_id and str(s["id"]) == name)),
+                None)
 
 
 def submit_preset(client: ServiceClient, preset: Any, name: str | None = None,
@@ -189,7 +198,7 @@ def submit_preset(client: ServiceClient, preset: Any, name: str | None = None,
     ensure_teachers(client, preset, note)
     runs = []
     for body in preset.study_requests(name or preset.name):
-        found = _find_study(client, body["name"])
+        found = find_study(client, body["name"])
         if found is not None:
             runs.append(StudyRun(found["id"], found["name"], reused=True, status=found))
             _say(note, f"study {found['name']!r}: reusing study {found['id']} ({found['status']})")
@@ -214,13 +223,9 @@ def _progress_fraction(jobs: Iterable[dict[str, Any]]) -> float:
     return done
 
 
-def _study_jobs(client: ServiceClient, study_id: int) -> list[dict[str, Any]]:
-    jobs: list[dict[str, Any]] = []
-    while True:
-        page = client.get("/api/jobs", study=study_id, limit=500, offset=len(jobs))
-        jobs.extend(page["items"])
-        if not page["items"] or len(jobs) >= page["total"]:
-            return jobs
+def study_jobs(client: ServiceClient, study_id: int) -> list[dict[str, Any]]:
+    """Every job of a study (all pages of /api/jobs)."""
+    return list(client.pages("/api/jobs", study=study_id))
 
 
 def _teacher_jobs(client: ServiceClient, names: set[str]) -> list[dict[str, Any]]:
@@ -246,7 +251,7 @@ def follow(client: ServiceClient, runs: list[StudyRun], *, teachers: Iterable[st
             studies = []
             for run in runs:
                 studies.append(client.get(f"/api/studies/{run.study_id}"))
-                jobs.extend(_study_jobs(client, run.study_id))
+                jobs.extend(study_jobs(client, run.study_id))
             total = len(jobs)
             if bar is None and progress:
                 bar = tqdm(total=total, desc="jobs", unit="job", dynamic_ncols=True,

@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from liftplace import cli_study
-from liftplace.client import ServiceClient, ServiceError, ensure_teachers, follow, submit_preset
+from liftplace.client import (
+    ServiceClient,
+    ServiceError,
+    ensure_teachers,
+    find_study,
+    follow,
+    study_jobs,
+    submit_preset,
+)
 from liftplace.studies import get_study_preset
 from server.app import create_app
 from server.demo import ApiServer
@@ -61,6 +69,11 @@ def test_submit_follow_and_reuse(live_service: tuple[str, FakeRunner]) -> None:
     assert kinds.count("teacher") == len(preset.teachers) and kinds.count("distill") == preset.jobs
     table = client.table(runs[0].study_id, "md")
     assert "| outkd |" in table and "smoke-tiny" in table
+    # the paged listings over real HTTP: every job once, whatever the page size
+    jobs = study_jobs(client, runs[0].study_id)
+    assert len(jobs) == preset.jobs and len({j["id"] for j in jobs}) == preset.jobs
+    assert [j["id"] for j in client.pages("/api/jobs", page_size=2, study=runs[0].study_id)] == [j["id"] for j in jobs]
+    assert find_study(client, str(runs[0].study_id), match_id=True)["name"] == runs[0].name
 
     # A second run reuses the teachers and the study: nothing new is submitted or run.
     notes.clear()

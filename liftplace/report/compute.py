@@ -1,0 +1,356 @@
+"""The report's arithmetic on a study's grid: Welch's t-tests, the verdict, and comparisons of cells.
+
+Pure functions of the service's JSON as plain dicts (a study, its ``/table``, its jobs, its teachers)
+returning frozen dataclasses, which `render` turns into Markdown and `page` writes as a section's JSON
+sidecar. A *cell* is one (teacher, method) entry of a table's ``cells``: its ``tries`` (seed, status,
+FID), ``mean`` and ``std`` (sample std, ddof = 1, over the succeeded runs), ``n``, ``collapses`` and
+``complete`` (every seed has ended).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from liftplace.methods import PAPER_METHOD
+from liftplace.stats import WelchResult, welch_t_test
+
+BASELINES: tuple[str, ...] = ("outkd", "outkd+featkd")  # the baselines of the paper's Table 6
+SIGNIFICANCE: float = 0.05  # level of the two-sided Welch's t-tests in the verdict
+UNKNOWN_METRIC = "fid"  # the label of a grid none of whose runs has reported its FID features yet
+
+Cell = dict[str, Any]
+
+
+# --- cells ------------------------------------------------------------------------------------------
+
+
+def find_cell(table: Mapping[str, Any], teacher: str, method: str) -> Cell | None:
+    """The (teacher, method) cell of a study's table; None when the table has no such cell."""
+    return next((c for c in table["cells"] if c["teacher"] == teacher and c["method"] == method), None)
+
+
+def succeeded_by_seed(cell: Mapping[str, Any] | None) -> dict[int, float]:
+    """{seed: FID} of a cell's tries that succeeded with an FID, in the table's (seed) order; {} for no cell."""
+    tries = (cell or {}).get("tries", [])
+    return {t["seed"]: t["fid"] for t in tries if t["status"] == "succeeded" and t["fid"] is not None}
+
+
+def succeeded_fids(cell: Mapping[str, Any] | None) -> list[float]:
+    """The FIDs of a cell's tries that succeeded (seed order); [] for no cell."""
+    return list(succeeded_by_seed(cell).values())
+
+
+def metric_label(table: Mapping[str, Any]) -> str:
+    """The grid's FID features (e.g. ``fid_digits``), as the table names them."""
+    return table.get("metric") or UNKNOWN_METRIC
+
+
+def welch(a: Sequence[float], b: Sequence[float]) -> WelchResult | None:
+    """Welch's t-test of `a` against `b` (negative t: `a` has the lower mean); None below two values a side."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    return welch_t_test(a, b)
+
+
+def job_options(options: Mapping[str, Any], job_defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """A job's or study's options with the unset ones (absent or None) at the job spec's defaults."""
+    return {**job_defaults, **{k: v for k, v in options.items() if v is not None}}
+
+
+@dataclass(frozen=True)
+class JobSpan:
+    """When some jobs ran: the first start, the last end, and the wall time between them (s)."""
+
+    first: datetime
+    last: datetime
+    wall_s: float
+
+
+def _timestamp(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+
+
+def job_span(jobs: Sequence[Mapping[str, Any]]) -> JobSpan | None:
+    """The jobs' first start and last end; None before one has started and one has ended."""
+    started = [d for j in jobs if (d := _timestamp(j["started_at"]))]
+    finished = [d for j in jobs if (d := _timestamp(j["finished_at"]))]
+    if not (started and finished):
+        return None
+    return JobSpan(min(started), max(finished), (max(finished) - min(started)).total_seconds())
+
+
+# --- teachers and students --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RealVsReal:
+    """Real-vs-real FIDs to read a model's FID against (digits features, `resolution` pixels a side).
+
+    `halves`: two disjoint random halves of the digits (`halves_n` images each); `subset`: `subset_n`
+    real digits against the whole set they belong to (what a model that copied its data would score).
+    """
+
+    resolution: int
+    halves: float
+    halves_n: int
+    subset: float
+    subset_n: int
+
+
+@dataclass(frozen=True)
+class TeacherRow:
+    """A study's teacher: where it came from, its size, and its FID (on its training job's samples)."""
+
+    name: str
+    source: str  # "preset", "pruned", "local", or "?" when the service does not list it
+    preset: str | None
+    base_teacher: str | None
+    prune_ratio: float | None
+    parameters: int | None
+    steps: int | None  # its training job's steps
+    fid: float | None
+    fid_samples: int  # samples and DDIM steps behind that FID
+    sample_steps: int
+    fid_ratio: float | None  # FID / the real-vs-real FID of two halves
+
+
+def teacher_row(name: str, record: Mapping[str, Any], job: Mapping[str, Any], rvr: RealVsReal | None,
+                job_defaults: Mapping[str, Any]) -> TeacherRow:
+    """One teacher from its service record and its training job ({} for a teacher without one)."""
+    fid = job.get("fid")
+    options = job_options(job.get("options", {}), job_defaults)
+    return TeacherRow(name=name, source=record.get("source", "?"), preset=record.get("preset"),
+                      base_teacher=record.get("base_teacher"), prune_ratio=record.get("prune_ratio"),
+                      parameters=record.get("parameters"), steps=job.get("steps"), fid=fid,
+                      fid_samples=options["fid_samples"], sample_steps=options["sample_steps"],
+                      fid_ratio=fid / rvr.halves if rvr and fid else None)
+
+
+def largest_teacher(teachers: Sequence[str], parameters: Mapping[str, int | None]) -> str:
+    """The teacher with the most parameters (the first of equals; an unknown size counts as 0)."""
+    return max(teachers, key=lambda t: parameters.get(t) or 0)
+
+
+@dataclass(frozen=True)
+class StudentRow:
+    """The students of one teacher's jobs: median size, its share of the teacher, median job time."""
+
+    teacher: str
+    parameters: float | None  # median over the succeeded jobs
+    share_percent: float | None
+    median_job_s: float | None
+
+
+def student_rows(teachers: Sequence[str], jobs: Sequence[Mapping[str, Any]],
+                 teacher_params: Mapping[str, int | None]) -> list[StudentRow]:
+    """Per teacher, from the metrics of its succeeded distillation jobs."""
+    sizes: dict[str, list[float]] = {}
+    durations: dict[str, list[float]] = {}
+    for j in jobs:
+        if j["status"] == "succeeded":
+            if j["metrics"].get("student_parameters"):
+                sizes.setdefault(j["teacher"], []).append(j["metrics"]["student_parameters"])
+            if j["metrics"].get("duration_s"):
+                durations.setdefault(j["teacher"], []).append(j["metrics"]["duration_s"])
+    rows = []
+    for t in teachers:
+        size = statistics.median(sizes[t]) if sizes.get(t) else None
+        share = 100 * size / teacher_params[t] if size and teacher_params.get(t) else None
+        rows.append(StudentRow(t, size, share, statistics.median(durations[t]) if durations.get(t) else None))
+    return rows
+
+
+# --- the paper's method against the others, and the verdict ------------------------------------------
+
+
+@dataclass(frozen=True)
+class MethodComparison:
+    """The paper's method against another under one teacher (Welch's t-test of ours against theirs)."""
+
+    teacher: str
+    other: str
+    mean_other: float | None
+    mean_ours: float | None
+    t: float | None  # None below two succeeded seeds a side
+    df: float | None
+    p: float | None
+    lower_mean: bool  # ours has the lower mean FID
+    lower_std: bool  # ours has the lower seed std
+
+
+def compared_methods(methods: Sequence[str]) -> list[str]:
+    """What the paper's method is tested against: Table 6's baselines when the study has them, else every
+    other method (an ablation); none without the paper's method."""
+    if PAPER_METHOD not in methods:
+        return []
+    return [m for m in BASELINES if m in methods] or [m for m in methods if m != PAPER_METHOD]
+
+
+def compare_methods(table: Mapping[str, Any], teachers: Sequence[str]) -> list[MethodComparison]:
+    """Every (teacher, other method) pair of `compared_methods`, teacher by teacher."""
+    rows = []
+    for teacher in teachers:
+        ours = find_cell(table, teacher, PAPER_METHOD) or {}
+        for other in compared_methods(table["methods"]):
+            theirs = find_cell(table, teacher, other) or {}
+            w = welch(succeeded_fids(ours), succeeded_fids(theirs))
+            m_o, m_t, s_o, s_t = ours.get("mean"), theirs.get("mean"), ours.get("std"), theirs.get("std")
+            rows.append(MethodComparison(
+                teacher=teacher, other=other, mean_other=w.mean_b if w else m_t, mean_ours=w.mean_a if w else m_o,
+                t=w.statistic if w else None, df=w.df if w else None, p=w.pvalue if w else None,
+                lower_mean=m_o is not None and m_t is not None and m_o < m_t,
+                lower_std=s_o is not None and s_t is not None and s_o < s_t))
+    return rows
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Does the paper's direction appear with the largest teacher? Computed, never typed in.
+
+    The direction: the paper's method has a lower mean FID **and** a lower seed std than every method
+    it is compared with (`compared_methods`).
+    """
+
+    teacher: str  # the largest teacher
+    against: tuple[MethodComparison, ...]
+    complete: bool  # every compared cell of the teacher has all its seeds ended
+    direction: bool
+    appears: bool | None  # `direction`, or None (no verdict) while the cells are not complete
+    significant: bool  # every mean difference has p < SIGNIFICANCE
+    best: str | None  # the method with the lowest mean FID under the teacher (None: no mean yet)
+    worst: str | None  # the one with the highest
+
+
+def verdict(table: Mapping[str, Any], comparisons: Sequence[MethodComparison],
+            teacher_params: Mapping[str, int | None], teachers: Sequence[str]) -> Verdict | None:
+    """The verdict from `compare_methods`' rows; None when the study does not test the paper's method."""
+    others = compared_methods(table["methods"])
+    if not others:
+        return None
+    largest = largest_teacher(teachers, teacher_params)
+    against = tuple(c for c in comparisons if c.teacher == largest)
+    cells = {m: find_cell(table, largest, m) or {} for m in table["methods"]}
+    means = {m: c["mean"] for m, c in cells.items() if c.get("mean") is not None}
+    complete = all(cells[m].get("complete") for m in (PAPER_METHOD, *others))
+    direction = all(c.lower_mean and c.lower_std for c in against)
+    return Verdict(
+        teacher=largest, against=against, complete=complete, direction=direction,
+        appears=direction if complete else None,
+        significant=all(c.p is not None and c.p < SIGNIFICANCE for c in against),
+        best=min(means, key=means.__getitem__) if means else None,
+        worst=max(means, key=means.__getitem__) if means else None)
+
+
+# --- the same cells in another study, or in an earlier run -------------------------------------------
+
+
+@dataclass(frozen=True)
+class SameCell:
+    """A (teacher, method) cell of two studies, seed by seed (same seed: same run, with the same options)."""
+
+    teacher: str
+    method: str
+    mean_here: float | None
+    std_here: float | None
+    mean_there: float | None
+    std_there: float | None
+    largest_difference: float  # over the seeds both succeeded
+    t: float | None  # Welch's t-test, only when some seed differs
+    p: float | None
+
+
+def option_differences(here: Mapping[str, Any], there: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{option: (value here, value there)} for this study's options that the other study sets otherwise."""
+    return {k: (v, there.get(k)) for k, v in here.items() if there.get(k) != v}
+
+
+def same_cells(table: Mapping[str, Any], other: Mapping[str, Any]) -> list[SameCell]:
+    """The cells of `table` that `other` has too, with some seed succeeded on both sides."""
+    rows = []
+    for c in table["cells"]:
+        o = find_cell(other, c["teacher"], c["method"])
+        mine, theirs = succeeded_by_seed(c), succeeded_by_seed(o)
+        seeds = sorted(set(mine) & set(theirs))
+        if o is None or not seeds:
+            continue
+        worst = max(abs(mine[s] - theirs[s]) for s in seeds)
+        w = welch(list(mine.values()), list(theirs.values())) if worst > 0 else None
+        rows.append(SameCell(c["teacher"], c["method"], c["mean"], c["std"], o["mean"], o["std"], worst,
+                             w.statistic if w else None, w.pvalue if w else None))
+    return rows
+
+
+@dataclass(frozen=True)
+class PreviousCell:
+    """A cell against the same cell of an earlier run of the section (its JSON sidecar at a commit)."""
+
+    teacher: str
+    method: str
+    mean_here: float
+    std_here: float | None
+    mean_there: float
+    std_there: float
+    t: float | None
+    p: float | None
+    within_spread: bool  # the means differ by less than the larger of the two seed stds
+
+
+def previous_cells(table: Mapping[str, Any], earlier: Sequence[Mapping[str, Any]]) -> list[PreviousCell]:
+    """The cells with two succeeded seeds or more both here and in `earlier` (the earlier run's cells)."""
+    rows = []
+    for c in table["cells"]:
+        here = succeeded_fids(c)
+        there = succeeded_fids(next((e for e in earlier if (e["teacher"], e["method"]) == (c["teacher"],
+                                                                                         c["method"])), None))
+        if len(here) < 2 or len(there) < 2:
+            continue
+        w = welch(here, there)
+        m_there, s_there = statistics.mean(there), statistics.stdev(there)
+        rows.append(PreviousCell(c["teacher"], c["method"], c["mean"], c["std"], m_there, s_there,
+                                 w.statistic if w else None, w.pvalue if w else None,
+                                 abs(c["mean"] - m_there) < max(c["std"] or 0.0, s_there)))
+    return rows
+
+
+# --- an ablation's variants ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    """One method of one variant of an ablation, with Welch's t-test against the reference variant's row."""
+
+    variant: str
+    reference: bool
+    teacher: str
+    method: str
+    tries: tuple[dict[str, Any], ...]  # the cell's tries as the service lists them
+    mean: float | None
+    std: float | None
+    collapses: int
+    t: float | None  # None for the reference itself, or below two succeeded seeds a side
+    p: float | None
+
+
+def reference_variant(variants: Sequence[Any], job_defaults: Mapping[str, Any]) -> Any:
+    """The variant whose options are all the job spec's defaults, else the first."""
+    missing = object()
+    return next((v for v in variants if all(job_defaults.get(k, missing) == val for k, val in v.options.items())),
+                variants[0])
+
+
+def ablation_rows(variants: Sequence[Any], tables: Sequence[Mapping[str, Any]], reference: Any) -> list[AblationRow]:
+    """Every cell of every variant's table (variants in order), each against the reference's same cell."""
+    ref_table = tables[list(variants).index(reference)]
+    rows = []
+    for variant, table in zip(variants, tables, strict=True):
+        for c in table["cells"]:
+            ref = find_cell(ref_table, c["teacher"], c["method"])
+            w = welch(succeeded_fids(c), succeeded_fids(ref)) if ref is not None and variant is not reference else None
+            rows.append(AblationRow(variant.suffix, variant is reference, c["teacher"], c["method"], tuple(c["tries"]),
+                                    c["mean"], c["std"], c.get("collapses", 0), w.statistic if w else None,
+                                    w.pvalue if w else None))
+    return rows

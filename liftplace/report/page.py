@@ -1,0 +1,101 @@
+"""The results page's generated sections and their JSON sidecars.
+
+A section sits between ``<!-- report:SECTION:begin -->`` and ``<!-- report:SECTION:end -->``; its
+numbers go to ``<page folder>/<page stem>/SECTION.json`` (``docs/results/SECTION.json`` for
+``docs/results.md``). A later run compares with an earlier one by reading the sidecar as a commit has
+it (``git show REV:docs/results/SECTION.json``), never by reading numbers back out of the Markdown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from liftplace.report.data import ReportError
+
+SIDECAR_FORMAT = 1  # bumped when a sidecar's layout changes
+
+
+def markers(section: str) -> tuple[str, str]:
+    return f"<!-- report:{section}:begin -->", f"<!-- report:{section}:end -->"
+
+
+def replace_section(path: Path, section: str, body: str) -> None:
+    """Put `body` between the section's markers (appended at the end with them when the page has none)."""
+    begin, end = markers(section)
+    text = path.read_text() if path.exists() else ""
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def sidecar_path(page: Path, section: str) -> Path:
+    """Where a section of `page` keeps its numbers."""
+    return page.parent / page.stem / f"{section}.json"
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def write_section(page: Path, section: str, body: str, numbers: dict[str, Any] | None) -> None:
+    """Write a section and its sidecar; a section without numbers (a copied fragment) drops a stale sidecar."""
+    replace_section(page, section, body)
+    sidecar = sidecar_path(page, section)
+    if numbers is None:
+        sidecar.unlink(missing_ok=True)
+        return
+    sidecar.parent.mkdir(parents=True, exist_ok=True)
+    data = {"format": SIDECAR_FORMAT, "section": section, **_plain(numbers)}
+    sidecar.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+
+
+def _git_show(repo: Path, rev: str, rel: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(repo), "show", f"{rev}:{rel}"], capture_output=True, text=True)
+
+
+def read_sidecar(rev: str, page: Path, section: str, repo: Path) -> dict[str, Any]:
+    """A section's numbers as commit `rev` has them (`repo`: the git checkout holding `page`).
+
+    ReportError when `rev` is not a readable commit, when the page at `rev` lacks the section, and when
+    the section at `rev` predates sidecars (generated before they were written: it has Markdown only).
+    """
+    rel_page = page.resolve().relative_to(repo.resolve()).as_posix()
+    rel_sidecar = sidecar_path(page, section).resolve().relative_to(repo.resolve()).as_posix()
+    found = _git_show(repo, rev, rel_sidecar)
+    if found.returncode == 0:
+        return json.loads(found.stdout)
+    text = _git_show(repo, rev, rel_page)
+    if text.returncode != 0:
+        raise ReportError(f"--previous: cannot read {rel_page} at {rev!r}: {text.stderr.strip()}")
+    if markers(section)[0] not in text.stdout:
+        raise ReportError(f"--previous: section {section!r} is not in {rel_page} at {rev}")
+    raise ReportError(f"--previous: section {section!r} at {rev} predates the JSON sidecars ({rel_sidecar} is not "
+                      "in that commit), so its numbers cannot be read; compare with a commit that has the sidecar "
+                      "(written by every run of scripts/results_report.py since the sidecars exist)")
+
+
+def previous_cells(rev: str, page: Path, section: str, repo: Path) -> list[dict[str, Any]]:
+    """The grid cells (as the service gave them) of a study section at commit `rev`."""
+    numbers = read_sidecar(rev, page, section, repo)
+    if "cells" not in numbers:
+        raise ReportError(f"--previous: section {section!r} at {rev} is a {numbers.get('kind')!r} section, "
+                          "not a study's grid")
+    return numbers["cells"]

@@ -1,0 +1,327 @@
+"""Markdown of the report's dataclasses (`compute`, `curves`): tables, the verdict, captions.
+
+Each function returns the section's lines (joined with newlines by `sections`); no arithmetic beyond
+formatting happens here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from liftplace.methods import PAPER_METHOD
+from liftplace.report.compute import (
+    SIGNIFICANCE,
+    AblationRow,
+    JobSpan,
+    MethodComparison,
+    PreviousCell,
+    RealVsReal,
+    SameCell,
+    StudentRow,
+    TeacherRow,
+    Verdict,
+    find_cell,
+)
+from liftplace.report.curves import Curves, CurveSummary, NoiseRow, ReproductionRow
+
+MISSING = "–"
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    """A number with `digits` decimals; a dash for none (or a non-finite one)."""
+    return MISSING if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def params(n: float | None) -> str:
+    """A parameter count as 1.11M or 99.5K; ? when unknown."""
+    if not n:
+        return "?"
+    return f"{n / 1e6:.2f}M" if n >= 100_000 else f"{n / 1e3:.1f}K"
+
+
+def machine() -> str:
+    """Where a report was written (its job times depend on it)."""
+    return f"report written on {platform.machine()} with {os.cpu_count()} CPUs"
+
+
+def counts(status_counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{v} {k}" for k, v in status_counts.items() if v)
+
+
+def options(opts: Mapping[str, Any]) -> str:
+    """Options as "key value" pairs in key order, the unset ones left out."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(opts.items()) if v is not None)
+
+
+def try_text(tr: Mapping[str, Any] | None) -> str:
+    """One seed's cell of a grid: its FID, its status when it did not succeed, … while it has not ended."""
+    if tr is None:
+        return ""
+    if tr["status"] in ("queued", "running"):
+        return "…"
+    return fmt(tr["fid"]) if tr["status"] == "succeeded" else tr["status"]
+
+
+def seed_cells(tries: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> list[str]:
+    by_seed = {tr["seed"]: tr for tr in tries}
+    return [try_text(by_seed.get(s)) for s in seeds]
+
+
+# --- the study -------------------------------------------------------------------------------------------
+
+
+def study_header(study: Mapping[str, Any], span: JobSpan | None) -> list[str]:
+    lines = [f"Study **{study['name']}** (service study id {study['id']}, MLflow experiment "
+             f"{study['mlflow_experiment_id']}, parent run `{study['mlflow_run_id']}`): {study['jobs']} jobs, "
+             + counts(study["status_counts"]) + "."]
+    if span:
+        lines.append(f"First job started {span.first:%Y-%m-%d %H:%M} UTC, last ended {span.last:%H:%M} UTC: "
+                     f"{span.wall_s / 60:.0f} min of wall time for the distillation jobs.")
+    lines.append(f"Options shared by every job: student ratio {study['student_ratio']}, "
+                 + options(study["options"]) + ".\n")
+    return lines
+
+
+def _teacher_source(row: TeacherRow) -> str:
+    if row.source == "preset":
+        return f"preset `{row.preset}`"
+    if row.source == "pruned":
+        return f"pruned {row.prune_ratio} of {row.base_teacher}, retrained"
+    return row.source
+
+
+def teacher_table(rows: Sequence[TeacherRow], rvr: RealVsReal | None, metric: str) -> list[str]:
+    lines = ["**Teachers** (trained by the service; FID of the EMA teacher on its job's samples):\n",
+             "| teacher | source | parameters | training steps | teacher FID | teacher FID / real-vs-real |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.name} | {_teacher_source(r)} | {params(r.parameters)} | "
+                     f"{MISSING if r.steps is None else r.steps} | {fmt(r.fid)} ({r.fid_samples} samples, "
+                     f"{r.sample_steps} DDIM steps) | {fmt(r.fid_ratio)}× |")
+    if rvr:
+        lines.append(f"\nReal vs real ({metric}, {rvr.resolution}×{rvr.resolution}): two disjoint halves "
+                     f"of the digits ({rvr.halves_n:.0f} images each) {rvr.halves:.2f}; {rvr.subset_n:.0f} "
+                     f"real digits against the whole set they are part of {rvr.subset:.2f} (a model that "
+                     "copied its training set).")
+    return lines
+
+
+def student_table(study: Mapping[str, Any], rows: Sequence[StudentRow]) -> list[str]:
+    fixed = study["options"].get("student_teacher")
+    if fixed:
+        lines = [f"\n**Students** (one fixed student, as in the paper: pruned from `{fixed}` at ratio "
+                 f"{study['student_ratio']} by every job — same ratio, importance and seed — whichever teacher "
+                 "it distils from):\n"]
+    else:
+        lines = ["\n**Students** (pruned from their teacher, so their size follows the teacher's):\n"]
+    lines += ["| teacher | student parameters | share of the teacher | median job time (s) |", "|---|---|---|---|"]
+    for r in rows:
+        size = params(int(r.parameters)) if r.parameters else "?"
+        lines.append(f"| {r.teacher} | {size} | {fmt(r.share_percent)}% | {fmt(r.median_job_s, 0)} |")
+    return lines
+
+
+def grid(table: Mapping[str, Any], teachers: Sequence[str], seeds: Sequence[int],
+         teacher_params: Mapping[str, int | None], metric: str, collapse_threshold: float) -> list[str]:
+    """The Table-6 grid: per teacher, a row per method with its tries by seed; best mean in bold."""
+    lines = [f"\n**The Table-6 grid** ({metric}, lower is better; per teacher and method: "
+             "the tries by seed, their mean and sample std (ddof = 1) over the succeeded runs, and the collapses "
+             f"— runs that diverged or scored above {collapse_threshold:g}, the service's threshold, set "
+             "for the paper's Inception scale; best mean in bold):\n"]
+    for teacher in teachers:
+        lines.append(f"*Teacher {teacher} ({params(teacher_params.get(teacher))}):*\n")
+        lines.append("| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | std | collapses |")
+        lines.append("|---|" + "---:|" * (len(seeds) + 3))
+        best = set(table["best"].get(teacher, []))
+        for method in table["methods"]:
+            c = find_cell(table, teacher, method) or {}
+            mean = fmt(c.get("mean"))
+            collapses = c.get("collapses", 0) if c.get("n") or c.get("collapses") else ""
+            lines.append(f"| {method} | " + " | ".join(seed_cells(c.get("tries", []), seeds))
+                         + f" | {f'**{mean}**' if method in best else mean} | {fmt(c.get('std'))} | {collapses} |")
+        lines.append("")
+    if any(tr["status"] in ("queued", "running") for c in table["cells"] for tr in c["tries"]):
+        lines.append("(… : still queued or running.)")
+    return lines
+
+
+def welch_table(rows: Sequence[MethodComparison]) -> list[str]:
+    lines = [f"\n**Welch's t-tests** (two-sided, unequal variances) of `{PAPER_METHOD}` against each other "
+             "method; negative t: the paper's method has the lower mean FID.\n",
+             "| teacher | other method | mean FID other | mean FID ours | t | df | p |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.teacher} | {r.other} | {fmt(r.mean_other)} | {fmt(r.mean_ours)} | {fmt(r.t)} | "
+                     f"{fmt(r.df, 1)} | {fmt(r.p, 4)} |")
+    return lines
+
+
+def verdict_lines(v: Verdict) -> list[str]:
+    lines = [f"\n**Verdict (computed from the numbers above)** — with the largest teacher ({v.teacher}):"]
+    for c in v.against:
+        if c.p is None:
+            lines.append(f"- against `{c.other}`: not enough finished seeds yet to compare.")
+            continue
+        sig = f"{'significant' if c.p < SIGNIFICANCE else 'not significant'} at p < {SIGNIFICANCE}"
+        lines.append(f"- against `{c.other}`: `{PAPER_METHOD}` has a {'lower' if c.lower_mean else 'higher or equal'} "
+                     f"mean FID ({sig}, p = {fmt(c.p, 4)}) and a {'lower' if c.lower_std else 'higher or equal'} "
+                     "seed std.")
+    if v.appears is None:
+        lines.append("- the cells of the largest teacher are not complete yet: **no verdict** (re-run this report "
+                     "when the study has ended).")
+    else:
+        lines.append("- the paper's direction (lower mean **and** lower std than every other method with the "
+                     f"largest teacher) **{'appears' if v.appears else 'does not appear'}**"
+                     + (f"; the mean differences are {'all' if v.significant else 'not all'} significant at "
+                        f"p < {SIGNIFICANCE}" if v.appears else "") + ".")
+    return lines
+
+
+def same_cells_lines(other: Mapping[str, Any], differ: Mapping[str, tuple[Any, Any]], rows: Sequence[SameCell],
+                     subject: str | None = None) -> list[str]:
+    """The cells shared with another study (none: no lines); `subject` names this study when it stands alone."""
+    if not rows:
+        return []
+    lead = f"{subject} against study" if subject else "\nAgainst study"
+    lines = [f"{lead} `{other['name']}` (id {other['id']}), same teacher and method; options that differ: "
+             + (", ".join(f"{k} {a} here, {b} there" for k, (a, b) in differ.items()) or "none") + ".\n",
+             "| teacher | method | mean ± std here | mean ± std there | largest per-seed difference | t | p |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.teacher} | {r.method} | {fmt(r.mean_here)} ± {fmt(r.std_here)} | {fmt(r.mean_there)} ± "
+                     f"{fmt(r.std_there)} | {r.largest_difference:.4f} | {fmt(r.t)} | {fmt(r.p, 4)} |")
+    return lines
+
+
+def previous_lines(rev: str, section: str, rows: Sequence[PreviousCell]) -> list[str]:
+    if not rows:
+        return [f"\nNo cell of this study is in section {section!r} at commit `{rev}`."]
+    lines = [f"\nAgainst this section as published at commit `{rev}` (an earlier run of the same command): the same "
+             "teacher and method, mean ± sample std here and there, Welch's t-test, and whether the means differ "
+             "by less than the larger of the two seed stds (*within the seed spread*).\n",
+             "| teacher | method | mean ± std here | mean ± std there | t | p | within the seed spread |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.teacher} | {r.method} | {fmt(r.mean_here)} ± {fmt(r.std_here)} | {fmt(r.mean_there)} ± "
+                     f"{fmt(r.std_there)} | {fmt(r.t)} | {fmt(r.p, 4)} | {'yes' if r.within_spread else 'no'} |")
+    return lines
+
+
+def figure_lines(alt: str, link: str, caption: str) -> list[str]:
+    return [f"\n![{alt}]({link})\n", caption]
+
+
+# --- an ablation -------------------------------------------------------------------------------------------
+
+
+def ablation_header(preset: Any, studies: Sequence[Mapping[str, Any]], span: JobSpan | None, jobs: int,
+                    varied: Sequence[str]) -> list[str]:
+    lines = [f"*{preset.label}*\n", f"Preset **{preset.name}**: {preset.description}\n",
+             "| variant | study | jobs | MLflow parent run |", "|---|---|---|---|"]
+    for variant, study in zip(preset.variants, studies, strict=True):
+        lines.append(f"| {variant.suffix} | `{study['name']}` (id {study['id']}) | {study['jobs']}: "
+                     f"{counts(study['status_counts'])} | `{study['mlflow_run_id']}` |")
+    if span:
+        lines.append(f"\nFirst job started {span.first:%Y-%m-%d %H:%M} UTC, last ended {span.last:%H:%M} UTC "
+                     f"({span.wall_s / 60:.0f} min of wall time for the {jobs} distillation jobs).")
+    shared = {k: v for k, v in studies[0]["options"].items() if k not in varied}
+    lines.append(f"Options shared by every job: student ratio {studies[0]['student_ratio']}, "
+                 + options(shared) + "; varied: " + ", ".join(varied) + ".\n")
+    return lines
+
+
+def ablation_table(rows: Sequence[AblationRow], seeds: Sequence[int], reference: str, metric: str,
+                   collapse_threshold: float) -> list[str]:
+    lines = [f"\n**The ablation** ({metric}, lower is better; the tries by seed, their "
+             "mean and sample std (ddof = 1) over the succeeded runs, and the collapses — runs that diverged or "
+             f"scored above {collapse_threshold:g}; Welch's t-test of each row against the reference "
+             f"variant `{reference}` (the defaults), same method; negative t: lower mean FID than the "
+             "reference):\n",
+             "| variant | teacher | method | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | mean | std | collapses | t | p |",
+             "|---|---|---|" + "---:|" * (len(seeds) + 5)]
+    for r in rows:
+        label = f"**{r.variant}** (reference)" if r.reference else r.variant
+        lines.append(f"| {label} | {r.teacher} | {r.method} | " + " | ".join(seed_cells(r.tries, seeds))
+                     + f" | {fmt(r.mean)} | {fmt(r.std)} | {r.collapses} | {fmt(r.t)} | {fmt(r.p, 4)} |")
+    if any(t["status"] in ("queued", "running") for r in rows for t in r.tries):
+        lines.append("\n(… : still queued or running.)")
+    return lines
+
+
+# --- convergence curves -------------------------------------------------------------------------------------
+
+
+def curves_table(c: Curves) -> list[str]:
+    lines = ["| step | " + " | ".join(c.names) + " |", "|---|" + "---|" * len(c.names)]
+    for s in c.steps:
+        lines.append(f"| {s} | " + " | ".join(p.fid_text if (p := c.at(n, s)) else MISSING for n in c.names) + " |")
+    lines.append("\nTraining step time (evaluation excluded; on a shared machine, so it varies with the load), ms: "
+                 + ", ".join(f"{n} {v:.0f}" for n, v in c.step_ms.items()) + ".")
+    return lines
+
+
+def summary_line(s: CurveSummary) -> str:
+    s0, s1 = s.last_interval
+    line = f"- {s.name}: {s.last_interval_drop:.1f}% lower over its last {s1 - s0} steps ({s0} → {s1})"
+    if s.last_quarter:
+        line += f", {s.last_quarter_drop:.1f}% over its last quarter ({s.last_quarter[0]} → {s1})"
+    line += f"; lowest FID {s.lowest_fid:.2f} at step {s.lowest_step}"
+    if s.budget is not None:
+        line += f"; {s.budget_drop:.1f}% lower at step {s1} than at the budget ({s.budget})"
+    return line + "."
+
+
+def noise_table(rows: Sequence[NoiseRow]) -> list[str]:
+    lines = ["\nThe resolution of a point (`bench/convergence.py noise`): each curve's last checkpoint sampled and "
+             "scored again with several sampling seeds (0, 1, …; the curve's own points all use seed 0). Its FID "
+             "moves this much with the sampling seed alone:\n",
+             "| curve | step | sampling seeds | FID mean ± std | min – max | change over the curve's last interval |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        last = f"{r.last_change[0]:.2f} lower ({r.last_change[1]} → {r.last_change[2]})" if r.last_change else MISSING
+        lines.append(f"| {r.name} | {r.step} | {r.seeds} | {r.mean:.2f} ± {fmt(r.std)} | {r.low:.2f} – {r.high:.2f} | "
+                     f"{last} |")
+    return lines
+
+
+def reproduction_lines(study: str, rows: Sequence[ReproductionRow]) -> list[str]:
+    if not rows:
+        return []
+    lines = [f"\nThe same run through the service: the curve at the study's step count against the study "
+             f"`{study}`'s job of the same seed, teacher and method (the seed fixes everything):\n"]
+    for r in rows:
+        lines.append(f"- {r.name}: curve {r.curve_fid:.4f} at step {r.step}, study job {r.job_id} "
+                     f"(seed 0, teacher {r.teacher}) {r.job_fid:.4f}")
+    return lines
+
+
+# --- study presets ------------------------------------------------------------------------------------------
+
+
+def _teacher_plan(t: Any) -> str:
+    return {"preset": f"preset `{t.preset}`", "local": f"local folder `{t.folder}`",
+            "pruned": f"`{t.base}` pruned at {t.prune_ratio}, retrained"}[t.source]
+
+
+def preset_lines(name: str, preset: Any, requests: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A study preset's plan: its teachers, its studies (the requests it submits), the command that runs it."""
+    lines = [f"**`{name}`** — {preset.description} *Label: {preset.label}.* "
+             f"{preset.jobs} distillation jobs{' (needs GPUs)' if preset.needs_gpu else ''}.\n",
+             "| teacher | source | training |", "|---|---|---|"]
+    for t in preset.teachers:
+        train = ", ".join(f"{k} {v}" for k, v in t.train.items()) or MISSING
+        lines.append(f"| `{t.name}` | {_teacher_plan(t)} | {train} |")
+    lines += ["", "| study | teachers | methods | seeds | student ratio | options |", "|---|---|---|---|---|---|"]
+    for body in requests:
+        opts = {k: v for k, v in body.items()
+                if k not in ("name", "teachers", "methods", "seeds", "student_ratio", "dataset")}
+        lines.append(f"| `{body['name']}` | {', '.join(body['teachers'])} | {', '.join(body['methods'])} | "
+                     f"{len(body['seeds'])} | {body['student_ratio']} | "
+                     + ", ".join(f"{k} {v}" for k, v in opts.items()) + " |")
+    lines.append(f"\n```bash\nliftplace study run {name} --api http://127.0.0.1:8000\n```\n")
+    return lines
