@@ -2,12 +2,14 @@
 
     liftplace study list
     liftplace study show stability            # the request bodies it would submit
-    liftplace study run stability --api http://127.0.0.1:8000 [--name NAME] [--no-wait]
+    liftplace study run stability --api http://127.0.0.1:8000 [--name NAME] [--no-wait] [--wide]
 
 `run` registers the preset's dataset and teachers (teachers that exist are reused by name;
 missing ones are trained by the service), submits one study per variant (a study name that
 exists is followed, not submitted again), shows progress until every job has ended, then
-prints each study's Table-6 grid. Ctrl-C stops following; the jobs go on in the service.
+prints each study's table: one row per method, one column per teacher, mean ± std and the
+collapses per cell (`liftplace.tables`); `--wide` (or `--format md|csv|latex`) prints every
+try instead, the paper's Table-6 layout. Ctrl-C stops following; the jobs go on in the service.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from liftplace.client import (
     submit_preset,
 )
 from liftplace.studies import STUDY_PRESET_NAMES, STUDY_PRESETS, get_study_preset
+from liftplace.tables import compact_table, table_from_service
 
 __all__ = ["register", "main", "print_tables"]
 
 _positive_float = number_type(float, "a positive number", lambda v: v > 0)
+TABLE_STYLES: tuple[str, ...] = ("text", "md", "csv", "latex")  # text: the compact table; others: every try
 
 
 def register(subparsers) -> None:
@@ -60,7 +64,10 @@ def register(subparsers) -> None:
     q.add_argument("--timeout", type=_positive_float, default=None, help="seconds to follow before giving up")
     q.add_argument("--connect-timeout", type=_positive_float, default=10.0,
                    help="seconds to wait for the service to answer at all")
-    q.add_argument("--format", choices=("md", "csv", "latex"), default="md", help="format of the printed table")
+    q.add_argument("--wide", action="store_true",
+                   help="print every try of every cell (the paper's Table-6 layout), not the mean ± std per cell")
+    q.add_argument("--format", choices=TABLE_STYLES, default="text",
+                   help="text: the compact table (every try with --wide, as md); md, csv, latex: every try")
     q.set_defaults(func=_cmd_run)
 
 
@@ -83,12 +90,21 @@ def _cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def print_tables(client: ServiceClient, study_ids: Sequence[int], label: str, fmt: str = "md") -> None:
-    """Print each study's Table-6 grid, headed by its name and the preset's label."""
+def print_tables(client: ServiceClient, study_ids: Sequence[int], label: str, fmt: str = "text", *,
+                 wide: bool = False, collapse_fid: float | None = None) -> None:
+    """Print each study's table, headed by its name and the preset's label.
+
+    fmt "text" (not `wide`): the compact table, its collapses counted with `collapse_fid` (None:
+    the FID family's default); `wide` or fmt md / csv / latex: every try, as the service renders it.
+    """
     for study_id in study_ids:
         study = client.get(f"/api/studies/{study_id}")
         print(f"\n## Study {study['id']} {study['name']!r} — {label}\n")
-        print(client.table(study_id, fmt))
+        if wide or fmt != "text":
+            print(client.table(study_id, "md" if fmt == "text" else fmt))
+            continue
+        table = table_from_service(client.get(f"/api/studies/{study_id}/table"), collapse_fid=collapse_fid)
+        print(compact_table(table, seeds=len(study["seeds"])))
 
 
 def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -101,7 +117,8 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.no_wait:
             return 0
         follow(client, runs, teachers=[t.name for t in preset.teachers], timeout=args.timeout)
-        print_tables(client, [r.study_id for r in runs], preset.label, args.format)
+        print_tables(client, [r.study_id for r in runs], preset.label, args.format, wide=args.wide,
+                     collapse_fid=preset.collapse_fid)
     except ServiceError as exc:
         hint = f" (set ${API_TOKEN_ENV})" if exc.status == 401 else ""
         print(f"study run: {exc}{hint}", file=sys.stderr)
@@ -109,7 +126,7 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except KeyboardInterrupt:
         print("\nstopped following; the jobs go on in the service", file=sys.stderr)
         return 130
-    except TimeoutError as exc:
+    except (TimeoutError, ValueError) as exc:  # ValueError: a table the library cannot read (e.g. its metric)
         print(f"study run: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -13,7 +13,8 @@ needs a ``features`` column or the `features` argument), and optionally ``status
 
 - The mean and std of a cell use its succeeded runs with a finite FID.
 - A collapse is a run that diverged (status ``diverged``, or an infinite / NaN FID) or whose FID
-  exceeds the collapse threshold (`COLLAPSE_FID_THRESHOLD` by default). Each cell counts them.
+  exceeds the collapse threshold of its FID feature family (`COLLAPSE_FID`, read through
+  `collapse_threshold`; a study may override it). Each cell counts them.
 - A ``failed`` run (the job broke, not the training) is shown but neither summarised nor counted
   as a collapse.
 """
@@ -24,14 +25,18 @@ import csv
 import io
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from liftplace.methods import METHOD_NAMES, get_method
 
 __all__ = [
+    "COLLAPSE_FID",
     "COLLAPSE_FID_THRESHOLD",
+    "fid_family",
+    "collapse_threshold",
     "RUN_STATUSES",
     "TABLE_FORMATS",
     "PAPER_TABLE6_METRIC",
@@ -51,12 +56,53 @@ __all__ = [
 ]
 
 # --- constants -----------------------------------------------------------------------------------
-COLLAPSE_FID_THRESHOLD: float = 100.0  # FID above this counts as a collapse (paper scale: Inception, CelebA 64)
+# An FID above this, per feature family, counts as a collapse (docs/results.md, "When a run counts as a
+# collapse"). Each value sits far outside what a run that trained properly scores in that feature space.
+COLLAPSE_FID: Mapping[str, float] = MappingProxyType({
+    # The embedded scale (sklearn digits at 8x8, digits features, 1000 samples; docs/results.md, section 1):
+    # about 10x the real-vs-real FID (4.03, two disjoint halves of the digits) and 7x the largest teacher's
+    # (5.65). Every converged student of the stability study (4000 steps, 45 runs) stays below it: the
+    # worst run scores 27.96, the worst cell 20.88 +- 4.03 (mean + 3 std = 32.97). A run above it has not
+    # reached what every converged student reaches; the 800-step students of the ablations (29-168) mostly
+    # have not, and the quick preset's 100-step ones (190-950) never have.
+    "digits": 40.0,
+    # The paper's scale (supplementary Table 6: CelebA 64x64, Inception features, 50K samples): its
+    # teachers score 5.30-6.48, so 100 is 15-19x a teacher's FID; its lift+place+featkd tries score
+    # 15.7-31.7, and the output-KD tries either 34-91 or, the collapses, 100.7-231.5.
+    "inception": 100.0,
+})
+COLLAPSE_FID_THRESHOLD: float = COLLAPSE_FID["inception"]  # the Inception value, under its former name
 RUN_STATUSES: tuple[str, ...] = ("succeeded", "diverged", "failed")
 TABLE_FORMATS: tuple[str, ...] = ("md", "csv", "latex")
 PAPER_TABLE6_METRIC: str = "fid_inception"  # the paper's FIDs are Inception FIDs
 FID_METRICS: tuple[str, ...] = ("fid_digits", "fid_inception")
 _PAPER_TABLE6 = "paper_table6.csv"
+
+
+def fid_family(metric: str) -> str:
+    """The FID feature family of a metric or family name: ``fid_digits`` or ``digits`` -> ``digits``."""
+    family = metric[len("fid_"):] if metric.startswith("fid_") else metric
+    if family not in COLLAPSE_FID:
+        raise ValueError(f"collapse threshold: unknown FID feature family {metric!r}; expected one of "
+                         f"{', '.join(COLLAPSE_FID)} (or {', '.join(FID_METRICS)})")
+    return family
+
+
+def _check_threshold(value: float) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if not ok:
+        raise ValueError(f"collapse_threshold: expected a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def collapse_threshold(features: str, override: float | None = None) -> float:
+    """The FID above which a run of feature family `features` (``digits``, ``fid_digits``, ...) collapsed.
+
+    `override` (a study's own threshold) wins when given; it must be finite and > 0. The family is
+    checked either way, so a misspelt one is an error, not a silent default.
+    """
+    family = fid_family(features)
+    return _check_threshold(override) if override is not None else COLLAPSE_FID[family]
 
 
 # --- seed summaries ------------------------------------------------------------------------------
@@ -144,7 +190,8 @@ class Run:
     def has_fid(self) -> bool:
         return self.status == "succeeded" and self.fid is not None and math.isfinite(self.fid)
 
-    def is_collapse(self, threshold: float = COLLAPSE_FID_THRESHOLD) -> bool:
+    def is_collapse(self, threshold: float) -> bool:
+        """Diverged, or an FID above `threshold` (`collapse_threshold` of the run's feature family)."""
         if self.status == "failed":
             return False
         return self.diverged or self.fid > threshold
@@ -171,8 +218,16 @@ class StabilityTable:
     methods: tuple[str, ...]
     teachers: tuple[str, ...]
     cells: dict[tuple[str, str], Cell]
-    collapse_threshold: float = COLLAPSE_FID_THRESHOLD
+    # None: the metric's family default (`collapse_threshold`); stays None for a metric of no known
+    # family, which only a table without any FID has (e.g. a study none of whose runs has ended).
+    collapse_threshold: float | None = None
     teacher_params: dict[str, str | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.collapse_threshold is not None:
+            self.collapse_threshold = _check_threshold(self.collapse_threshold)
+        elif self.metric in FID_METRICS:
+            self.collapse_threshold = collapse_threshold(self.metric)
 
     @property
     def num_tries(self) -> int:
@@ -203,11 +258,16 @@ class StabilityTable:
         params = self.teacher_params.get(teacher)
         return f"{teacher} ({params})" if params and params != teacher else teacher
 
+    def collapse_rule(self) -> str:
+        """What counts as a collapse in this table, in words."""
+        if self.collapse_threshold is None:
+            return "runs that diverged"
+        return f"runs with {self.metric} > {self.collapse_threshold:g} or diverged"
+
     def caption(self) -> str:
         return (
             f"{self.metric} over seeds (lower is better): each try, the mean and the sample std (ddof = 1) "
-            f"of the succeeded runs; collapses = runs with {self.metric} > {self.collapse_threshold:g} "
-            "or diverged; best mean per teacher marked."
+            f"of the succeeded runs; collapses = {self.collapse_rule()}; best mean per teacher marked."
         )
 
     # --- export -------------------------------------------------------------------------------
@@ -318,13 +378,27 @@ def _tex(text: str) -> str:
     return "".join(_TEX_ESCAPES.get(ch, ch) for ch in text)
 
 
+def _table_threshold(metric: str, override: float | None, runs: list[Run]) -> float | None:
+    """The threshold `build_table` counts with; None only for a metric of no known family and no FID."""
+    if metric in FID_METRICS:
+        return collapse_threshold(metric, override)
+    if override is not None:
+        return _check_threshold(override)
+    if any(r.has_fid for r in runs):
+        fid_family(metric)  # raises: FIDs of an unknown feature family have no collapse threshold
+    return None
+
+
 def build_table(
-    runs: Iterable[Run], *, metric: str, collapse_threshold: float = COLLAPSE_FID_THRESHOLD
+    runs: Iterable[Run], *, metric: str, collapse_threshold: float | None = None
 ) -> StabilityTable:
-    """Lay runs out as a `StabilityTable`. Methods follow `METHOD_NAMES`; teachers their first appearance."""
-    if not (isinstance(collapse_threshold, (int, float)) and math.isfinite(collapse_threshold)):
-        raise ValueError(f"collapse_threshold: expected a finite number, got {collapse_threshold!r}")
+    """Lay runs out as a `StabilityTable`. Methods follow `METHOD_NAMES`; teachers their first appearance.
+
+    `collapse_threshold`: an FID above it counts as a collapse; None (default) takes the metric's
+    feature family default (`COLLAPSE_FID`).
+    """
     runs = list(runs)
+    threshold = _table_threshold(metric, collapse_threshold, runs)
     if not runs:
         raise ValueError("build_table: no runs")
     teachers: list[str] = []
@@ -353,13 +427,13 @@ def build_table(
             teacher=t,
             runs=tuple(group),
             summary=seed_summary(with_fid) if with_fid else None,
-            collapses=sum(r.is_collapse(collapse_threshold) for r in group),
+            collapses=sum(r.is_collapse(math.inf if threshold is None else threshold) for r in group),
             diverged=sum(r.diverged for r in group),
             failed=sum(r.status == "failed" for r in group),
         )
     methods = tuple(m for m in METHOD_NAMES if any(k[0] == m for k in cells))
     return StabilityTable(metric=metric, methods=methods, teachers=tuple(teachers), cells=cells,
-                          collapse_threshold=float(collapse_threshold), teacher_params=params)
+                          collapse_threshold=threshold, teacher_params=params)
 
 
 # --- reading runs --------------------------------------------------------------------------------
@@ -468,9 +542,9 @@ def _runs_from_rows(
 
 
 def table_from_csv(
-    path: str | Path, *, features: str | None = None, collapse_threshold: float = COLLAPSE_FID_THRESHOLD
+    path: str | Path, *, features: str | None = None, collapse_threshold: float | None = None
 ) -> StabilityTable:
-    """`read_runs` then `build_table`."""
+    """`read_runs` then `build_table` (collapse threshold: None = the FID family's default)."""
     runs, metric = read_runs(path, features=features)
     return build_table(runs, metric=metric, collapse_threshold=collapse_threshold)
 
@@ -492,6 +566,6 @@ def paper_table6_runs() -> list[Run]:
     return runs
 
 
-def paper_table6(collapse_threshold: float = COLLAPSE_FID_THRESHOLD) -> StabilityTable:
+def paper_table6(collapse_threshold: float | None = None) -> StabilityTable:
     """The paper's Table 6 rebuilt from its tries (Inception FID, CelebA 64x64)."""
     return build_table(paper_table6_runs(), metric=PAPER_TABLE6_METRIC, collapse_threshold=collapse_threshold)

@@ -126,6 +126,8 @@ class StudyPreset:
     `label` is shown with every result of the preset (e.g. that a quick run is no reproduction).
     `options` are the DistillOptions fields every job shares (steps, lr, batch_size, resolution,
     fid_samples, sample_steps, checkpoint_every, ...); a variant's `options` override them.
+    `collapse_fid`: an FID above it counts as a collapse in this preset's studies; None (default)
+    takes the default of the FID's feature family (`liftplace.stats.COLLAPSE_FID`).
     """
 
     name: str
@@ -139,9 +141,15 @@ class StudyPreset:
     student_ratio: float
     options: Mapping[str, Any]
     needs_gpu: bool = False
+    collapse_fid: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", _frozen(self.options))
+        if self.collapse_fid is not None:
+            c = self.collapse_fid
+            if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c < float("inf"):  # NaN fails too
+                raise ValueError(f"preset {self.name!r}: collapse_fid must be a finite number > 0, got {c!r}")
+            object.__setattr__(self, "collapse_fid", float(c))
         names = [t.name for t in self.teachers]
         seen: set[str] = set()
         for t in self.teachers:

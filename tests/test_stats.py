@@ -319,3 +319,57 @@ def test_main_cli_has_the_evaluation_commands(tmp_path, capsys):
     cli = pytest.importorskip("liftplace.cli")
     assert cli.main(["table", str(_paper_runs_csv(tmp_path)), "--format", "csv"]) == 0
     assert "fid_inception,outkd,210.09" in capsys.readouterr().out
+
+
+# --- collapse thresholds per FID feature family ------------------------------------------------------
+
+
+def test_collapse_threshold_per_feature_family():
+    from liftplace.features import FEATURES
+
+    assert set(stats.COLLAPSE_FID) == set(FEATURES)  # one threshold for every feature space an FID is computed in
+    assert stats.collapse_threshold("inception") == stats.collapse_threshold("fid_inception") == 100.0
+    assert stats.COLLAPSE_FID_THRESHOLD == stats.COLLAPSE_FID["inception"]  # the former name still reads
+    assert stats.collapse_threshold("fid_digits") == stats.COLLAPSE_FID["digits"] < stats.COLLAPSE_FID["inception"]
+    assert stats.collapse_threshold("digits", 25) == 25.0  # a study's own threshold wins
+    with pytest.raises(ValueError, match="unknown FID feature family 'fid_clip'.*digits, inception"):
+        stats.collapse_threshold("fid_clip")
+    with pytest.raises(ValueError, match="unknown FID feature family 'digit'"):
+        stats.collapse_threshold("digit", 30.0)  # a misspelt family is no silent default, override or not
+    for bad in (0, -5.0, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="finite number > 0"):
+            stats.collapse_threshold("digits", bad)
+
+
+def test_build_table_counts_collapses_at_the_metrics_default():
+    runs = [Run("t", "outkd", 0, 35.0), Run("t", "outkd", 1, 45.0), Run("t", "outkd", 2, 120.0)]
+    digits = build_table(runs, metric="fid_digits")
+    assert digits.collapse_threshold == stats.COLLAPSE_FID["digits"] and digits.cell("outkd", "t").collapses == 2
+    inception = build_table(runs, metric="fid_inception")
+    assert inception.collapse_threshold == 100.0 and inception.cell("outkd", "t").collapses == 1
+    assert build_table(runs, metric="fid_digits", collapse_threshold=30).cell("outkd", "t").collapses == 3
+    assert f"fid_digits > {stats.COLLAPSE_FID['digits']:g} or diverged" in digits.caption()
+    assert paper_table6().collapse_threshold == 100.0
+    with pytest.raises(ValueError, match="finite number > 0"):
+        build_table(runs, metric="fid_digits", collapse_threshold=float("nan"))
+
+
+def test_table_from_csv_takes_the_families_threshold(tmp_path):
+    path = tmp_path / "runs.csv"
+    path.write_text("teacher,method,seed,fid_digits\nt,lift,0,12.0\nt,lift,1,60.0\n")
+    assert stats.table_from_csv(path).cell("lift", "t").collapses == 1  # 60 > the digits default
+    assert stats.table_from_csv(path, collapse_threshold=100).cell("lift", "t").collapses == 0
+
+
+def test_a_metric_of_no_known_family():
+    """Only a table without any FID may lack a family (a study none of whose runs reported one)."""
+    diverged = [Run("t", "outkd", 0, None, "diverged"), Run("t", "outkd", 1, None, "failed")]
+    t = build_table(diverged, metric="fid")
+    assert t.collapse_threshold is None and t.cell("outkd", "t").collapses == 1
+    assert "collapses = runs that diverged;" in t.caption()
+    assert stats.StabilityTable(metric="fid", methods=(), teachers=(), cells={}).collapse_threshold is None
+    assert stats.StabilityTable(metric="fid_digits", methods=(), teachers=(), cells={}).collapse_threshold == 40.0
+    with pytest.raises(ValueError, match="unknown FID feature family 'fid'"):
+        build_table([Run("t", "outkd", 0, 12.0)], metric="fid")
+    own = build_table([Run("t", "outkd", 0, 12.0)], metric="fid", collapse_threshold=10)
+    assert own.collapse_threshold == 10.0 and own.cell("outkd", "t").collapses == 1

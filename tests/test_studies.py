@@ -189,3 +189,15 @@ def test_the_results_page_is_consistent_with_the_code() -> None:
     for section, body in re.findall(r"<!-- report:([\w-]+):begin -->(.*?)<!-- report:\1:end -->", page, re.S):
         generated = re.search(r"--section ([\w-]+)", body)
         assert generated is None or generated.group(1) == section, (section, generated.group(1))
+
+
+def test_a_preset_may_set_its_own_collapse_threshold() -> None:
+    from liftplace.stats import collapse_threshold
+
+    assert all(p.collapse_fid is None for p in STUDY_PRESETS.values())  # every preset: its FID family's default
+    base = STUDY_PRESETS["smoke"]
+    own = StudyPreset(**{**base.__dict__, "collapse_fid": 60})
+    assert own.collapse_fid == 60.0 and collapse_threshold("fid_digits", own.collapse_fid) == 60.0
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "40"):
+        with pytest.raises(ValueError, match="collapse_fid must be a finite number > 0"):
+            StudyPreset(**{**base.__dict__, "collapse_fid": bad})

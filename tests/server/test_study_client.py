@@ -110,6 +110,23 @@ def test_cli_study_run_prints_the_table(live_service: tuple[str, FakeRunner],
     assert "smoke test: checks the pipeline only" in out  # the preset's label goes with its numbers
 
 
+def test_cli_study_run_prints_the_compact_table_or_with_wide_every_try(
+        live_service: tuple[str, FakeRunner], capsys: pytest.CaptureFixture[str]) -> None:
+    url, _ = live_service
+    argv = ["study", "run", "smoke", "--api", url, "--name", "cli-table", "--timeout", "60"]
+    assert cli_study.main(argv) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("\nmethod "):].strip().splitlines()
+    assert table[0].split() == ["method", "smoke-tiny", "smoke-tiny-p50"]
+    assert [line.split()[0] for line in table[2:4]] == ["outkd", "lift+place+featkd"]
+    assert all(line.split()[1:] == ["10.50", "±", "0.71", "*"] * 2 for line in table[2:4])  # fid = 10 + seed
+    assert "fid_digits, lower is better" in out and "over 2 seeds" in out and "Try 1" not in out
+    assert max(map(len, table)) <= 120
+    assert cli_study.main([*argv, "--wide"]) == 0  # the same study, followed again: every try this time
+    wide = capsys.readouterr().out
+    assert "Try 1" in wide and "| outkd | 10.00 | 11.00 |" in wide
+
+
 def test_cli_study_run_unreachable_service(capsys: pytest.CaptureFixture[str]) -> None:
     code = cli_study.main(["study", "run", "smoke", "--api", f"http://127.0.0.1:{_free_port()}",
                            "--connect-timeout", "1"])
