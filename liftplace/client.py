@@ -258,9 +258,7 @@ def follow(client: ServiceClient, runs: list[StudyRun], *, teachers: Iterable[st
                            bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}{postfix}]")
             counts: dict[str, int] = {}
             for job in jobs:
-                # A job handed to the executor but not started yet waits for a free worker.
-                state = "waiting" if job["status"] == "running" and not job.get("started_at") else job["status"]
-                counts[state] = counts.get(state, 0) + 1
+                counts[job["status"]] = counts.get(job["status"], 0) + 1
             if bar is not None:
                 bar.total = total
                 bar.n = round(_progress_fraction(jobs), 1)

@@ -2,19 +2,23 @@
 
 A background thread started with the app. Each round it
 
-1. passes cancel requests of running jobs to the executor,
+1. passes cancel requests of dispatched and running jobs to the executor,
 2. records the jobs that ended (outcome, teacher readiness, study cells) or whose worker died
    (retried while attempts remain, LIFTPLACE_MAX_ATTEMPTS; the worker resumes from its checkpoint),
-3. copies progress and log lines from the executor into the database,
-4. requeues running jobs the executor no longer knows (a lost task),
+3. copies progress and log lines from the executor into the database (a dispatched job's first
+   report means its worker has started it: it becomes running),
+4. requeues in-flight jobs the executor no longer knows (a lost task),
 5. fails queued jobs whose teacher failed to train,
 6. claims queued jobs whose teacher is ready and submits them, and
 7. logs finished study cells to the study's MLflow parent run.
 
-Claiming is a compare-and-set (``UPDATE jobs SET status='running' WHERE id=? AND
-status='queued'``), committed before the submit, so a job is never dispatched twice. At start-up
-every job left "running" by an earlier server is requeued (or marked cancelled if a cancel was
-asked for): a restart loses no queued job and leaves none stuck. One dispatcher per database.
+Claiming is a compare-and-set (``UPDATE jobs SET status='dispatched' WHERE id=? AND
+status='queued'``), committed before the submit, so a job is never dispatched twice. A job is
+"dispatched" while it waits in the executor for a worker and "running" once the worker has
+started it, so the queue never shows more jobs running than there are workers. At start-up
+every job left dispatched or running by an earlier server is requeued (or marked cancelled if a
+cancel was asked for): a restart loses no queued job and leaves none stuck. One dispatcher per
+database.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from server import aggregation
 from server.executors import Executor, Finished
-from server.models import TERMINAL_STATUSES, Dataset, Job, JobLog, Study, StudyCell, Teacher, utcnow
+from server.models import IN_FLIGHT_STATUSES, TERMINAL_STATUSES, Dataset, Job, JobLog, Study, StudyCell, Teacher, utcnow
 from server.settings import Settings
 from server.tracking import Tracking
 from worker.spec import RUN_ID_FILE, JobSpec
@@ -241,10 +245,10 @@ class Dispatcher:
         self._log_cells()
 
     def recover(self) -> None:
-        """Requeue every job an earlier server left running (or mark it cancelled if asked to), then
+        """Requeue every job an earlier server left in flight (or mark it cancelled if asked to), then
         write any study cell whose seeds all ended but that has no row (aggregation.repair_cells)."""
         with self.sessions.begin() as s:
-            for job in s.scalars(select(Job).where(Job.status == "running").order_by(Job.id)):
+            for job in s.scalars(select(Job).where(Job.status.in_(IN_FLIGHT_STATUSES)).order_by(Job.id)):
                 if job.cancel_requested:
                     end_job(s, self.settings, job, "cancelled", "cancelled (the server restarted while it ran)")
                 else:
@@ -257,7 +261,7 @@ class Dispatcher:
                             method)
 
     def _mine(self, s: Session, *, cancel: bool | None = None) -> list[Job]:
-        q = select(Job).where(Job.status == "running", Job.claimed_by == self.instance_id)
+        q = select(Job).where(Job.status.in_(IN_FLIGHT_STATUSES), Job.claimed_by == self.instance_id)
         if cancel is not None:
             q = q.where(Job.cancel_requested.is_(cancel))
         return list(s.scalars(q.order_by(Job.id)))
@@ -305,7 +309,7 @@ class Dispatcher:
     def _record(self, finished: Finished, offset: int, lines: list[str]) -> None:
         with self.sessions.begin() as s:
             job = s.get(Job, finished.job_id)
-            if job is None or job.status != "running":
+            if job is None or job.status not in IN_FLIGHT_STATUSES:
                 log.warning("job %s ended in the executor but is %s in the database; ignored", finished.job_id,
                             job.status if job else "missing")
                 return
@@ -390,9 +394,10 @@ class Dispatcher:
         with self.sessions.begin() as s:
             for job_id, report in reports.items():
                 job = s.get(Job, job_id)
-                if job is None or job.status != "running" or job.claimed_by != self.instance_id:
+                if job is None or job.status not in IN_FLIGHT_STATUSES or job.claimed_by != self.instance_id:
                     continue
                 now = utcnow()
+                job.status = "running"  # its worker reported: it has started
                 job.progress_step, job.progress_total = report.get("step"), report.get("total")
                 job.metrics = {**(job.metrics or {}), **_finite_metrics(report.get("metrics"))}
                 job.progress_at = now
@@ -403,7 +408,7 @@ class Dispatcher:
                 self._store_logs(s, job, offsets[job_id], logs[job_id])
 
     def _reconcile(self) -> None:
-        """Running jobs of this dispatcher that the executor does not know: their task was lost."""
+        """In-flight jobs of this dispatcher that the executor does not know: their task was lost."""
         active = self.executor.active() | set(self._unrecorded)
         with self.sessions.begin() as s:
             for job in self._mine(s):
@@ -426,11 +431,11 @@ class Dispatcher:
                 break
 
     def _claim(self, job_id: int) -> bool:
-        """Compare-and-set queued -> running, committed: only one dispatcher ever wins a job."""
+        """Compare-and-set queued -> dispatched, committed: only one dispatcher ever wins a job."""
         with self.sessions.begin() as s:
             result = s.execute(
                 update(Job).where(Job.id == job_id, Job.status == "queued").values(
-                    status="running", claimed_by=self.instance_id, attempts=Job.attempts + 1, dispatched_at=utcnow(),
+                    status="dispatched", claimed_by=self.instance_id, attempts=Job.attempts + 1, dispatched_at=utcnow(),
                     started_at=None, log_offset=0)
             )
             return result.rowcount == 1

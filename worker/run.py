@@ -208,6 +208,7 @@ class _Job:
             self.out.mkdir(parents=True, exist_ok=True)
             self.log(f"job {spec.job_id} ({spec.kind}, attempt {spec.attempt}) starting on {self.device} "
                      f"(pid {os.getpid()} on {socket.gethostname()})")
+            self.progress(0, spec.steps, {})  # the first report: the server now shows the job as running
             if (earlier := _earlier_success(self.out, spec)) is not None:
                 # Dispatched again after it had finished (its server stopped before recording the
                 # outcome): the result stands; sampling and scoring again would log it twice.

@@ -23,7 +23,7 @@ from server.api import (
     wake_dispatcher,
 )
 from server.dispatcher import add_log, end_job
-from server.models import Dataset, Job, JobLog, Study, StudyCell, Teacher
+from server.models import IN_FLIGHT_STATUSES, Dataset, Job, JobLog, Study, StudyCell, Teacher
 from server.schemas import (
     DistillOptions,
     JobCreate,
@@ -202,7 +202,7 @@ def get_job(job_id: RowId, session: SessionDep, settings: SettingsDep) -> JobRea
 
 
 def cancel_job_in(session: Session, settings: Settings, job: Job) -> bool:
-    """Cancel a queued job at once, or ask a running one to stop. False when it has already ended."""
+    """Cancel a queued job at once, or ask a dispatched or running one to stop. False when it has already ended."""
     if job.status == "queued":
         # Compare-and-set, like the dispatcher's claim: if it claimed the job meanwhile, cancel it running.
         won = session.execute(update(Job).where(Job.id == job.id, Job.status == "queued").values(status="cancelled"))
@@ -210,7 +210,7 @@ def cancel_job_in(session: Session, settings: Settings, job: Job) -> bool:
         if won.rowcount == 1:
             end_job(session, settings, job, "cancelled", "cancelled before it started")
             return True
-    if job.status == "running":
+    if job.status in IN_FLIGHT_STATUSES:
         if not job.cancel_requested:
             job.cancel_requested = True
             add_log(session, job.id, "cancel requested")

@@ -32,7 +32,7 @@ from server.api.jobs import (
     get_usable_teacher,
     options_of,
 )
-from server.models import JOB_STATUSES, Job, Study, StudyCell
+from server.models import IN_FLIGHT_STATUSES, JOB_STATUSES, Job, Study, StudyCell
 from server.schemas import CellRead, Page, StudyCreate, StudyRead, TableRead, invalid
 from server.settings import Settings
 from server.tracking import run_url
@@ -123,10 +123,11 @@ def get_study(study_id: RowId, session: SessionDep, settings: SettingsDep) -> St
 
 
 @router.post("/{study_id}/cancel", dependencies=WRITE, response_model=StudyRead,
-             summary="Cancel every queued or running job of a study")
+             summary="Cancel every queued, dispatched or running job of a study")
 def cancel_study(study_id: RowId, session: SessionDep, settings: SettingsDep, request: Request) -> StudyRead:
     study = load_study(session, study_id)
-    for job in session.scalars(select(Job).where(Job.study_id == study.id, Job.status.in_(("queued", "running")))):
+    for job in session.scalars(select(Job).where(Job.study_id == study.id,
+                                                 Job.status.in_(("queued", *IN_FLIGHT_STATUSES)))):
         cancel_job_in(session, settings, job)
     session.commit()
     wake_dispatcher(request)

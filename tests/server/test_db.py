@@ -55,3 +55,36 @@ def test_timestamps_come_back_in_utc(db_url: str) -> None:
         assert got == when and got.tzinfo is not None and got.utcoffset() == dt.timedelta(0)
     finally:
         engine.dispose()
+
+
+def test_the_dispatched_status_migrates_up_and_down(db_url: str) -> None:
+    """0004 admits "dispatched"; going back to 0003 turns a dispatched job into a running one (what it
+    was called before) and refuses the new status again."""
+    import pytest
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    insert = text("INSERT INTO datasets (name, kind, resolution, description, created_at) "
+                  "VALUES ('d', 'embedded', 8, '', CURRENT_TIMESTAMP)")
+    job = ("INSERT INTO jobs (kind, status, dataset_id, seed, steps, options, attempts, cancel_requested, log_offset, "
+           "metrics, reason, created_at) "
+           "VALUES ('teacher', :status, 1, 0, 1, '{}', 1, false, 0, '{}', '', CURRENT_TIMESTAMP)")
+    engine = make_engine(db_url)
+    cfg = alembic_config()
+    try:
+        run_migrations(engine)
+        with engine.begin() as conn:
+            conn.execute(insert)
+            conn.execute(text(job), {"status": "dispatched"})
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0003")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT status FROM jobs")).scalars().all() == ["running"]
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(text(job), {"status": "dispatched"})
+        run_migrations(engine)
+        with engine.begin() as conn:
+            conn.execute(text(job), {"status": "dispatched"})
+    finally:
+        engine.dispose()

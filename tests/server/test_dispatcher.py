@@ -119,7 +119,7 @@ def test_a_job_the_executor_forgot_is_requeued(harness: Harness) -> None:
         executor._futures.pop(job)
     harness.tick()
     got = harness.job(job)
-    assert got["status"] in ("queued", "running") and got["attempts"] in (1, 2)
+    assert got["status"] in ("queued", "dispatched", "running") and got["attempts"] in (1, 2)
     harness.runner.release()
     done = harness.wait_status(job, "succeeded")
     assert done["attempts"] == 2
@@ -142,3 +142,24 @@ def test_an_outcome_that_cannot_be_recorded_is_kept_and_retried(harness: Harness
     done = harness.wait_status(job, "succeeded")
     assert calls == [job, job] and done["fid"] == 13.0
     assert done["attempts"] == 1 and len(harness.runner.specs_of(job)) == 1  # not rerun as "lost"
+
+
+def test_a_job_is_dispatched_until_its_worker_starts_it(harness: Harness) -> None:
+    """Handed to the executor is not running: with 4 workers busy, a fifth job waits as "dispatched"
+    (no start time), and becomes "running" when a worker takes it."""
+    harness.runner.hold.set()
+    ids = [harness.submit(seed=seed)["id"] for seed in range(5)]
+    harness.tick_until(lambda: sorted(harness.job(i)["status"] for i in ids) == ["dispatched"] + ["running"] * 4,
+                       what="4 running, 1 dispatched")
+    waiting = next(i for i in ids if harness.job(i)["status"] == "dispatched")
+    got = harness.job(waiting)
+    assert got["dispatched_at"] and got["started_at"] is None and got["attempts"] == 1
+    listed = harness.client.get("/api/jobs", params={"status": "dispatched"}).json()
+    assert listed["total"] == 1 and [j["id"] for j in listed["items"]] == [waiting]
+    assert harness.client.get("/api/jobs", params={"status": "running"}).json()["total"] == 4
+    r = harness.client.post(f"/api/jobs/{waiting}/cancel")  # a dispatched job is cancelled like a running one
+    assert r.status_code == 200 and r.json()["status"] == "dispatched" and r.json()["cancel_requested"] is True
+    for i in ids:  # the running ones stop; the dispatched one then starts, sees its cancel and stops too
+        harness.client.post(f"/api/jobs/{i}/cancel")
+    for i in ids:
+        assert harness.wait_status(i, "cancelled")["status"] == "cancelled"

@@ -56,10 +56,11 @@ def test_dispatching_to_ray(make_harness, acted_out_jobs: None) -> None:
         assert executor._owns_ray is False
         looping = h.submit(seed=2, steps=10)["id"]
         waiting = h.submit(seed=0)["id"]
-        h.tick_until(lambda: h.job(looping)["progress"]["step"] == 1 and h.job(waiting)["status"] == "running",
+        h.tick_until(lambda: h.job(looping)["progress"]["step"] == 1 and h.job(waiting)["status"] == "dispatched",
                      timeout=60, what="one job running, one waiting in Ray")
         got = h.job(looping)
-        assert got["metrics"]["loss_total"] == 0.125 and got["started_at"] and h.job(waiting)["started_at"] is None
+        assert got["status"] == "running" and got["metrics"]["loss_total"] == 0.125 and got["started_at"]
+        assert h.job(waiting)["started_at"] is None  # handed to Ray, not started: "dispatched", not "running"
 
         assert h.client.post(f"/api/jobs/{waiting}/cancel").status_code == 200
         assert h.wait_status(waiting, "cancelled", timeout=60)["reason"] == "cancelled in Ray"

@@ -26,6 +26,7 @@ from server.settings import Settings
 from server.tracking import Tracking
 from tests.server.server_testkit import FakeRunner, make_local_teacher
 from tests.web.web_testkit import LiveServer
+from web.pages import POLL_MS
 
 STUDY_METHODS = ["outkd", "lift+place+featkd"]
 SEEDS = 2
@@ -313,3 +314,39 @@ def test_the_job_page_draws_curves_as_the_job_logs_them(tmp_path: Path, page: An
         shots(page, "running")
         runner.release()
         page.wait_for_function("() => document.querySelector('#job-status .badge')?.textContent === 'succeeded'")
+
+
+def test_the_queue_shows_jobs_waiting_for_a_worker_as_dispatched(tmp_path: Path, page: Any, shots: Any) -> None:
+    """Two workers, four jobs: the queue page shows two running and two dispatched (handed over, not
+    started); a job's page stops asking for updates once its job has ended."""
+    settings = _settings(tmp_path)
+    make_local_teacher(settings.teachers_dir, "tiny")
+    runner = FakeRunner()
+    runner.hold.set()  # jobs run until released
+    with LiveServer(create_app(settings, ThreadExecutor(runner, max_workers=2), tracking=False)) as server:
+        api = page.request
+        assert api.post(f"{server.url}/api/teachers", data={"source": "local", "name": "tiny"}).status == 201
+        ids = [api.post(f"{server.url}/api/jobs", data={"teacher": "tiny", "steps": 5, "seed": s}).json()["id"]
+               for s in range(4)]
+        page.goto(f"{server.url}/queue")
+        from playwright.sync_api import expect  # the page's CSP forbids wait_for_function's eval
+
+        expect(page.locator("#queue tr[data-status='running']")).to_have_count(2, timeout=20_000)
+        expect(page.locator("#queue tr[data-status='dispatched']")).to_have_count(2, timeout=20_000)
+        dispatched = page.locator("#queue tr[data-status='dispatched']")
+        assert dispatched.first.locator(".badge").inner_text().strip() == "dispatched"
+        assert "waiting for a free worker" in dispatched.first.inner_text()
+        shots(page, "dispatched")
+        assert sorted(j["status"] for j in api.get(f"{server.url}/api/jobs").json()["items"]) == [
+            "dispatched", "dispatched", "running", "running"]
+
+        # The job page polls while the job is live and stops once it has ended.
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url) if r.url.endswith(f"/api/jobs/{ids[0]}") else None)
+        page.goto(f"{server.url}/jobs/{ids[0]}")
+        runner.release()
+        page.wait_for_selector("#job-status .s-succeeded")
+        page.wait_for_timeout(500)
+        seen = len(asked)
+        page.wait_for_timeout(4 * POLL_MS)
+        assert len(asked) == seen, "the page of an ended job still polls"

@@ -175,7 +175,8 @@
       timer = setTimeout(tick, document.hidden ? ms * 4 : ms);
     }
     tick();
-    return {stop() { stopped = true; clearTimeout(timer); }, now() { clearTimeout(timer); tick(); }};
+    // now(): poll at once, and again from then on if fn had stopped the polling (e.g. a retried job).
+    return {stop() { stopped = true; clearTimeout(timer); }, now() { stopped = false; clearTimeout(timer); tick(); }};
   }
 
   // --- plots (plotly, served from the installed plotly package) ---------------------------------

@@ -35,7 +35,7 @@
 
     const actions = [];
     if (j.mlflow_url) actions.push(el("a", {class: "btn", href: j.mlflow_url, target: "_blank", rel: "noopener"}, "MLflow run ↗"));
-    if (j.status === "queued" || j.status === "running") {
+    if (j.status === "queued" || j.status === "dispatched" || j.status === "running") {
       actions.push(el("button", {class: "btn danger", type: "button", disabled: j.cancel_requested,
                                  onclick: () => jobAction(jobId, "cancel", refresher.now)},
                       j.cancel_requested ? "Cancelling…" : "Cancel"));
@@ -185,7 +185,7 @@
     if (!ended ? tick % 2 === 0 : !wasEnded) await refreshCurves();
     await refreshLog();
     tick += 1;
-    return true;  // keep polling: an ended job can be retried from this page or elsewhere
+    return !ended;  // an ended job changes no more; a retry from this page polls again (refresher.now)
   }
 
   const refresher = poll(refresh, LP.data.poll_ms);

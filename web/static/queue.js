@@ -27,7 +27,7 @@
       return job.waiting_for ? el("span", {class: "muted small"}, "waiting: " + job.waiting_for)
                              : el("span", {class: "muted small"}, "waiting for a worker");
     }
-    if (job.status === "running" && !job.started_at) {
+    if (job.status === "dispatched") {
       return el("span", {class: "muted small"}, "dispatched; waiting for a free worker");
     }
     const step = p.step === null ? 0 : p.step;
@@ -38,7 +38,7 @@
 
   function actions(job) {
     const out = [];
-    if (job.status === "queued" || job.status === "running") {
+    if (job.status === "queued" || job.status === "dispatched" || job.status === "running") {
       out.push(el("button", {class: "btn small danger", type: "button", disabled: job.cancel_requested,
                              title: job.cancel_requested ? "cancel requested; it stops at its next step" : "cancel this job",
                              onclick: () => jobAction(job.id, "cancel", refresher.now)},
@@ -91,7 +91,7 @@
   }
 
   // Jobs per status (one count query each).
-  const STATUSES = ["running", "queued", ...ENDED];
+  const STATUSES = ["running", "dispatched", "queued", ...ENDED];
   function fetchCounts() {
     return Promise.all(STATUSES.map((s) => {
       const q = new URLSearchParams({status: s, limit: 1});

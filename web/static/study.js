@@ -60,6 +60,8 @@
         return {text: "fail", href, cls: "failed", title: `${where} · failed (the job broke): not a try of the method, not in the mean`};
       case "cancelled":
         return {text: "canc.", href, cls: "pending", title: `${where} · cancelled`};
+      case "dispatched":
+        return {text: "disp.", href, cls: "pending", title: `${where} · dispatched, waiting for a free worker`};
       case "running": {
         const pct = run && run.fraction !== null ? Math.round(run.fraction * 100) + "%" : "…";
         return {text: pct, href, cls: "running", title: `${where} · running`};
@@ -215,7 +217,7 @@
     const stat = (k, v) => el("div", {class: "stat"}, el("span", {class: "v"}, v), el("span", {class: "k"}, k));
     replace($("study-stats"),
       stat("jobs ended", `${ended} / ${s.jobs}`), stat("running", s.status_counts.running || 0),
-      stat("queued", s.status_counts.queued || 0), stat("cells complete", `${s.cells_complete} / ${s.cells_total}`),
+      stat("dispatched", s.status_counts.dispatched || 0), stat("queued", s.status_counts.queued || 0), stat("cells complete", `${s.cells_complete} / ${s.cells_total}`),
       stat("collapses", collapses), stat("failed", s.status_counts.failed || 0));
     const fraction = s.jobs ? ended / s.jobs : 0;
     replace($("study-progress"), progress(fraction, `${ended} of ${s.jobs} jobs ended`, s.status === "ended" ? "succeeded" : "running"));
