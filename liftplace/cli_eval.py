@@ -54,7 +54,8 @@ def register(subparsers) -> None:
                    help=f"images to generate or read (default: {FID_NUM_SAMPLES} with --model, "
                         "every image with --samples)")
     p.add_argument("--features", choices=FEATURES, default=defaults.FID_FEATURES, help="feature space of the FID")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the sampling noise (and KID subsets)")
+    p.add_argument("--seed", type=_int_at_least(0), default=defaults.SEED,
+                   help="seed of the sampling noise (and KID subsets)")
     p.add_argument("--steps", type=_int_at_least(1), default=defaults.DDIM_STEPS, help="DDIM steps")
     p.add_argument("--batch-size", type=_int_at_least(1), default=defaults.SAMPLE_BATCH_SIZE,
                    help="images per sampling batch")
