@@ -95,24 +95,31 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = _HelpFormatter
     parser = argparse.ArgumentParser(
         prog="liftplace",
         description="Distill tiny diffusion students with LIFT and PLACE (CVPR 2026), and the baselines.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in (_register_train_teacher, _register_prune, _register_distill, _register_sample,
+                     _register_others):
+        register(sub)
+    return parser
 
+
+def _register_train_teacher(sub: argparse._SubParsersAction) -> None:
     from liftplace.presets import PRESET_NAMES
 
     p = sub.add_parser("train-teacher", help="train a DDPM teacher (UNet2DModel preset) on a dataset",
-                       formatter_class=fmt, description="Train a DDPM epsilon-prediction teacher.")
+                       formatter_class=_HelpFormatter, description="Train a DDPM epsilon-prediction teacher.")
     p.add_argument("--preset", choices=PRESET_NAMES, default="digits-s", help="teacher architecture")
     _add_data_flags(p)
     _add_training_flags(p)
     p.set_defaults(func=_cmd_train_teacher)
 
-    p = sub.add_parser("prune", help="make a student by Diff-Pruning a teacher", formatter_class=fmt,
+
+def _register_prune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prune", help="make a student by Diff-Pruning a teacher", formatter_class=_HelpFormatter,
                        description="Structurally prune a teacher UNet with torch-pruning (Diff-Pruning).")
     p.add_argument("--teacher", type=_existing_dir, required=True, help="diffusers model folder of the teacher")
     p.add_argument("--ratio", type=_ratio, default=defaults.STUDENT_RATIO,
@@ -124,8 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, required=True, help="folder for the pruned student (diffusers format)")
     p.set_defaults(func=_cmd_prune)
 
+
+def _register_distill(sub: argparse._SubParsersAction) -> None:
     methods_help = " ".join(f"{m.name}: {m.description}" for m in METHODS.values())
-    p = sub.add_parser("distill", help="distill a teacher into a pruned student", formatter_class=fmt,
+    p = sub.add_parser("distill", help="distill a teacher into a pruned student", formatter_class=_HelpFormatter,
                        description="Distill a frozen teacher into a student. Methods. " + methods_help)
     p.add_argument("--teacher", type=_existing_dir, required=True, help="diffusers model folder of the teacher")
     p.add_argument("--method", choices=METHOD_NAMES, default=PAPER_METHOD, help="distillation method")
@@ -157,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-steps", type=_positive_int, default=defaults.DDIM_STEPS, help="DDIM steps for the grid")
     p.set_defaults(func=_cmd_distill)
 
-    p = sub.add_parser("sample", help="sample a grid of images with DDIM", formatter_class=fmt,
+
+def _register_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="sample a grid of images with DDIM", formatter_class=_HelpFormatter,
                        description="Generate images from a teacher or student folder with DDIM (eta = 0).")
     p.add_argument("--model", type=_existing_dir, required=True, help="diffusers model folder")
     p.add_argument("--num-samples", type=_positive_int, default=defaults.GRID_SAMPLES, help="number of images")
@@ -170,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device; default cuda if available, else cpu")
     p.set_defaults(func=_cmd_sample)
 
+
+def _register_others(sub: argparse._SubParsersAction) -> None:
+    """The evaluation and study commands, and those of installed plugins."""
     try:
         from liftplace import cli_eval
     except ImportError:  # the evaluation commands ship with liftplace.fid / liftplace.stats
@@ -189,7 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError:  # the platform's extra dependencies are not installed
             continue
         register(sub)
-    return parser
 
 
 # --- commands ------------------------------------------------------------------------------------
