@@ -62,7 +62,8 @@ FID_SAMPLES: int = 1000  # generated samples per FID; the paper uses 50K on Cele
 FID_FEATURES: str = "digits"  # feature space of the FID: "digits" (fid_digits) or "inception"
 
 # --- data --------------------------------------------------------------------------
-DATASET: str = "digits"  # the embedded sklearn digits
+EMBEDDED_DATASETS: tuple[str, ...] = ("digits",)  # shipped with liftplace (the sklearn digits), by name
+DATASET: str = "digits"
 DIGITS_RESOLUTION: int = 8  # native sklearn digits size; K = 16 divides 8*8
 IMAGE_FOLDER_RESOLUTION: int = 64
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
