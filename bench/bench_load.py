@@ -136,12 +136,18 @@ def fill_jobs(database_url: str, n: int, seed_base: int = 1_000_000) -> float:
     """Insert `n` jobs in one bulk insert (statuses after STATUS_MIX); seconds it took."""
     from sqlalchemy import insert, select
 
+    from liftplace import defaults
     from liftplace.methods import METHOD_NAMES
     from server.db import make_engine
     from server.models import Dataset, Job, Teacher
 
     engine = make_engine(database_url)
     statuses = [s for s, weight in STATUS_MIX for _ in range(weight)]
+    # the options a job stores when it keeps every default
+    options = {"batch_size": defaults.BATCH_SIZE, "lr": defaults.LEARNING_RATE, "group_size": defaults.GROUP_SIZE,
+               "coarse": defaults.COARSE_DISTANCE, "curriculum": defaults.CURRICULUM, "reduction": defaults.REDUCTION,
+               "fid_samples": defaults.FID_SAMPLES, "sample_steps": defaults.DDIM_STEPS,
+               "checkpoint_every": defaults.CHECKPOINT_EVERY}
     start = time.perf_counter()
     with engine.begin() as conn:
         teacher_id = conn.scalar(select(Teacher.id).where(Teacher.name == TEACHER))
@@ -153,9 +159,8 @@ def fill_jobs(database_url: str, n: int, seed_base: int = 1_000_000) -> float:
             ended = status not in ("queued", "running")
             rows.append(dict(
                 kind="distill", status=status, teacher_id=teacher_id, dataset_id=dataset_id,
-                method=METHOD_NAMES[i % len(METHOD_NAMES)], seed=seed_base + i, student_ratio=0.9, steps=1000,
-                options={"batch_size": 64, "lr": 2e-4, "group_size": 16, "coarse": "l1", "curriculum": True,
-                         "reduction": "sum", "fid_samples": 1000, "sample_steps": 100, "checkpoint_every": 100},
+                method=METHOD_NAMES[i % len(METHOD_NAMES)], seed=seed_base + i, student_ratio=defaults.STUDENT_RATIO,
+                steps=1000, options=options,
                 attempts=1 if status != "queued" else 0, cancel_requested=False, log_offset=0,
                 progress_step=1000 if ended else None, progress_total=1000 if status != "queued" else None,
                 metrics={f"loss_{k}": 0.1 * j for j, k in enumerate(("total", "diff", "kd", "feat", "coarse", "fine"))}

@@ -23,9 +23,12 @@ import torch
 
 from liftplace import defaults
 from liftplace.losses import FeatureKD, diffusion_loss, lift_place, outkd
+from liftplace.methods import PAPER_METHOD
 from liftplace.models import build_unet, count_parameters
 from liftplace.pruning import prune
 from liftplace.schedulers import make_ddpm_scheduler
+
+BASELINE = "outkd+featkd"  # the paper's method against the output+feature KD baseline
 
 
 def _sync(device: torch.device) -> None:
@@ -37,15 +40,15 @@ def bench(resolution: int, repeats: int, batch: int, device: torch.device) -> di
     teacher = build_unet("ddpm-celeba64", sample_size=resolution, in_channels=3, seed=0).to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    base_student = prune(teacher, 0.9, "magnitude").model
+    base_student = prune(teacher, defaults.STUDENT_RATIO, "magnitude").model
     print(f"  teacher {count_parameters(teacher):,} params, student {count_parameters(base_student):,} params")
     sched = make_ddpm_scheduler()
     g = torch.Generator().manual_seed(0)
     x0 = (torch.rand(batch, 3, resolution, resolution, generator=g) * 2 - 1).to(device)
     noise = torch.randn(x0.shape, generator=g).to(device)
-    t = torch.randint(0, 1000, (batch,), generator=g).to(device)
+    t = torch.randint(0, defaults.NUM_TRAIN_TIMESTEPS, (batch,), generator=g).to(device)
     x_t = sched.add_noise(x0, noise, t)
-    methods = ("outkd+featkd", "lift+place+featkd")
+    methods = (BASELINE, PAPER_METHOD)
     state = {}
     for method in methods:
         student = copy.deepcopy(base_student).to(device).train()
@@ -66,13 +69,13 @@ def bench(resolution: int, repeats: int, batch: int, device: torch.device) -> di
             s = student(x_t, t).sample
             _sync(device)
             t1 = time.perf_counter()
-            kd = outkd(s, u) if method == "outkd+featkd" else lift_place(s, u, group_size=16).loss
+            kd = outkd(s, u) if method == BASELINE else lift_place(s, u, group_size=defaults.GROUP_SIZE).loss
             _sync(device)
             t2 = time.perf_counter()
             loss = diffusion_loss(s, noise) + kd + defaults.LAMBDA_FEAT * feat.loss()
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(student.parameters(), defaults.GRAD_CLIP)
             opt.step()
             _sync(device)
             t3 = time.perf_counter()
@@ -106,12 +109,12 @@ def main() -> None:
         r = bench(res, args.repeats, args.batch, device)
         for key, value in r.items():
             print(f"  {key:28s} {1000 * value:10.1f} ms")
-        step_ratio = r["lift+place+featkd step"] / r["outkd+featkd step"]
-        loss_ratio = r["lift+place+featkd loss"] / r["outkd+featkd loss"]
-        print(f"  step ratio lift+place+featkd / outkd+featkd = {step_ratio:.4f}")
+        step_ratio = r[f"{PAPER_METHOD} step"] / r[f"{BASELINE} step"]
+        loss_ratio = r[f"{PAPER_METHOD} loss"] / r[f"{BASELINE} loss"]
+        print(f"  step ratio {PAPER_METHOD} / {BASELINE} = {step_ratio:.4f}")
         print(f"  loss ratio lift+place / outkd               = {loss_ratio:.2f}")
         print(f"  LIFT+PLACE loss share of its step           = "
-              f"{100 * r['lift+place+featkd loss'] / r['lift+place+featkd step']:.2f}%")
+              f"{100 * r[f'{PAPER_METHOD} loss'] / r[f'{PAPER_METHOD} step']:.2f}%")
 
 
 if __name__ == "__main__":

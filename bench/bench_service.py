@@ -67,7 +67,11 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("outkd", "lift+place+featkd")
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from liftplace.methods import PAPER_METHOD  # noqa: E402  (imports no torch)
+
+METHODS = ("outkd", PAPER_METHOD)
 TERMINAL = frozenset({"succeeded", "failed", "diverged", "cancelled"})
 STARTUP_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 60.0

@@ -37,11 +37,14 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from liftplace.studies import get_study_preset  # noqa: E402  (no torch import: cheap)
+from liftplace import defaults  # noqa: E402  (liftplace.defaults and .studies import no torch: cheap)
+from liftplace.studies import StudyPreset, get_study_preset  # noqa: E402
 
 CSV_FIELDS = ("kind", "name", "step", "fid_digits", "elapsed_s", "step_ms")
 
@@ -178,8 +181,7 @@ def real_vs_real(resolution: int, seed: int = 0) -> float:
     return compute_fid(data[idx[:half]], data[idx[half:]], features="digits").fid
 
 
-def main() -> None:
-    stability = get_study_preset("stability")
+def _parser(stability: StudyPreset) -> argparse.ArgumentParser:
     largest = stability.teachers[0]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=("teacher", "student", "plot", "noise"),
@@ -191,14 +193,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="default: the stability preset's")
     p.add_argument("--eval-every", type=int, default=None, help="default: steps / 6")
     p.add_argument("--lr", type=float, default=None, help="default: the stability preset's")
-    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
-                   help="default: the stability preset's (constant for a teacher)")
+    p.add_argument("--lr-schedule", choices=defaults.LR_SCHEDULES, default=None,
+                   help=f"default: the stability preset's ({defaults.LR_SCHEDULE} for a teacher)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the stability preset's")
     p.add_argument("--student-ratio", type=float, default=stability.student_ratio)
     p.add_argument("--resolution", type=int, default=stability.options["resolution"])
     p.add_argument("--fid-samples", type=int, default=stability.options["fid_samples"])
     p.add_argument("--sample-steps", type=int, default=stability.options["sample_steps"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=defaults.SEED)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--label", help="appended to each curve's name (\"METHOD, LABEL\"), e.g. the setting compared")
@@ -208,73 +210,106 @@ def main() -> None:
     p.add_argument("--noise-seeds", type=int, default=8, help="kind noise: sampling seeds per checkpoint")
     p.add_argument("--title", help="plot title (kind plot)")
     p.add_argument("--mark-step", type=int, help="draw a vertical line at this step (kind plot): the study's budget")
+    return p
+
+
+def _train_options(args: argparse.Namespace, stability: StudyPreset) -> dict[str, Any]:
+    """steps, lr, lr_schedule, batch_size and checkpoint_every (= --eval-every) of the curves: the flags, else
+    the stability preset's (its largest teacher's for kind teacher, its students' otherwise)."""
+    train = stability.teachers[0].train if args.kind == "teacher" else stability.options
+    steps = args.steps if args.steps is not None else int(train["steps"])
+    return dict(
+        steps=steps,
+        lr=args.lr if args.lr is not None else float(train["lr"]),
+        lr_schedule=args.lr_schedule or str(train.get("lr_schedule", defaults.LR_SCHEDULE)),
+        batch_size=args.batch_size if args.batch_size is not None else int(train["batch_size"]),
+        checkpoint_every=args.eval_every if args.eval_every is not None else max(1, steps // 6),
+    )
+
+
+def _kept_rows(args: argparse.Namespace, out_csv: Path) -> list[dict]:
+    """With --append, the rows of OUTPUT/convergence.csv of curves this run does not redraw; else none."""
+    if not (args.append and args.kind in ("teacher", "student") and out_csv.is_file()):
+        return []
+    names = [args.preset] if args.kind == "teacher" else args.methods
+    new_names = {_curve_name(n, args.label) for n in names}
+    return [r for r in csv.DictReader(open(out_csv)) if r["name"] not in new_names]
+
+
+def _teacher_curve(args: argparse.Namespace, options: dict[str, Any], data, curve: Callable[..., _Curve]) -> str:
+    """Train a teacher of --preset, scoring every checkpoint; saves it to OUTPUT/teacher/model. Returns a title."""
+    from liftplace.models import build_unet, count_parameters, save_unet
+    from liftplace.training import TeacherConfig, train_teacher
+
+    config = TeacherConfig(seed=args.seed, **options)
+    model = build_unet(args.preset, sample_size=args.resolution, seed=args.seed)
+    print(f"teacher {args.preset}: {count_parameters(model):,} parameters; {config.steps} steps, lr {config.lr}, "
+          f"batch {config.batch_size}", flush=True)
+    res = train_teacher(model, data, config, checkpoint_dir=args.output / "teacher" / "checkpoint",
+                        callbacks=[curve("teacher", _curve_name(args.preset, args.label))])
+    save_unet(res.ema_model, args.output / "teacher" / "model")
+    return (f"teacher {args.preset} ({count_parameters(model) / 1e6:.1f}M), batch {config.batch_size}, "
+            f"lr {config.lr}")
+
+
+def _student_curves(args: argparse.Namespace, options: dict[str, Any], data, curve: Callable[..., _Curve]) -> str:
+    """Distil one student per --methods from --teacher, scoring every checkpoint. Returns a title."""
+    from liftplace.models import count_parameters, load_unet
+    from liftplace.training import DistillConfig, distill
+
+    teacher = load_unet(args.teacher)
+    for method in args.methods:
+        name = _curve_name(method, args.label)
+        config = DistillConfig(method=method, student_ratio=args.student_ratio, seed=args.seed, **options)
+        res = distill(teacher, data=data, config=config, checkpoint_dir=args.output / _slug(name) / "checkpoint",
+                      callbacks=[curve("student", name)])
+        print(f"student {method}: {res.parameters:,} of {res.teacher_parameters:,} parameters "
+              f"({100 * res.parameters / res.teacher_parameters:.2f}%)", flush=True)
+    return (f"students at ratio {args.student_ratio} of a {count_parameters(teacher) / 1e6:.1f}M teacher, "
+            f"batch {options['batch_size']}, lr {options['lr']} ({options['lr_schedule']})")
+
+
+def main() -> None:
+    stability = get_study_preset("stability")
+    p = _parser(stability)
     args = p.parse_args()
+    if args.kind == "student" and args.teacher is None:
+        p.error("--teacher: required for kind student")
+    out_csv = args.output / "convergence.csv"
+    if args.kind in ("noise", "plot") and not out_csv.is_file():
+        p.error(f"--output: no {out_csv} to read (run kind teacher or student first)")
 
     os.environ.setdefault("LIFTPLACE_CACHE_DIR", tempfile.mkdtemp(prefix="liftplace-conv-"))
     import torch
 
     from liftplace.data import load_digits
-    from liftplace.models import build_unet, count_parameters, load_unet, save_unet
-    from liftplace.training import distill, train_teacher
 
     torch.set_num_threads(args.threads)
-    train = largest.train if args.kind == "teacher" else stability.options  # plot: the students' settings
-    steps = args.steps or int(train["steps"])
-    lr = args.lr or float(train["lr"])
-    schedule = args.lr_schedule or str(train.get("lr_schedule", "constant"))
-    batch = args.batch_size or int(train["batch_size"])
-    every = args.eval_every or max(1, steps // 6)
+    options = _train_options(args, stability)
     args.output.mkdir(parents=True, exist_ok=True)
-    out_csv = args.output / "convergence.csv"
-    rows: list[dict] = []
-    if args.append and args.kind != "plot" and out_csv.is_file():
-        new_names = {_curve_name(m, args.label) for m in args.methods} if args.kind == "student" else {
-            _curve_name(args.preset, args.label)}
-        rows = [r for r in csv.DictReader(open(out_csv)) if r["name"] not in new_names]
-    data = load_digits(args.resolution)
-    real = real_vs_real(args.resolution, args.seed)
-    if args.kind in ("noise", "plot") and not out_csv.is_file():
-        p.error(f"--output: no {out_csv} to read (run kind teacher or student first)")
     if args.kind == "noise":
         fid_noise(args.output, rows_of(out_csv), args.noise_seeds, args.fid_samples, args.sample_steps)
         return
+    real = real_vs_real(args.resolution, args.seed)
     if args.kind == "plot":
         rows = rows_of(out_csv)
-        kinds = {r["kind"] for r in rows}
-        _plot(rows, args.output / "convergence.png",
-              args.title or f"{'/'.join(sorted(kinds))} convergence, batch {batch}, lr {lr}", real, args.mark_step)
+        title = args.title or (f"{'/'.join(sorted({r['kind'] for r in rows}))} convergence, "
+                               f"batch {options['batch_size']}, lr {options['lr']}")
+        _plot(rows, args.output / "convergence.png", title, real, args.mark_step)
         print(f"wrote {args.output / 'convergence.png'}")
         return
+    data = load_digits(args.resolution)
     print(f"device: CPU ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
           f"{args.threads} thread(s); digits {tuple(data.shape)}; real vs real fid_digits (disjoint halves) = "
           f"{real:.3f}", flush=True)
+    rows = _kept_rows(args, out_csv)
 
     def curve(kind: str, name: str) -> _Curve:
         return _Curve(kind, name, fid_samples=args.fid_samples, sample_steps=args.sample_steps, seed=args.seed,
                       rows=rows, out_csv=out_csv)
 
-    if args.kind == "teacher":
-        model = build_unet(args.preset, sample_size=args.resolution, seed=args.seed)
-        print(f"teacher {args.preset}: {count_parameters(model):,} parameters; {steps} steps, lr {lr}, "
-              f"batch {batch}", flush=True)
-        res = train_teacher(model, data, steps=steps, seed=args.seed, batch_size=batch, lr=lr, lr_schedule=schedule,
-                            checkpoint_dir=args.output / "teacher" / "checkpoint", checkpoint_every=every,
-                            callbacks=[curve("teacher", _curve_name(args.preset, args.label))])
-        save_unet(res.ema_model, args.output / "teacher" / "model")
-        title = f"teacher {args.preset} ({count_parameters(model) / 1e6:.1f}M), batch {batch}, lr {lr}"
-    else:
-        if args.teacher is None:
-            p.error("--teacher: required for kind student")
-        teacher = load_unet(args.teacher)
-        for method in args.methods:
-            res = distill(teacher, args.student_ratio, method, args.seed, steps, data=data, batch_size=batch, lr=lr,
-                          lr_schedule=schedule,
-                          checkpoint_dir=args.output / _slug(_curve_name(method, args.label)) / "checkpoint",
-                          checkpoint_every=every, callbacks=[curve("student", _curve_name(method, args.label))])
-            print(f"student {method}: {res.parameters:,} of {res.teacher_parameters:,} parameters "
-                  f"({100 * res.parameters / res.teacher_parameters:.2f}%)", flush=True)
-        title = (f"students at ratio {args.student_ratio} of a {count_parameters(teacher) / 1e6:.1f}M teacher, "
-                 f"batch {batch}, lr {lr} ({schedule})")
+    run = _teacher_curve if args.kind == "teacher" else _student_curves
+    title = run(args, options, data, curve)
     rows = [dict(r, step=int(r["step"]), fid_digits=float(r["fid_digits"])) for r in rows]
     _plot(rows, args.output / "convergence.png", title, real)
     print(f"wrote {out_csv} and {args.output / 'convergence.png'}")

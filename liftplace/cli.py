@@ -11,9 +11,10 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 from liftplace import defaults
-from liftplace.methods import METHOD_NAMES, METHODS
+from liftplace.methods import METHOD_NAMES, METHODS, PAPER_METHOD
 
 __all__ = ["main", "build_parser"]
 
@@ -70,7 +71,7 @@ def _existing_dir(text: str) -> Path:
 
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digits",
+    p.add_argument("--dataset", default=defaults.DATASET,
                    help="'digits' (embedded sklearn digits) or a local folder of png/jpg images")
     p.add_argument("--resolution", type=_positive_int, default=None,
                    help=f"image size; default {defaults.DIGITS_RESOLUTION} for digits, "
@@ -79,14 +80,14 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_positive_int, required=True, help="optimisation steps")
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of data order, noise and init")
+    p.add_argument("--seed", type=_non_negative_int, default=defaults.SEED, help="seed of data order, noise and init")
     p.add_argument("--batch-size", type=_positive_int, default=defaults.BATCH_SIZE, help="images per step")
     p.add_argument("--lr", type=_positive_float, default=defaults.LEARNING_RATE, help="Adam learning rate")
     p.add_argument("--lr-schedule", choices=defaults.LR_SCHEDULES, default=defaults.LR_SCHEDULE,
                    help="constant, or cosine decay from --lr to 0 over the steps")
     p.add_argument("--ema-decay", type=float, default=defaults.EMA_DECAY, help="EMA decay (warmed up)")
     p.add_argument("--flip", action="store_true", help="random horizontal flips (not for digits)")
-    p.add_argument("--checkpoint-every", type=_non_negative_int, default=500,
+    p.add_argument("--checkpoint-every", type=_non_negative_int, default=defaults.CHECKPOINT_EVERY,
                    help="write OUTPUT/checkpoint/last.pt every N steps (0: only at the end)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint/last.pt if it exists")
     p.add_argument("--device", default=None, help="torch device; default cuda if available, else cpu")
@@ -94,40 +95,49 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = _HelpFormatter
     parser = argparse.ArgumentParser(
         prog="liftplace",
         description="Distill tiny diffusion students with LIFT and PLACE (CVPR 2026), and the baselines.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in (_register_train_teacher, _register_prune, _register_distill, _register_sample,
+                     _register_others):
+        register(sub)
+    return parser
 
+
+def _register_train_teacher(sub: argparse._SubParsersAction) -> None:
     from liftplace.presets import PRESET_NAMES
 
     p = sub.add_parser("train-teacher", help="train a DDPM teacher (UNet2DModel preset) on a dataset",
-                       formatter_class=fmt, description="Train a DDPM epsilon-prediction teacher.")
+                       formatter_class=_HelpFormatter, description="Train a DDPM epsilon-prediction teacher.")
     p.add_argument("--preset", choices=PRESET_NAMES, default="digits-s", help="teacher architecture")
     _add_data_flags(p)
     _add_training_flags(p)
     p.set_defaults(func=_cmd_train_teacher)
 
-    p = sub.add_parser("prune", help="make a student by Diff-Pruning a teacher", formatter_class=fmt,
+
+def _register_prune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prune", help="make a student by Diff-Pruning a teacher", formatter_class=_HelpFormatter,
                        description="Structurally prune a teacher UNet with torch-pruning (Diff-Pruning).")
     p.add_argument("--teacher", type=_existing_dir, required=True, help="diffusers model folder of the teacher")
     p.add_argument("--ratio", type=_ratio, default=defaults.STUDENT_RATIO,
                    help="fraction of each layer's channels removed, in (0, 1)")
     p.add_argument("--importance", choices=defaults.PRUNING_IMPORTANCES, default=defaults.PRUNING_IMPORTANCE,
                    help="channel importance: Taylor (diffusion loss, early timesteps) or weight magnitude")
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the Taylor batches")
+    p.add_argument("--seed", type=_non_negative_int, default=defaults.SEED, help="seed of the Taylor batches")
     _add_data_flags(p)
     p.add_argument("--output", type=Path, required=True, help="folder for the pruned student (diffusers format)")
     p.set_defaults(func=_cmd_prune)
 
+
+def _register_distill(sub: argparse._SubParsersAction) -> None:
     methods_help = " ".join(f"{m.name}: {m.description}" for m in METHODS.values())
-    p = sub.add_parser("distill", help="distill a teacher into a pruned student", formatter_class=fmt,
+    p = sub.add_parser("distill", help="distill a teacher into a pruned student", formatter_class=_HelpFormatter,
                        description="Distill a frozen teacher into a student. Methods. " + methods_help)
     p.add_argument("--teacher", type=_existing_dir, required=True, help="diffusers model folder of the teacher")
-    p.add_argument("--method", choices=METHOD_NAMES, default="lift+place+featkd", help="distillation method")
+    p.add_argument("--method", choices=METHOD_NAMES, default=PAPER_METHOD, help="distillation method")
     p.add_argument("--student-ratio", type=_ratio, default=defaults.STUDENT_RATIO,
                    help="Diff-Pruning ratio that makes the student from the teacher, in (0, 1)")
     p.add_argument("--student", type=_existing_dir, default=None,
@@ -139,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coarse", choices=defaults.COARSE_DISTANCES, default=defaults.COARSE_DISTANCE,
                    help="distance of the coarse LIFT term")
     p.add_argument("--no-curriculum", action="store_true", help="fix the adaptive weight w to 1")
-    p.add_argument("--ablation", choices=["coarse", "fine"], default=None,
+    p.add_argument("--ablation", choices=[a for a in defaults.ABLATIONS if a is not None], default=None,
                    help="LIFT ablation: coarse term only or fine term only")
     p.add_argument("--reduction", choices=defaults.REDUCTIONS, default=defaults.REDUCTION,
                    help="'sum' over C*H*W per sample (pixel DDPM) or 'mean' over all elements")
@@ -151,24 +161,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"weight of FeatKD (default: the method's, {defaults.LAMBDA_FEAT} with featkd, else 0)")
     _add_data_flags(p)
     _add_training_flags(p)
-    p.add_argument("--samples", type=_non_negative_int, default=64,
+    p.add_argument("--samples", type=_non_negative_int, default=defaults.GRID_SAMPLES,
                    help="images in the sample grid written at the end (0: none)")
     p.add_argument("--sample-steps", type=_positive_int, default=defaults.DDIM_STEPS, help="DDIM steps for the grid")
     p.set_defaults(func=_cmd_distill)
 
-    p = sub.add_parser("sample", help="sample a grid of images with DDIM", formatter_class=fmt,
+
+def _register_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="sample a grid of images with DDIM", formatter_class=_HelpFormatter,
                        description="Generate images from a teacher or student folder with DDIM (eta = 0).")
     p.add_argument("--model", type=_existing_dir, required=True, help="diffusers model folder")
-    p.add_argument("--num-samples", type=_positive_int, default=64, help="number of images")
+    p.add_argument("--num-samples", type=_positive_int, default=defaults.GRID_SAMPLES, help="number of images")
     p.add_argument("--steps", type=_positive_int, default=defaults.DDIM_STEPS, help="DDIM steps")
     p.add_argument("--eta", type=_non_negative_float, default=defaults.DDIM_ETA, help="DDIM eta")
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the initial noise")
+    p.add_argument("--seed", type=_non_negative_int, default=defaults.SEED, help="seed of the initial noise")
     p.add_argument("--batch-size", type=_positive_int, default=defaults.SAMPLE_BATCH_SIZE, help="images per batch")
     p.add_argument("--scale", type=_positive_int, default=4, help="pixel enlargement of the saved grid")
     p.add_argument("--output", type=Path, required=True, help="PNG file for the grid (a .pt tensor is saved beside)")
     p.add_argument("--device", default=None, help="torch device; default cuda if available, else cpu")
     p.set_defaults(func=_cmd_sample)
 
+
+def _register_others(sub: argparse._SubParsersAction) -> None:
+    """The evaluation and study commands, and those of installed plugins."""
     try:
         from liftplace import cli_eval
     except ImportError:  # the evaluation commands ship with liftplace.fid / liftplace.stats
@@ -189,7 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
             _register_unavailable(sub, ep.name, exc)
             continue
         register(sub)
-    return parser
 
 
 # --- platform commands without the platform extra ------------------------------------------------
@@ -225,11 +239,30 @@ def _load_data(args: argparse.Namespace, parser: argparse.ArgumentParser):
 
 
 def _device(args: argparse.Namespace):
-    import torch
+    from liftplace.device import pick_device
 
-    if args.device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(args.device)
+    return pick_device(args.device)
+
+
+_Config = TypeVar("_Config")
+
+
+def _config(cls: type[_Config], args: argparse.Namespace, parser: argparse.ArgumentParser, **fields: Any) -> _Config:
+    """A TeacherConfig / DistillConfig from the flags of the same names (and `fields`); a bad value
+    exits 2 naming its flag."""
+    import dataclasses
+
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    try:
+        return cls(**{**flags, **fields})
+    except ValueError as exc:
+        _exit_on(exc, parser)
+
+
+def _exit_on(exc: ValueError, parser: argparse.ArgumentParser) -> NoReturn:
+    """parser.error for a library error "FIELD: ...", naming the flag --FIELD."""
+    field = str(exc).split(":", 1)[0]
+    parser.error(f"--{field.replace('_', '-')}: {exc}")
 
 
 def _write_summary(output: Path, summary: dict) -> None:
@@ -239,19 +272,16 @@ def _write_summary(output: Path, summary: dict) -> None:
 
 def _cmd_train_teacher(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from liftplace.models import build_unet, save_unet
-    from liftplace.training import ProgressCallback, train_teacher
+    from liftplace.training import ProgressCallback, TeacherConfig, train_teacher
 
+    config = _config(TeacherConfig, args, parser)
     data = _load_data(args, parser)
     try:
         model = build_unet(args.preset, sample_size=data.shape[-1], in_channels=data.shape[1], seed=args.seed)
     except ValueError as exc:
         parser.error(f"--preset/--resolution: {exc}")
-    result = train_teacher(
-        model, data, steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
-        lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, flip=args.flip, device=_device(args),
-        checkpoint_dir=args.output / "checkpoint", checkpoint_every=args.checkpoint_every, resume=args.resume,
-        callbacks=[ProgressCallback("teacher")],
-    )
+    result = train_teacher(model, data, config, device=_device(args), checkpoint_dir=args.output / "checkpoint",
+                           resume=args.resume, callbacks=[ProgressCallback("teacher")])
     summary = {"command": "train-teacher", "preset": args.preset, "dataset": args.dataset, "steps": args.steps,
                "seed": args.seed, "outcome": result.outcome, "reason": result.reason,
                "parameters": result.parameters, "last_metrics": result.last_metrics}
@@ -281,25 +311,18 @@ def _cmd_prune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 def _cmd_distill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from liftplace.models import load_unet, save_unet
     from liftplace.sampling import sample, save_grid
-    from liftplace.training import ProgressCallback, distill
+    from liftplace.training import DistillConfig, ProgressCallback, distill
 
+    config = _config(DistillConfig, args, parser, curriculum=not args.no_curriculum)
     teacher = load_unet(args.teacher)
     data = _load_data(args, parser)
     student = load_unet(args.student) if args.student is not None else None
     try:
-        result = distill(
-            teacher, args.student_ratio, args.method, args.seed, args.steps, data=data, student=student,
-            importance=args.importance, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
-            group_size=args.group_size,
-            coarse=args.coarse, curriculum=not args.no_curriculum, ablation=args.ablation, reduction=args.reduction,
-            lambda_diff=args.lambda_diff, lambda_kd=args.lambda_kd, lambda_feat=args.lambda_feat,
-            ema_decay=args.ema_decay, flip=args.flip, device=_device(args),
-            checkpoint_dir=args.output / "checkpoint", checkpoint_every=args.checkpoint_every, resume=args.resume,
-            callbacks=[ProgressCallback(f"distill {args.method} seed {args.seed}")],
-        )
-    except ValueError as exc:
-        field = str(exc).split(":", 1)[0]
-        parser.error(f"--{field.replace('_', '-')}: {exc}")
+        result = distill(teacher, data=data, student=student, config=config, device=_device(args),
+                         checkpoint_dir=args.output / "checkpoint", resume=args.resume,
+                         callbacks=[ProgressCallback(f"distill {args.method} seed {args.seed}")])
+    except ValueError as exc:  # what only the data can tell (K must divide H*W, images that fit the teacher)
+        _exit_on(exc, parser)
     summary = {"command": "distill", "teacher": str(args.teacher), "method": args.method, "seed": args.seed,
                "steps": args.steps, "student_ratio": args.student_ratio, "outcome": result.outcome,
                "reason": result.reason, "diverged_step": result.diverged_step,

@@ -49,12 +49,13 @@ def register(subparsers) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", type=_existing_dir, help="diffusers model folder (teacher or student) to sample")
     src.add_argument("--samples", type=_existing_dir, help="folder of generated images (PNG/JPEG) to score")
-    p.add_argument("--dataset", default="digits", help="reference: 'digits' or a local image folder")
+    p.add_argument("--dataset", default=defaults.DATASET, help="reference: 'digits' or a local image folder")
     p.add_argument("--num-samples", type=_int_at_least(2), default=None,
                    help=f"images to generate or read (default: {FID_NUM_SAMPLES} with --model, "
                         "every image with --samples)")
-    p.add_argument("--features", choices=FEATURES, default="digits", help="feature space of the FID")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the sampling noise (and KID subsets)")
+    p.add_argument("--features", choices=FEATURES, default=defaults.FID_FEATURES, help="feature space of the FID")
+    p.add_argument("--seed", type=_int_at_least(0), default=defaults.SEED,
+                   help="seed of the sampling noise (and KID subsets)")
     p.add_argument("--steps", type=_int_at_least(1), default=defaults.DDIM_STEPS, help="DDIM steps")
     p.add_argument("--batch-size", type=_int_at_least(1), default=defaults.SAMPLE_BATCH_SIZE,
                    help="images per sampling batch")

@@ -24,7 +24,7 @@ __all__ = [
     "DATASET_NAMES",
 ]
 
-DATASET_NAMES: tuple[str, ...] = ("digits",)
+DATASET_NAMES: tuple[str, ...] = defaults.EMBEDDED_DATASETS
 
 
 def load_digits(resolution: int = defaults.DIGITS_RESOLUTION, *, split: str = "all") -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Every default and limit of liftplace, defined once.
 
-The CLI, the training loop and (later) the API schema and web form read these values
-from here, so a default changes in one place only.
+The CLI, the training loop, the job spec, the API schema and the web form read these values
+from here, so a default changes in one place only. Imports nothing (no torch): cheap to read.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ BETA_END: float = 0.02
 BETA_SCHEDULE: str = "linear"
 
 # --- optimisation ------------------------------------------------------------------
+STEPS: int = 100  # a short run; studies and the CLI choose their own budget
+SEED: int = 0
 LEARNING_RATE: float = 2e-4
 # "constant": the paper's; "cosine": decayed from lr to 0 over the run (short budgets: the run settles
 # before it ends instead of stopping mid-descent)
@@ -37,7 +39,9 @@ ADAM_EPS: float = 1e-8
 GRAD_CLIP: float = 1.0
 EMA_DECAY: float = 0.9999
 BATCH_SIZE: int = 64
-CHECKPOINT_EVERY: int = 0  # 0: no periodic checkpoints
+# Steps between the checkpoints of a run that has a checkpoint folder (0: only the final one).
+# Jobs resume from the last one, so a retry loses at most this many steps.
+CHECKPOINT_EVERY: int = 500
 LOG_EVERY: int = 1
 
 # --- students (Diff-Pruning) -------------------------------------------------------
@@ -51,8 +55,15 @@ TAYLOR_MAX_TIMESTEP_FRACTION: float = 0.3  # "early" timesteps: t < 0.3 T (low n
 DDIM_STEPS: int = 100
 DDIM_ETA: float = 0.0
 SAMPLE_BATCH_SIZE: int = 256
+GRID_SAMPLES: int = 64  # images in a sample grid
+
+# --- evaluation --------------------------------------------------------------------
+FID_SAMPLES: int = 1000  # generated samples per FID; the paper uses 50K on CelebA
+FID_FEATURES: str = "digits"  # feature space of the FID: "digits" (fid_digits) or "inception"
 
 # --- data --------------------------------------------------------------------------
+EMBEDDED_DATASETS: tuple[str, ...] = ("digits",)  # shipped with liftplace (the sklearn digits), by name
+DATASET: str = "digits"
 DIGITS_RESOLUTION: int = 8  # native sklearn digits size; K = 16 divides 8*8
 IMAGE_FOLDER_RESOLUTION: int = 64
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")

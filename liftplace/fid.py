@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from liftplace import defaults
+from liftplace.device import pick_device
 from liftplace.features import (
     FEATURE_EXTRACTORS,
     check_features,
@@ -55,7 +56,7 @@ __all__ = [
 ]
 
 # --- constants -----------------------------------------------------------------------------------
-FID_NUM_SAMPLES: int = 1000  # default number of generated samples (CLI); the paper uses 50K on CelebA
+FID_NUM_SAMPLES: int = defaults.FID_SAMPLES  # default number of generated samples (CLI)
 FID_BATCH_SIZE: int = 256  # images per batch in feature extraction
 KID_SUBSETS: int = 100  # torch-fidelity's default
 KID_SUBSET_SIZE: int = 1000  # torch-fidelity's default, lowered to the smaller set's size when needed
@@ -214,7 +215,7 @@ def _samples_input(
         if _is_model_dir(path):
             from liftplace.models import load_unet
 
-            source = load_unet(path, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            source = load_unet(path, device=pick_device(device))
         else:
             files = _image_files(path)
             if len(files) < 2:
@@ -292,7 +293,10 @@ def _cache_name(ref: _Input, features: str) -> str:
 
 
 def reference_cache_name(
-    dataset: str | Path | torch.Tensor = "digits", features: str = "digits", *, resolution: int | None = None
+    dataset: str | Path | torch.Tensor = defaults.DATASET,
+    features: str = defaults.FID_FEATURES,
+    *,
+    resolution: int | None = None,
 ) -> str:
     """The cache entry name of a reference set's statistics: content hash + extractor weights hash.
 
@@ -306,9 +310,7 @@ def reference_cache_name(
 
 
 def _device_is_cuda(device) -> bool:
-    if device is None:
-        return torch.cuda.is_available()
-    return torch.device(device).type == "cuda"
+    return pick_device(device).type == "cuda"
 
 
 def _common_kwargs(features: str, feature_layer: str | None, *, cuda: bool, cache: bool, progress: bool,
@@ -334,8 +336,8 @@ def _common_kwargs(features: str, feature_layer: str | None, *, cuda: bool, cach
 
 
 def reference_statistics(
-    dataset: str | Path | torch.Tensor = "digits",
-    features: str = "digits",
+    dataset: str | Path | torch.Tensor = defaults.DATASET,
+    features: str = defaults.FID_FEATURES,
     *,
     resolution: int | None = None,
     feature_layer: str | None = None,
@@ -368,9 +370,9 @@ def _default_layer(features: str) -> str:
 
 def compute_fid(
     samples: Source,
-    dataset: str | Path | torch.Tensor = "digits",
+    dataset: str | Path | torch.Tensor = defaults.DATASET,
     *,
-    features: str = "digits",
+    features: str = defaults.FID_FEATURES,
     num_samples: int | None = None,
     seed: int = 0,
     num_inference_steps: int = defaults.DDIM_STEPS,
@@ -466,7 +468,7 @@ def fid_between(
     images_a: torch.Tensor | str | Path,
     images_b: torch.Tensor | str | Path,
     *,
-    features: str = "digits",
+    features: str = defaults.FID_FEATURES,
     kid: bool = False,
     prc: bool = False,
     cache: bool = True,

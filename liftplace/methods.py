@@ -48,6 +48,8 @@ def _spec(name: str, kd: str, featkd: bool, description: str) -> MethodSpec:
     )
 
 
+PAPER_METHOD: str = "lift+place+featkd"  # the paper's full method, the default everywhere
+
 METHODS: dict[str, MethodSpec] = {
     m.name: m
     for m in (
@@ -57,12 +59,11 @@ METHODS: dict[str, MethodSpec] = {
         _spec("lift", "lift", False, "LIFT: a line per sample and channel, pushed to identity, then the residual."),
         _spec("lift+featkd", "lift", True, "LIFT plus FitNet feature distillation."),
         _spec("lift+place", "lift+place", False, "LIFT in groups of K positions ranked by teacher-student error."),
-        _spec("lift+place+featkd", "lift+place", True, "The paper's full method: LIFT+PLACE plus FeatKD."),
+        _spec(PAPER_METHOD, "lift+place", True, "The paper's full method: LIFT+PLACE plus FeatKD."),
     )
 }
 
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
-PAPER_METHOD: str = "lift+place+featkd"
 
 
 def get_method(name: str) -> MethodSpec:

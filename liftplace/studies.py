@@ -54,6 +54,11 @@ TABLE8_METHODS: tuple[str, ...] = ("lift", "lift+featkd", "lift+place", PAPER_ME
 SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)  # the paper's five tries per cell
 
 
+def _braced(names: tuple[str, ...]) -> str:
+    """Method names as a set in a description: "{outkd, outkd+featkd, ...}"."""
+    return "{" + ", ".join(names) + "}"
+
+
 def _frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
 
@@ -289,6 +294,7 @@ EMBEDDED_LABEL: str = ("embedded digits study (8x8, CPU): tiny models and a digi
 SMOKE_TRAIN: Mapping[str, Any] = _frozen(
     {"steps": 20, "lr": 1e-3, "batch_size": 16, "resolution": DIGITS_RESOLUTION, "checkpoint_every": 0,
      "fid_samples": 32, "sample_steps": 4})
+SMOKE_METHODS: tuple[str, ...] = ("outkd", PAPER_METHOD)
 SMOKE_OPTIONS: Mapping[str, Any] = _frozen({
     "steps": 10, "lr": 1e-3, "batch_size": 16, "resolution": DIGITS_RESOLUTION, "fid_samples": 32,
     "sample_steps": 4, "checkpoint_every": 0,
@@ -358,7 +364,7 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
         StudyPreset(
             name="stability",
             description="Embedded stability study (the paper's Table 6 at digits scale): a digits-s teacher and "
-                        "two pruned-and-retrained copies x {outkd, outkd+featkd, lift+place+featkd} x 5 seeds, "
+                        f"two pruned-and-retrained copies x {_braced(STABILITY_METHODS)} x 5 seeds, "
                         "one fixed student for every teacher as in the paper: the largest teacher pruned at 0.9 "
                         "(Diff-Pruning, Taylor).",
             label=EMBEDDED_LABEL,
@@ -373,24 +379,24 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
         _ablation("ablation-table8", "The paper's Table 8: LIFT, LIFT+FeatKD, LIFT+PLACE, LIFT+PLACE+FeatKD on "
                   "the largest stability teacher.", (StudyVariant("", TABLE8_METHODS),)),
         _ablation("ablation-group-size", "PLACE group size K in {4, 16, 64} (the paper's Fig. 7) with "
-                  "lift+place+featkd; at 8x8, K = 64 is one group (LIFT).",
+                  f"{PAPER_METHOD}; at 8x8, K = 64 is one group (LIFT).",
                   tuple(StudyVariant(f"k{k}", (PAPER_METHOD,), {"group_size": k}) for k in (4, 16, 64))),
-        _ablation("ablation-coarse", "L1 vs L2 coarse distance with lift+place+featkd.",
+        _ablation("ablation-coarse", f"L1 vs L2 coarse distance with {PAPER_METHOD}.",
                   tuple(StudyVariant(d, (PAPER_METHOD,), {"coarse": d}) for d in defaults.COARSE_DISTANCES)),
         _ablation("ablation-curriculum", "The adaptive coarse-to-fine weight w on and off (w = 1) with "
-                  "lift+place+featkd.",
+                  f"{PAPER_METHOD}.",
                   (StudyVariant("curriculum", (PAPER_METHOD,), {"curriculum": True}),
                    StudyVariant("no-curriculum", (PAPER_METHOD,), {"curriculum": False}))),
         StudyPreset(
             name="smoke",
             description="A plumbing check in about a minute: the test-sized teacher and a pruned copy x "
-                        "{outkd, lift+place+featkd} x 2 seeds, a few steps each.",
+                        f"{_braced(SMOKE_METHODS)} x 2 seeds, a few steps each.",
             label="smoke test: checks the pipeline only; the numbers mean nothing",
             dataset="digits",
             dataset_folder=None,
             teachers=_capacity_teachers(
                 TeacherPlan("smoke-tiny", "preset", preset="tiny", train=SMOKE_TRAIN), (0.5,), SMOKE_TRAIN),
-            variants=(StudyVariant("", ("outkd", PAPER_METHOD)),),
+            variants=(StudyVariant("", SMOKE_METHODS),),
             seeds=(0, 1),
             student_ratio=defaults.STUDENT_RATIO,
             options=SMOKE_OPTIONS,
@@ -398,8 +404,8 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
         StudyPreset(
             name="celeba64",
             description="The paper's Table 6 on a GPU cluster: the 78.7M CelebA 64x64 DDPM (a local diffusers "
-                        "folder) and three pruned-and-retrained copies x {outkd, outkd+featkd, "
-                        "lift+place+featkd} x 5 seeds, one 90%-pruned student (pruned from the 78.7M teacher), "
+                        f"folder) and three pruned-and-retrained copies x {_braced(STABILITY_METHODS)} "
+                        "x 5 seeds, one 90%-pruned student (pruned from the 78.7M teacher), "
                         "500K steps, Inception FID on 50K DDIM-100 samples.",
             label="the paper's protocol (CelebA 64x64, Inception FID on 50K samples)",
             dataset="celeba64",
@@ -415,7 +421,7 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
         StudyPreset(
             name="cifar10",
             description="The stability protocol on CIFAR-10 32x32: a local diffusers DDPM teacher (e.g. the "
-                        "35.7M CIFAR-10 DDPM) x {outkd, outkd+featkd, lift+place+featkd} x 5 seeds, 90%-pruned "
+                        f"35.7M CIFAR-10 DDPM) x {_braced(STABILITY_METHODS)} x 5 seeds, 90%-pruned "
                         "students, 500K steps, Inception FID on 50K DDIM-100 samples.",
             label="the paper's protocol on CIFAR-10 32x32 (Inception FID on 50K samples)",
             dataset="cifar10",

@@ -5,26 +5,31 @@ report metrics to callbacks; checkpoint every N steps. Randomness flows through 
 generators (data order, timesteps, noise), and checkpoints save them, so a seed fixes a
 run and a resumed run ends with exactly the weights of an uninterrupted one (on CPU).
 
-No Ray, MLflow or HTTP here: the worker adapts these callbacks to its own tracking.
+The options of a run are a `TeacherConfig` / `DistillConfig` (liftplace.config); `train_teacher`
+and `distill` also take them as keywords. No Ray, MLflow or HTTP here: the worker adapts these
+callbacks to its own tracking.
 """
 
 from __future__ import annotations
 
 import copy
+import enum
 import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from diffusers import UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 
 from liftplace import defaults
+from liftplace.config import DistillConfig, TeacherConfig, TrainConfig, check_ema_decay, check_lr_schedule
 from liftplace.data import BatchSampler
-from liftplace.losses import FeatureKD, diffusion_loss, lift_place, outkd
-from liftplace.methods import MethodSpec, get_method
+from liftplace.device import pick_device
+from liftplace.losses import FeatureKD, LiftPlaceOutput, diffusion_loss, lift_place, outkd
 from liftplace.models import count_parameters
 from liftplace.schedulers import make_ddpm_scheduler
 
@@ -37,6 +42,8 @@ __all__ = [
     "DistillResult",
     "train_teacher",
     "distill",
+    "TeacherConfig",
+    "DistillConfig",
     "load_checkpoint_model",
     "CHECKPOINT_NAME",
 ]
@@ -68,11 +75,9 @@ def lr_at(step: int, steps: int, lr: float, schedule: str = defaults.LR_SCHEDULE
     the first step to nearly 0 at the last; a function of the step only, so a resumed run continues
     the same curve.
     """
-    if schedule == "constant":
-        return lr
-    if schedule == "cosine":
+    if check_lr_schedule(schedule) == "cosine":
         return lr * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / steps))
-    raise ValueError(f"lr_schedule: expected one of {', '.join(defaults.LR_SCHEDULES)}, got {schedule!r}")
+    return lr
 
 
 class EMA:
@@ -83,9 +88,7 @@ class EMA:
     """
 
     def __init__(self, model: nn.Module, decay: float = defaults.EMA_DECAY):
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"ema_decay: expected 0 <= decay < 1, got {decay!r}")
-        self.decay = decay
+        self.decay = check_ema_decay(decay)
         self.num_updates = 0
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
@@ -188,22 +191,9 @@ class DistillResult(TrainResult):
     teacher_parameters: int = 0
 
 
-def _check_positive_int(name: str, value: object, maximum: int = defaults.MAX_STEPS) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise ValueError(f"{name}: expected an integer in 1..{maximum}, got {value!r}")
-    return value
-
-
-def _check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
-    return seed
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def _check_data(data: object) -> None:
+    if not isinstance(data, torch.Tensor) or data.dim() != 4:
+        raise ValueError("data: expected a [N, C, H, W] tensor in [-1, 1]")
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
@@ -234,299 +224,347 @@ StepFn = Callable[
 ]
 
 
-def _run_loop(
-    *,
-    model: UNet2DModel,
-    extra_modules: Sequence[nn.Module],
-    step_fn: StepFn,
-    data: torch.Tensor,
-    steps: int,
-    seed: int,
-    batch_size: int,
-    lr: float,
-    lr_schedule: str,
-    ema_decay: float,
-    grad_clip: float,
-    flip: bool,
-    device: torch.device,
-    checkpoint_dir: Path | None,
-    checkpoint_every: int,
-    resume: bool,
-    callbacks: Sequence[TrainingCallback],
-    run_info: dict,
-) -> TrainResult:
-    from liftplace.pruning import pruned_layout
+# --- the loop: its state, restored from and saved to a checkpoint, and one step ----------------------
 
-    if not isinstance(data, torch.Tensor) or data.dim() != 4:
-        raise ValueError("data: expected a [N, C, H, W] tensor in [-1, 1]")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr: expected a positive number, got {lr!r}")
-    if checkpoint_every < 0:
-        raise ValueError(f"checkpoint_every: expected >= 0, got {checkpoint_every!r}")
-    if lr_schedule not in defaults.LR_SCHEDULES:
-        raise ValueError(f"lr_schedule: expected one of {', '.join(defaults.LR_SCHEDULES)}, got {lr_schedule!r}")
-    if lr_schedule != defaults.LR_SCHEDULE:
-        # only when not the default: checkpoints of runs made before the option existed still resume
-        run_info = {**run_info, "lr_schedule": lr_schedule}
 
-    torch.manual_seed(seed)
+@dataclass(frozen=True)
+class _Runtime:
+    """Where and how a run executes (not part of its identity: a resume may change these)."""
+
+    device: torch.device
+    checkpoint_path: Path | None  # None: no checkpoints
+    resume: bool
+    callbacks: Sequence[TrainingCallback]
+
+    @classmethod
+    def of(cls, device: str | torch.device | None, checkpoint_dir: str | Path | None, resume: bool,
+           callbacks: Sequence[TrainingCallback]) -> _Runtime:
+        path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+        return cls(pick_device(device), path, resume, callbacks)
+
+
+@dataclass
+class _LoopState:
+    """Everything a checkpoint saves besides the run's identity: weights, optimizer, EMA, data and noise order."""
+
+    model: UNet2DModel
+    extra_modules: Sequence[nn.Module]
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    ema: EMA
+    sampler: BatchSampler
+    noise_gen: torch.Generator
+    scheduler: DDPMScheduler  # adds the noise of timestep t
+    device: torch.device
+
+
+def _new_state(model: UNet2DModel, extra_modules: Sequence[nn.Module], data: torch.Tensor, config: TrainConfig,
+               device: torch.device) -> _LoopState:
+    torch.manual_seed(config.seed)
     model.to(device).train()
     for m in extra_modules:
         m.to(device).train()
     params = [p for p in model.parameters()] + [p for m in extra_modules for p in m.parameters()]
-    optimizer = torch.optim.Adam(params, lr=lr, eps=defaults.ADAM_EPS)
-    ema = EMA(model, ema_decay)
-    sampler = BatchSampler(data, batch_size, seed=seed, flip=flip)
-    noise_gen = torch.Generator().manual_seed(seed + 1_000_003)  # distinct stream from the data order
-    scheduler = make_ddpm_scheduler()
-    T = scheduler.config.num_train_timesteps
-
-    start = 0
-    ckpt_path = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    if resume and ckpt_path is not None and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ckpt["run_info"] != run_info:
-            raise ValueError(
-                f"resume: the checkpoint at {ckpt_path} belongs to a different run "
-                f"({ckpt['run_info']} vs {run_info})"
-            )
-        model.load_state_dict(ckpt["model"])
-        for m, state in zip(extra_modules, ckpt["extra"], strict=True):
-            m.load_state_dict(state)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        ema.load_state_dict(ckpt["ema"])
-        ema.model.to(device)
-        sampler.load_state_dict(ckpt["sampler"])
-        noise_gen.set_state(ckpt["noise_gen"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        start = int(ckpt["step"])
-
-    def save_checkpoint(step: int) -> None:
-        if ckpt_path is None:
-            return
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        _save_atomic(
-            {
-                "step": step,
-                "run_info": run_info,
-                "model_config": dict(model.config),
-                "layout": pruned_layout(model),
-                "model": model.state_dict(),
-                "extra": [m.state_dict() for m in extra_modules],
-                "optimizer": optimizer.state_dict(),
-                "ema": ema.state_dict(),
-                "sampler": sampler.state_dict(),
-                "noise_gen": noise_gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-            },
-            ckpt_path,
-        )
-        for cb in callbacks:
-            cb.on_checkpoint(step, ckpt_path)
-
-    for cb in callbacks:
-        cb.on_start(start, steps)
-    outcome, diverged_step, last_metrics, step = "completed", None, {}, start
-    for step in range(start + 1, steps + 1):
-        x0 = sampler().to(device)
-        noise = torch.randn(x0.shape, generator=noise_gen).to(device)
-        t = torch.randint(0, T, (x0.shape[0],), generator=noise_gen).to(device)
-        x_t = scheduler.add_noise(x0, noise, t)
-        loss, parts = step_fn(x0, noise, t, x_t)
-        if not torch.isfinite(loss).item():
-            outcome, diverged_step = "diverged", step
-            last_metrics = {k: float(v) for k, v in parts.items()} | {"loss_total": float(loss.detach())}
-            break
-        if lr_schedule != "constant":
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, steps, lr, lr_schedule)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        if not torch.isfinite(grad_norm).item():
-            outcome, diverged_step = "diverged", step
-            last_metrics = {k: float(v) for k, v in parts.items()} | {"loss_total": float(loss.detach())}
-            break
-        optimizer.step()
-        ema.update(model)
-        last_metrics = {"loss_total": float(loss.detach())}
-        last_metrics.update({k: float(v) for k, v in parts.items()})
-        last_metrics["grad_norm"] = float(grad_norm)
-        for cb in callbacks:
-            cb.on_step(step, steps, last_metrics)
-        if checkpoint_every and step % checkpoint_every == 0 and step < steps:
-            save_checkpoint(step)
-        if any(cb.should_stop() for cb in callbacks):
-            save_checkpoint(step)
-            outcome = "stopped"
-            break
-    else:
-        step = steps
-    if outcome == "completed":
-        save_checkpoint(steps)
-    result = TrainResult(
+    return _LoopState(
         model=model,
-        ema_model=ema.model,
+        extra_modules=extra_modules,
+        params=params,
+        optimizer=torch.optim.Adam(params, lr=config.lr, eps=defaults.ADAM_EPS),
+        ema=EMA(model, config.ema_decay),
+        sampler=BatchSampler(data, config.batch_size, seed=config.seed, flip=config.flip),
+        noise_gen=torch.Generator().manual_seed(config.seed + 1_000_003),  # distinct stream from the data order
+        scheduler=make_ddpm_scheduler(),
+        device=device,
+    )
+
+
+def _restore(state: _LoopState, path: Path, run_info: dict) -> int:
+    """Load the checkpoint at `path` into `state`; returns its step. ValueError if it is another run's."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt["run_info"] != run_info:
+        raise ValueError(
+            f"resume: the checkpoint at {path} belongs to a different run ({ckpt['run_info']} vs {run_info})"
+        )
+    state.model.load_state_dict(ckpt["model"])
+    for m, saved in zip(state.extra_modules, ckpt["extra"], strict=True):
+        m.load_state_dict(saved)
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.ema.load_state_dict(ckpt["ema"])
+    state.ema.model.to(state.device)
+    state.sampler.load_state_dict(ckpt["sampler"])
+    state.noise_gen.set_state(ckpt["noise_gen"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    return int(ckpt["step"])
+
+
+def _checkpoint(state: _LoopState, step: int, run_info: dict, runtime: _Runtime) -> None:
+    """Save `state` at `step` to the run's checkpoint file (if it has one) and tell the callbacks."""
+    from liftplace.pruning import pruned_layout
+
+    path = runtime.checkpoint_path
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save_atomic(
+        {
+            "step": step,
+            "run_info": run_info,
+            "model_config": dict(state.model.config),
+            "layout": pruned_layout(state.model),
+            "model": state.model.state_dict(),
+            "extra": [m.state_dict() for m in state.extra_modules],
+            "optimizer": state.optimizer.state_dict(),
+            "ema": state.ema.state_dict(),
+            "sampler": state.sampler.state_dict(),
+            "noise_gen": state.noise_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        },
+        path,
+    )
+    for cb in runtime.callbacks:
+        cb.on_checkpoint(step, path)
+
+
+def _backward(state: _LoopState, loss: torch.Tensor, step: int, config: TrainConfig) -> torch.Tensor:
+    """Set the step's learning rate, backpropagate `loss` and clip; returns the total gradient norm."""
+    if config.lr_schedule != "constant":
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr_at(step, config.steps, config.lr, config.lr_schedule)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    return torch.nn.utils.clip_grad_norm_(state.params, config.grad_clip)
+
+
+def _train_step(state: _LoopState, step_fn: StepFn, step: int, config: TrainConfig) -> tuple[dict[str, float], bool]:
+    """One optimisation step: (its metrics, True), or (the metrics of its loss, False) when the loss or its
+    gradient is not finite, in which case nothing is updated."""
+    scheduler = state.scheduler
+    x0 = state.sampler().to(state.device)
+    noise = torch.randn(x0.shape, generator=state.noise_gen).to(state.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=state.noise_gen)
+    t = t.to(state.device)
+    x_t = scheduler.add_noise(x0, noise, t)
+    loss, parts = step_fn(x0, noise, t, x_t)
+    grad_norm = _backward(state, loss, step, config) if torch.isfinite(loss).item() else None
+    if grad_norm is None or not torch.isfinite(grad_norm).item():
+        return {k: float(v) for k, v in parts.items()} | {"loss_total": float(loss.detach())}, False
+    state.optimizer.step()
+    state.ema.update(state.model)
+    metrics = {"loss_total": float(loss.detach())}
+    metrics.update({k: float(v) for k, v in parts.items()})
+    metrics["grad_norm"] = float(grad_norm)
+    return metrics, True
+
+
+def _steps(state: _LoopState, step_fn: StepFn, config: TrainConfig, start: int, run_info: dict,
+           runtime: _Runtime) -> tuple[str, int, dict[str, float]]:
+    """Steps start+1..config.steps: (outcome, the last step done or the diverged step, its metrics)."""
+    metrics: dict[str, float] = {}
+    for step in range(start + 1, config.steps + 1):
+        metrics, finite = _train_step(state, step_fn, step, config)
+        if not finite:
+            return "diverged", step, metrics
+        for cb in runtime.callbacks:
+            cb.on_step(step, config.steps, metrics)
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+            _checkpoint(state, step, run_info, runtime)
+        if any(cb.should_stop() for cb in runtime.callbacks):
+            _checkpoint(state, step, run_info, runtime)
+            return "stopped", step, metrics
+    _checkpoint(state, config.steps, run_info, runtime)
+    return "completed", config.steps, metrics
+
+
+def _run_loop(*, model: UNet2DModel, extra_modules: Sequence[nn.Module], step_fn: StepFn, data: torch.Tensor,
+              config: TrainConfig, runtime: _Runtime, run_info: dict) -> TrainResult:
+    """Train `model` (and `extra_modules`) with `step_fn`'s loss; resume from the checkpoint if asked and found."""
+    if config.lr_schedule != defaults.LR_SCHEDULE:
+        # only when not the default: checkpoints of runs made before the option existed still resume
+        run_info = {**run_info, "lr_schedule": config.lr_schedule}
+    state = _new_state(model, extra_modules, data, config, runtime.device)
+    path = runtime.checkpoint_path
+    start = _restore(state, path, run_info) if runtime.resume and path is not None and path.is_file() else 0
+    for cb in runtime.callbacks:
+        cb.on_start(start, config.steps)
+    outcome, step, metrics = _steps(state, step_fn, config, start, run_info, runtime)
+    diverged = outcome == "diverged"
+    return TrainResult(
+        model=model,
+        ema_model=state.ema.model,
         outcome=outcome,
-        steps=step if outcome != "diverged" else (diverged_step or 1) - 1,
-        total_steps=steps,
-        diverged_step=diverged_step,
-        last_metrics=last_metrics,
+        steps=step - 1 if diverged else step,
+        total_steps=config.steps,
+        diverged_step=step if diverged else None,
+        last_metrics=metrics,
         parameters=count_parameters(model),
     )
-    return result
+
+
+# --- teachers ------------------------------------------------------------------------------------------
 
 
 def train_teacher(
     model: UNet2DModel,
     data: torch.Tensor,
+    config: TeacherConfig | None = None,
     *,
-    steps: int,
-    seed: int = 0,
-    batch_size: int = defaults.BATCH_SIZE,
-    lr: float = defaults.LEARNING_RATE,
-    lr_schedule: str = defaults.LR_SCHEDULE,
-    ema_decay: float = defaults.EMA_DECAY,
-    grad_clip: float = defaults.GRAD_CLIP,
-    reduction: str = defaults.REDUCTION,
-    flip: bool = False,
     device: str | torch.device | None = None,
     checkpoint_dir: str | Path | None = None,
-    checkpoint_every: int = defaults.CHECKPOINT_EVERY,
     resume: bool = False,
     callbacks: Sequence[TrainingCallback] = (),
+    **options: Any,
 ) -> TrainResult:
     """Train a UNet2DModel as a DDPM epsilon-predictor on `data` ([N, C, H, W] in [-1, 1]).
 
-    Returns a TrainResult whose `ema_model` is the teacher to use. The model is trained
-    in place. `lr_schedule` (see `lr_at`): "constant" or "cosine" decay to 0 over `steps`.
-    With `checkpoint_dir`, a checkpoint is written every `checkpoint_every`
-    steps and at the end; `resume=True` continues from it.
+    `config` holds the options (steps, seed, batch_size, lr, lr_schedule, ...; see TeacherConfig);
+    keyword `options` override its fields (`train_teacher(model, data, steps=60, lr=1e-3)`).
+    Returns a TrainResult whose `ema_model` is the teacher to use. The model is trained in place.
+    With `checkpoint_dir`, a checkpoint is written every `checkpoint_every` steps and at the end;
+    `resume=True` continues from it. `device`: default cuda when available, else cpu.
     """
-    _check_positive_int("steps", steps)
-    _check_positive_int("batch_size", batch_size, 1_000_000)
-    _check_seed(seed)
-    device = _resolve_device(device)
+    config = TeacherConfig.build(config, **options)
+    _check_data(data)
+    reduction = config.reduction
 
     def step_fn(x0, noise, t, x_t):
         pred = model(x_t, t).sample
         loss = diffusion_loss(pred, noise, reduction=reduction)
         return loss, {"loss_diff": loss.detach()}
 
-    result = _run_loop(
-        model=model,
-        extra_modules=(),
-        step_fn=step_fn,
-        data=data,
-        steps=steps,
-        seed=seed,
-        batch_size=batch_size,
-        lr=lr,
-        lr_schedule=lr_schedule,
-        ema_decay=ema_decay,
-        grad_clip=grad_clip,
-        flip=flip,
-        device=device,
-        checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        callbacks=callbacks,
-        run_info={"kind": "teacher", "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr},
-    )
+    run_info = {"kind": "teacher", "seed": config.seed, "steps": config.steps, "batch_size": config.batch_size,
+                "lr": config.lr}
+    runtime = _Runtime.of(device, checkpoint_dir, resume, callbacks)
+    result = _run_loop(model=model, extra_modules=(), step_fn=step_fn, data=data, config=config, runtime=runtime,
+                       run_info=run_info)
     for cb in callbacks:
         cb.on_end(result)
     return result
 
 
+# --- students ------------------------------------------------------------------------------------------
+
+
+class _Unset(enum.Enum):
+    """Marks a positional argument of `distill` left out: the config's value applies."""
+
+    TOKEN = 0
+
+    def __repr__(self) -> str:
+        return "<the config's>"
+
+
+_UNSET = _Unset.TOKEN
+
+
 def distill(
     teacher: UNet2DModel,
-    student_ratio: float | None = defaults.STUDENT_RATIO,
-    method: str = "lift+place+featkd",
-    seed: int = 0,
-    steps: int = 1000,
+    student_ratio: float | None | _Unset = _UNSET,
+    method: str | _Unset = _UNSET,
+    seed: int | _Unset = _UNSET,
+    steps: int | _Unset = _UNSET,
     *,
     data: torch.Tensor,
     student: UNet2DModel | None = None,
-    importance: str = defaults.PRUNING_IMPORTANCE,
-    batch_size: int = defaults.BATCH_SIZE,
-    lr: float = defaults.LEARNING_RATE,
-    lr_schedule: str = defaults.LR_SCHEDULE,
-    group_size: int | None = defaults.GROUP_SIZE,
-    coarse: str = defaults.COARSE_DISTANCE,
-    curriculum: bool = defaults.CURRICULUM,
-    ablation: str | None = None,
-    reduction: str = defaults.REDUCTION,
-    lambda_diff: float | None = None,
-    lambda_kd: float | None = None,
-    lambda_feat: float | None = None,
-    ema_decay: float = defaults.EMA_DECAY,
-    grad_clip: float = defaults.GRAD_CLIP,
-    flip: bool = False,
+    config: DistillConfig | None = None,
     device: str | torch.device | None = None,
     checkpoint_dir: str | Path | None = None,
-    checkpoint_every: int = defaults.CHECKPOINT_EVERY,
     resume: bool = False,
     callbacks: Sequence[TrainingCallback] = (),
+    **options: Any,
 ) -> DistillResult:
     """Distill a frozen `teacher` into a student with one of the seven methods.
 
-    The student is `student` if given, else the teacher pruned by Diff-Pruning at
-    `student_ratio` (fraction of channels removed, in (0, 1)) with `importance`,
-    seeded by `seed`. Loss: lambda_diff * L_diff + lambda_kd * L_kd + lambda_feat * L_feat,
-    the lambdas defaulting to the method's (liftplace.methods). `data` is the training
-    set ([N, C, H, W] in [-1, 1]), also used for Taylor importance scores.
+    `config` holds the options (see DistillConfig, defaults from liftplace.defaults); the
+    positional `student_ratio, method, seed, steps` and keyword `options` (any DistillConfig
+    field) override its fields. The student is `student` if given, else the teacher pruned by
+    Diff-Pruning at `student_ratio` with `importance`, seeded by `seed`. Loss: lambda_diff * L_diff
+    + lambda_kd * L_kd + lambda_feat * L_feat. `data` is the training set ([N, C, H, W] in
+    [-1, 1]), also used for Taylor importance scores.
 
-    `lr_schedule` (see `lr_at`): "constant" or "cosine" decay to 0 over `steps`.
-
-    Returns a DistillResult; `ema_model` is the student to sample from. A NaN or inf
-    loss ends the run with outcome "diverged" and `diverged_step` set; no exception.
+    Returns a DistillResult; `ema_model` is the student to sample from. A NaN or inf loss ends
+    the run with outcome "diverged" and `diverged_step` set; no exception. A bad option raises
+    ValueError("FIELD: ...") before any work.
     """
-    spec: MethodSpec = get_method(method)
-    if lr_schedule not in defaults.LR_SCHEDULES:  # before the pruning, which takes a while
-        raise ValueError(f"lr_schedule: expected one of {', '.join(defaults.LR_SCHEDULES)}, got {lr_schedule!r}")
-    _check_positive_int("steps", steps)
-    _check_positive_int("batch_size", batch_size, 1_000_000)
-    _check_seed(seed)
-    device = _resolve_device(device)
+    given = dict(student_ratio=student_ratio, method=method, seed=seed, steps=steps)
+    config = DistillConfig.build(config, **{k: v for k, v in given.items() if v is not _UNSET}, **options)
+    _check_data(data)
+    _check_distill_inputs(teacher, data, student, config)
+    runtime = _Runtime.of(device, checkpoint_dir, resume, callbacks)
+    teacher, student = _teacher_and_student(teacher, student, data, config, runtime.device)
+    feat = _feature_kd(teacher, student, config)
+    try:
+        base = _run_loop(model=student, extra_modules=(feat,) if feat is not None else (),
+                         step_fn=_distill_step_fn(teacher, student, feat, config), data=data, config=config,
+                         runtime=runtime, run_info=_distill_run_info(config, student))
+    finally:
+        if feat is not None:
+            feat.remove()  # leave the teacher without our hooks
+    result = DistillResult(**{f: getattr(base, f) for f in TrainResult.__dataclass_fields__},
+                           method=config.method, seed=config.seed, teacher_parameters=count_parameters(teacher))
+    for cb in callbacks:
+        cb.on_end(result)
+    return result
+
+
+def _check_distill_inputs(teacher: UNet2DModel, data: torch.Tensor, student: UNet2DModel | None,
+                          config: DistillConfig) -> None:
+    """What the config alone cannot check: a ratio to prune with, data that fits, K dividing H*W."""
     if student is None:
-        if student_ratio is None or isinstance(student_ratio, bool) or not (
-            isinstance(student_ratio, (int, float)) and 0 < student_ratio < 1
-        ):
-            raise ValueError(f"student_ratio: expected a number strictly between 0 and 1, got {student_ratio!r}")
+        if config.student_ratio is None:
+            raise ValueError("student_ratio: expected a number strictly between 0 and 1, got None")
         if data.shape[1:] != (teacher.config.in_channels, *(_sample_hw(teacher))):
             raise ValueError(
                 f"data: images of shape {tuple(data.shape[1:])} do not fit the teacher "
                 f"(in_channels={teacher.config.in_channels}, sample_size={teacher.config.sample_size})"
             )
-    # Validate the loss options once, before any work (lift_place raises the clear errors).
-    if spec.uses_lift:
+    if config.spec.uses_lift:  # lift_place raises the clear errors (K must divide H*W)
         h, w = data.shape[-2:]
         probe = torch.zeros(1, 1, h, w)
-        lift_place(probe, probe, group_size=group_size if spec.uses_place else None, coarse=coarse,
-                   curriculum=curriculum, reduction=reduction, ablation=ablation)
-    elif ablation is not None:
-        raise ValueError(f"ablation: {ablation!r} applies to LIFT methods only, not {method!r}")
+        lift_place(probe, probe, group_size=config.place_group_size, coarse=config.coarse,
+                   curriculum=config.curriculum, reduction=config.reduction, ablation=config.ablation)
 
+
+def _teacher_and_student(teacher: UNet2DModel, student: UNet2DModel | None, data: torch.Tensor,
+                         config: DistillConfig, device: torch.device) -> tuple[UNet2DModel, UNet2DModel]:
+    """The teacher, frozen, and the student (the teacher pruned unless given), both on `device`."""
     teacher = teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    teacher_params = count_parameters(teacher)
     if student is None:
         from liftplace.pruning import prune
 
-        student = prune(teacher, student_ratio, importance, data=data, seed=seed).model
-    student = student.to(device)
+        student = prune(teacher, config.student_ratio, config.importance, data=data, seed=config.seed).model
+    return teacher, student.to(device)
 
-    lam_diff = spec.lambda_diff if lambda_diff is None else float(lambda_diff)
-    lam_kd = spec.lambda_kd if lambda_kd is None else float(lambda_kd)
-    lam_feat = spec.lambda_feat if lambda_feat is None else float(lambda_feat)
-    feat = None
-    if spec.featkd:
-        # The adapters' initial weights come from the run's seed, not from whatever ran before.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            feat = FeatureKD(teacher, student, reduction=reduction)
-    k = group_size if spec.uses_place else None
+
+def _feature_kd(teacher: UNet2DModel, student: UNet2DModel, config: DistillConfig) -> FeatureKD | None:
+    """FitNet adapters for the FeatKD methods, else None."""
+    if not config.spec.featkd:
+        return None
+    # The adapters' initial weights come from the run's seed, not from whatever ran before.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return FeatureKD(teacher, student, reduction=config.reduction)
+
+
+def _lift_metrics(out: LiftPlaceOutput) -> dict[str, torch.Tensor | float]:
+    return dict(
+        loss_kd=out.loss.detach(),
+        coarse=out.coarse.detach(),
+        fine=out.fine.detach(),
+        w=out.weight,
+        slope_mean=out.slope.mean(),
+        slope_std=out.slope.std(),
+        intercept_mean=out.intercept.mean(),
+        intercept_std=out.intercept.std(),
+    )
+
+
+def _distill_step_fn(teacher: UNet2DModel, student: UNet2DModel, feat: FeatureKD | None,
+                     config: DistillConfig) -> StepFn:
+    """The loss of one distillation step: lambda_diff * L_diff + lambda_kd * L_kd + lambda_feat * L_feat."""
+    spec, reduction, k = config.spec, config.reduction, config.place_group_size
+    lam_diff, lam_kd, lam_feat = config.lambdas
 
     def step_fn(x0, noise, t, x_t):
         with torch.no_grad():
@@ -541,19 +579,10 @@ def distill(
             loss = loss + lam_kd * l_kd
             parts["loss_kd"] = l_kd.detach()
         elif spec.uses_lift:
-            out = lift_place(s, u, group_size=k, coarse=coarse, curriculum=curriculum, reduction=reduction,
-                             ablation=ablation)
+            out = lift_place(s, u, group_size=k, coarse=config.coarse, curriculum=config.curriculum,
+                             reduction=reduction, ablation=config.ablation)
             loss = loss + lam_kd * out.loss
-            parts.update(
-                loss_kd=out.loss.detach(),
-                coarse=out.coarse.detach(),
-                fine=out.fine.detach(),
-                w=out.weight,
-                slope_mean=out.slope.mean(),
-                slope_std=out.slope.std(),
-                intercept_mean=out.intercept.mean(),
-                intercept_std=out.intercept.std(),
-            )
+            parts.update(_lift_metrics(out))
         if feat is not None:
             l_feat = feat.loss()
             loss = loss + lam_feat * l_feat
@@ -562,54 +591,26 @@ def distill(
             parts["ts_distance"] = outkd(s.detach(), u, reduction=reduction)
         return loss, parts
 
-    run_info = {
+    return step_fn
+
+
+def _distill_run_info(config: DistillConfig, student: UNet2DModel) -> dict:
+    """The identity of a distillation run: a checkpoint resumes only a run with the same."""
+    return {
         "kind": "distill",
-        "method": method,
-        "seed": seed,
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "group_size": k,
-        "coarse": coarse,
-        "curriculum": curriculum,
-        "ablation": ablation,
-        "reduction": reduction,
-        "lambdas": [lam_diff, lam_kd, lam_feat],
+        "method": config.method,
+        "seed": config.seed,
+        "steps": config.steps,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "group_size": config.place_group_size,
+        "coarse": config.coarse,
+        "curriculum": config.curriculum,
+        "ablation": config.ablation,
+        "reduction": config.reduction,
+        "lambdas": list(config.lambdas),  # a list, as checkpoints hold it
         "student_parameters": count_parameters(student),
     }
-    try:
-        base = _run_loop(
-            model=student,
-            extra_modules=(feat,) if feat is not None else (),
-            step_fn=step_fn,
-            data=data,
-            steps=steps,
-            seed=seed,
-            batch_size=batch_size,
-            lr=lr,
-            lr_schedule=lr_schedule,
-            ema_decay=ema_decay,
-            grad_clip=grad_clip,
-            flip=flip,
-            device=device,
-            checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
-            checkpoint_every=checkpoint_every,
-            resume=resume,
-            callbacks=callbacks,
-            run_info=run_info,
-        )
-    finally:
-        if feat is not None:
-            feat.remove()  # leave the teacher without our hooks
-    result = DistillResult(
-        **{f: getattr(base, f) for f in TrainResult.__dataclass_fields__},
-        method=method,
-        seed=seed,
-        teacher_parameters=teacher_params,
-    )
-    for cb in callbacks:
-        cb.on_end(result)
-    return result
 
 
 def _sample_hw(model: UNet2DModel) -> tuple[int, int]:

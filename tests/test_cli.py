@@ -46,6 +46,11 @@ def test_distill_help_lists_methods_and_defaults(capsys):
         (["distill", "--teacher", "/no/such/dir", "--steps", "1", "--output", "x"], "--teacher"),
         (["prune", "--teacher", ".", "--ratio", "0", "--output", "x"], "--ratio"),
         (["sample", "--model", ".", "--num-samples", "-3", "--output", "x.png"], "--num-samples"),
+        # refused by the training config (liftplace.config), reported against the flag
+        (["train-teacher", "--steps", "1", "--output", "x", "--ema-decay", "1.5"], "--ema-decay"),
+        (["distill", "--teacher", ".", "--steps", "1", "--output", "x", "--ema-decay", "1"], "--ema-decay"),
+        (["distill", "--teacher", ".", "--steps", "1", "--output", "x", "--method", "outkd", "--ablation", "fine"],
+         "--ablation"),
     ],
 )
 def test_bad_values_exit_2_naming_the_flag(argv, flag, capsys):

@@ -9,6 +9,8 @@ import torch
 from liftplace.methods import METHOD_NAMES
 from liftplace.training import (
     METRIC_NAMES,
+    DistillConfig,
+    TeacherConfig,
     TrainingCallback,
     distill,
     load_checkpoint_model,
@@ -181,3 +183,28 @@ def test_teacher_training_learns(digits, tiny_teacher):
     losses = [m["loss_diff"] for m in rec.metrics]
     assert result.outcome == "completed" and len(losses) == 60
     assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
+
+
+def test_a_config_runs_as_its_keywords(tiny_teacher, narrow_student, digits):
+    """distill(config=...) and the keyword form are one run; keywords override the config's fields."""
+    by_keywords, rec = _run(tiny_teacher, narrow_student, digits, "outkd+featkd", seed=2, steps=3, lr=1e-3)
+    config = DistillConfig(method="outkd+featkd", seed=2, steps=3, lr=5e-2, batch_size=16, student_ratio=None)
+    rec2 = Recorder()
+    by_config = distill(tiny_teacher, data=digits[:256], student=copy.deepcopy(narrow_student), config=config,
+                        lr=1e-3, device="cpu", callbacks=[rec2])
+    assert [m["loss_total"] for m in rec.metrics] == [m["loss_total"] for m in rec2.metrics]
+    assert all(torch.equal(p, q) for p, q in zip(_weights(by_keywords.model), _weights(by_config.model), strict=True))
+    assert by_config.method == "outkd+featkd" and by_config.seed == 2
+
+
+def test_a_teacher_config_runs_as_its_keywords(digits):
+    from liftplace.models import build_unet
+
+    a = train_teacher(build_unet("tiny", seed=0), digits[:64], steps=2, batch_size=8, lr=1e-3, device="cpu")
+    b = train_teacher(build_unet("tiny", seed=0), digits[:64], TeacherConfig(steps=2, batch_size=8, lr=1e-3),
+                      device="cpu")
+    assert all(torch.equal(p, q) for p, q in zip(_weights(a.model), _weights(b.model), strict=True))
+    with pytest.raises(TypeError, match="^config: expected a TeacherConfig"):
+        train_teacher(b.model, digits[:64], DistillConfig(steps=2), device="cpu")
+    with pytest.raises(ValueError, match="^data: "):
+        train_teacher(b.model, digits[0], steps=2, device="cpu")

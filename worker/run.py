@@ -27,6 +27,7 @@ from its checkpoint, so a step can appear twice: the later line is the one that 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -38,6 +39,9 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from liftplace import defaults
+from liftplace.config import DistillConfig, TeacherConfig
+from liftplace.device import pick_device
 from worker.spec import (
     ERROR_MAP_FILE,
     LOG_FILE,
@@ -49,11 +53,11 @@ from worker.spec import (
     JobSpec,
 )
 
-__all__ = ["Reporter", "run_job", "pick_device", "PROGRESS_INTERVAL_S", "GRID_SAMPLES", "ERROR_MAP_IMAGES",
-           "METRICS_MAX_LINES"]
+__all__ = ["Reporter", "run_job", "training_config", "pick_device", "PROGRESS_INTERVAL_S", "GRID_SAMPLES",
+           "ERROR_MAP_IMAGES", "METRICS_MAX_LINES"]
 
 PROGRESS_INTERVAL_S = 1.0  # progress reaches the reporter at most about this often (and at the last step)
-GRID_SAMPLES = 64  # images in the sample grid
+GRID_SAMPLES = defaults.GRID_SAMPLES  # images in the sample grid
 ERROR_MAP_IMAGES = 8  # columns of the error-map figure
 METRICS_MAX_LINES = 1000  # about this many lines of metric history per run, whatever its length
 
@@ -74,11 +78,15 @@ class Reporter(Protocol):
     def log(self, job_id: int, line: str) -> None: ...
 
 
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """`device` if given, else cuda when visible (Ray sets CUDA_VISIBLE_DEVICES per task), else cpu."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def training_config(spec: JobSpec) -> TeacherConfig | DistillConfig:
+    """The training options of `spec`: a TeacherConfig or DistillConfig (by `kind`) from the spec's fields
+    of the same names; options a spec does not carry (ema_decay, grad_clip, ...) keep liftplace's defaults.
+
+    ValueError naming the field for a bad value (the config checks itself).
+    """
+    config_cls = DistillConfig if spec.kind == "distill" else TeacherConfig
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    return config_cls(**{k: v for k, v in spec.to_dict().items() if k in names})
 
 
 def run_job(spec: JobSpec, *, reporter: Reporter | None = None, device: str | torch.device | None = None) -> JobOutcome:
@@ -202,26 +210,7 @@ class _Job:
         spec = self.spec
         start = time.monotonic()
         try:
-            self.device = pick_device(self.device_arg)
-            if spec.kind not in ("distill", "teacher"):
-                raise ValueError(f"kind: expected 'distill' or 'teacher', got {spec.kind!r}")
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.log(f"job {spec.job_id} ({spec.kind}, attempt {spec.attempt}) starting on {self.device} "
-                     f"(pid {os.getpid()} on {socket.gethostname()})")
-            self.progress(0, spec.steps, {})  # the first report: the server now shows the job as running
-            if (earlier := _earlier_success(self.out, spec)) is not None:
-                # Dispatched again after it had finished (its server stopped before recording the
-                # outcome): the result stands; sampling and scoring again would log it twice.
-                self.log(f"job {spec.job_id} already succeeded in an earlier attempt; returning that outcome")
-                return earlier
-            if self.cancel_requested():
-                outcome = self._outcome("cancelled", "cancelled before it started")
-            else:
-                from worker.tracking import JobTracker
-
-                self.tracker = JobTracker.start(spec)
-                self.log(f"MLflow run {self.tracker.run_id} ({'reopened' if self.tracker.resumed else 'new'})")
-                outcome = self._distill() if spec.kind == "distill" else self._teacher()
+            outcome = self._run()
         except Exception as exc:
             outcome = self._outcome("failed", _describe(exc))
             self.log(f"failed: {outcome.reason}")
@@ -240,6 +229,32 @@ class _Job:
         except OSError:
             pass
         return outcome
+
+    def _run(self) -> JobOutcome:
+        """The job itself; raises for a problem of the job (`run` turns it into a "failed" outcome)."""
+        spec = self.spec
+        self.device = pick_device(self.device_arg)
+        if spec.kind not in ("distill", "teacher"):
+            raise ValueError(f"kind: expected 'distill' or 'teacher', got {spec.kind!r}")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log(f"job {spec.job_id} ({spec.kind}, attempt {spec.attempt}) starting on {self.device} "
+                 f"(pid {os.getpid()} on {socket.gethostname()})")
+        self.progress(0, spec.steps, {})  # the first report: the server now shows the job as running
+        if (earlier := _earlier_success(self.out, spec)) is not None:
+            # Dispatched again after it had finished (its server stopped before recording the
+            # outcome): the result stands; sampling and scoring again would log it twice.
+            self.log(f"job {spec.job_id} already succeeded in an earlier attempt; returning that outcome")
+            return earlier
+        if self.cancel_requested():
+            return self._outcome("cancelled", "cancelled before it started")
+        from worker.tracking import JobTracker
+
+        self.tracker = JobTracker.start(spec)
+        self.log(f"MLflow run {self.tracker.run_id} ({'reopened' if self.tracker.resumed else 'new'})")
+        config = training_config(spec)
+        if isinstance(config, DistillConfig):
+            return self._distill(config)
+        return self._teacher(config)
 
     def _outcome(self, status: str, reason: str = "", **fields) -> JobOutcome:
         run_id = self.tracker.run_id if self.tracker is not None else _recorded_run_id(self.out)
@@ -285,7 +300,7 @@ class _Job:
         self.log(f"data {self.spec.dataset_name}: {data.shape[0]} images of {tuple(data.shape[1:])}")
         return data
 
-    def _distill(self) -> JobOutcome:
+    def _distill(self, config: DistillConfig) -> JobOutcome:
         from liftplace.models import count_parameters, load_unet
         from liftplace.training import distill
 
@@ -295,29 +310,9 @@ class _Job:
         teacher = load_unet(spec.teacher_path, device=self.device)
         self.log(f"teacher {spec.teacher_name or spec.teacher_path}: {count_parameters(teacher):,} parameters")
         data = self._data()
-        student = None
-        if spec.student_teacher_path:
-            from liftplace.pruning import prune
-
-            # Pruned as distill() would prune the teacher itself (same ratio, importance, seed), from another
-            # teacher: the paper distils one fixed student, pruned from the largest teacher, from every teacher.
-            source = load_unet(spec.student_teacher_path, device=self.device)
-            pruned = prune(source, spec.student_ratio, spec.importance, data=data, seed=spec.seed)
-            student = pruned.model
-            self.log(f"student pruned from teacher {spec.student_teacher_name or spec.student_teacher_path} at "
-                     f"{spec.student_ratio} ({spec.importance}): {pruned.params_before:,} -> "
-                     f"{pruned.params_after:,} parameters")
-            del source
-        callbacks = _Callbacks(self)
-        result = distill(
-            teacher, spec.student_ratio, spec.method, spec.seed, spec.steps, data=data, student=student,
-            importance=spec.importance, batch_size=spec.batch_size, lr=spec.lr, lr_schedule=spec.lr_schedule,
-            group_size=spec.group_size,
-            coarse=spec.coarse, curriculum=spec.curriculum, ablation=spec.ablation, reduction=spec.reduction,
-            lambda_kd=spec.lambda_kd, lambda_feat=spec.lambda_feat, device=self.device,
-            checkpoint_dir=self.out / "checkpoint", checkpoint_every=spec.checkpoint_every, resume=True,
-            callbacks=[callbacks],
-        )
+        student = self._student_of_other_teacher(data, config) if spec.student_teacher_path else None
+        result = distill(teacher, data=data, student=student, config=config, device=self.device,
+                         checkpoint_dir=self.out / "checkpoint", resume=True, callbacks=[_Callbacks(self)])
         counts = {
             "student_parameters": result.parameters,
             "teacher_parameters": result.teacher_parameters,
@@ -325,7 +320,22 @@ class _Job:
         }
         return self._after_training(result, counts, reference=teacher, data=data)
 
-    def _teacher(self) -> JobOutcome:
+    def _student_of_other_teacher(self, data: torch.Tensor, config: DistillConfig) -> torch.nn.Module:
+        """The student pruned from `student_teacher_path`, as distill() would prune the distilling teacher
+        (same ratio, importance, seed): the paper distils one fixed student, pruned from the largest
+        teacher, from every teacher."""
+        from liftplace.models import load_unet
+        from liftplace.pruning import prune
+
+        spec = self.spec
+        source = load_unet(spec.student_teacher_path, device=self.device)
+        pruned = prune(source, config.student_ratio, config.importance, data=data, seed=config.seed)
+        self.log(f"student pruned from teacher {spec.student_teacher_name or spec.student_teacher_path} at "
+                 f"{config.student_ratio} ({config.importance}): {pruned.params_before:,} -> "
+                 f"{pruned.params_after:,} parameters")
+        return pruned.model
+
+    def _teacher(self, config: TeacherConfig) -> JobOutcome:
         from liftplace.models import build_unet, count_parameters, load_unet
         from liftplace.training import train_teacher
 
@@ -348,25 +358,19 @@ class _Job:
             self.log(f"preset {spec.preset}: {count_parameters(model):,} parameters")
         else:
             raise ValueError("teacher job: needs either `preset`, or `base_teacher_path` with `prune_ratio`")
-        callbacks = _Callbacks(self)
-        result = train_teacher(
-            model, data, steps=spec.steps, seed=spec.seed, batch_size=spec.batch_size, lr=spec.lr,
-            lr_schedule=spec.lr_schedule,
-            reduction=spec.reduction, device=self.device, checkpoint_dir=self.out / "checkpoint",
-            checkpoint_every=spec.checkpoint_every, resume=True, callbacks=[callbacks],
-        )
+        result = train_teacher(model, data, config, device=self.device, checkpoint_dir=self.out / "checkpoint",
+                               resume=True, callbacks=[_Callbacks(self)])
         counts["teacher_parameters"] = result.parameters
         return self._after_training(result, counts, reference=reference, data=data)
 
     # --- after training: save, sample, error maps, FID ---------------------------------------------
 
     def _after_training(self, result, counts: dict[str, float], *, reference, data: torch.Tensor) -> JobOutcome:
-        spec = self.spec
+        """The outcome of a finished run: diverged or cancelled as is; a completed one saved, sampled and scored."""
         self.steps_done = result.steps
         self.parameters = result.parameters
-        tracker = self.tracker
-        tracker.flush()
-        tracker.log_metrics(counts, step=result.steps)
+        self.tracker.flush()
+        self.tracker.log_metrics(counts, step=result.steps)
         metrics = {**_finite(result.last_metrics), **counts}
         if result.outcome == "diverged":
             self.log(f"diverged at step {result.diverged_step}: the loss or its gradient is not finite")
@@ -376,48 +380,70 @@ class _Job:
             self.log(f"cancelled at step {result.steps} of {result.total_steps} (checkpoint kept for a resume)")
             return self._outcome("cancelled", f"cancelled at step {result.steps} of {result.total_steps}",
                                  metrics=metrics)
+        model, model_dir = self._save_model(result, counts)
+        t0 = time.monotonic()
+        images = self._sample(model, result.steps, reference, data, metrics)
+        self.tracker.log_artifacts(model_dir, "model")
+        return self._score(images, result.steps, metrics, t0)
 
-        from liftplace.fid import DivergedSamplesError, compute_fid
+    def _save_model(self, result, counts: dict[str, float]) -> tuple[torch.nn.Module, Path]:
+        """Save the EMA model (diffusers format, with the spec and the run's summary) to output_dir/model."""
         from liftplace.models import save_unet
-        from liftplace.sampling import sample, save_grid
 
+        spec = self.spec
         model = result.ema_model.eval()
         summary = {"job": spec.to_dict(), "outcome": result.outcome, "steps": result.steps,
                    "last_metrics": _finite(result.last_metrics), **counts}
         model_dir = save_unet(model, self.out / "model", extra=summary)
         self.model_dir = str(model_dir)
         self.log(f"saved the {'student' if spec.kind == 'distill' else 'teacher'} (EMA) to {model_dir}")
+        return model, model_dir
 
-        t0 = time.monotonic()
+    def _sample(self, model, step: int, reference, data: torch.Tensor, metrics: dict[str, float]) -> torch.Tensor:
+        """Sample the images of the FID (or a grid's worth without FID); save the grid and, with a
+        reference model, the error maps (their means go into `metrics`); log both figures."""
+        from liftplace.sampling import sample, save_grid
+
+        spec = self.spec
         n = spec.fid_samples if spec.fid_samples >= 2 else GRID_SAMPLES  # fid_samples 0: no FID
         images = sample(model, n, seed=spec.seed, num_inference_steps=spec.sample_steps, device=self.device)
         h = images.shape[-1]
         grid = save_grid(images[:GRID_SAMPLES], self.out / SAMPLES_FILE, scale=max(1, min(8, 128 // h)))
         if reference is not None:
-            from liftplace.diagnostics import ERROR_MAP_TIMESTEPS, error_maps, error_means, save_error_maps
+            self._error_maps(reference, model, data, step, metrics, scale=max(1, min(8, 64 // h)))
+        self.tracker.log_artifact(grid)
+        return images
 
-            gen = torch.Generator().manual_seed(spec.seed)
-            idx = torch.randperm(data.shape[0], generator=gen)[:ERROR_MAP_IMAGES]
-            maps = error_maps(reference, model, data[idx], ERROR_MAP_TIMESTEPS, seed=spec.seed)
-            emap = save_error_maps(maps, self.out / ERROR_MAP_FILE, scale=max(1, min(8, 64 // h)))
-            errors = {f"error_t{t}": v for t, v in error_means(maps, ERROR_MAP_TIMESTEPS).items()}
-            metrics.update(errors)
-            tracker.log_metrics(errors, step=result.steps)
-            tracker.log_artifact(emap)
-        tracker.log_artifact(grid)
-        tracker.log_artifacts(model_dir, "model")
+    def _error_maps(self, reference, model, data: torch.Tensor, step: int, metrics: dict[str, float], *,
+                    scale: int) -> None:
+        """Teacher-student error maps of a few training images: the figure, and its mean per timestep."""
+        from liftplace.diagnostics import ERROR_MAP_TIMESTEPS, error_maps, error_means, save_error_maps
 
+        seed = self.spec.seed
+        idx = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(seed))[:ERROR_MAP_IMAGES]
+        maps = error_maps(reference, model, data[idx], ERROR_MAP_TIMESTEPS, seed=seed)
+        emap = save_error_maps(maps, self.out / ERROR_MAP_FILE, scale=scale)
+        errors = {f"error_t{t}": v for t, v in error_means(maps, ERROR_MAP_TIMESTEPS).items()}
+        metrics.update(errors)
+        self.tracker.log_metrics(errors, step=step)
+        self.tracker.log_artifact(emap)
+
+    def _score(self, images: torch.Tensor, step: int, metrics: dict[str, float], t0: float) -> JobOutcome:
+        """The FID of `images` ("succeeded"), none when fid_samples < 2, or "diverged" for samples not finite."""
+        from liftplace.fid import DivergedSamplesError, compute_fid
+
+        spec = self.spec
         if spec.fid_samples < 2:
             self.log("no FID (fid_samples < 2)")
             return self._outcome("succeeded", "", metrics=_finite(metrics))
         try:
             fid = compute_fid(images, spec.dataset, features=spec.fid_features, seed=spec.seed, device=self.device)
         except DivergedSamplesError as exc:
-            self.log(f"the samples hold NaN or inf values after step {result.steps}: {exc}")
-            return self._outcome("diverged", f"samples not finite after step {result.steps} (diverged sampling)",
-                                 diverged_step=result.steps, metrics=metrics)
+            self.log(f"the samples hold NaN or inf values after step {step}: {exc}")
+            return self._outcome("diverged", f"samples not finite after step {step} (diverged sampling)",
+                                 diverged_step=step, metrics=metrics)
         metrics[fid.metric_name] = fid.fid
-        tracker.log_metrics({fid.metric_name: fid.fid}, step=result.steps)
+        self.tracker.log_metrics({fid.metric_name: fid.fid}, step=step)
         self.log(f"{fid.metric_name} = {fid.fid:.4f} ({fid.num_samples} samples, {spec.sample_steps} DDIM steps, "
                  f"{time.monotonic() - t0:.1f} s)")
         return self._outcome("succeeded", "", fid=fid.fid, fid_metric=fid.metric_name, metrics=_finite(metrics))

@@ -2,7 +2,8 @@
 
 The server resolves every registered name (teacher, dataset) to a location the worker can
 read before it builds a spec; the worker never looks anything up in the server's database.
-Both sides import this module; it depends on nothing but the standard library.
+Both sides import this module; it depends on nothing but the standard library and liftplace's
+torch-free `defaults` and `methods`, which hold every default of a job (one definition each).
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from liftplace import defaults
+from liftplace.methods import PAPER_METHOD
 
 # Files a job writes into its output folder; the server reads some of them for its dashboards.
 SAMPLES_FILE = "samples.png"
@@ -41,29 +45,29 @@ class JobSpec:
     job_id: int
     kind: JobKind
     output_dir: str  # checkpoints, the student/teacher and artifacts go here (a retry reuses it)
-    seed: int = 0
-    steps: int = 100
-    dataset: str = "digits"  # "digits" or a resolved local image folder
-    dataset_name: str = "digits"
+    seed: int = defaults.SEED
+    steps: int = defaults.STEPS
+    dataset: str = defaults.DATASET  # "digits" or a resolved local image folder
+    dataset_name: str = defaults.DATASET
     resolution: int | None = None
-    batch_size: int = 64
-    lr: float = 2e-4
-    lr_schedule: str = "constant"
-    checkpoint_every: int = 100
+    batch_size: int = defaults.BATCH_SIZE
+    lr: float = defaults.LEARNING_RATE
+    lr_schedule: str = defaults.LR_SCHEDULE
+    checkpoint_every: int = defaults.CHECKPOINT_EVERY
     # distill
     teacher_name: str = ""
     teacher_path: str = ""
     # prune the student from this teacher instead of `teacher_path` (one fixed student for several teachers)
     student_teacher_name: str | None = None
     student_teacher_path: str | None = None
-    student_ratio: float = 0.9
-    method: str = "lift+place+featkd"
-    importance: str = "taylor"
-    group_size: int | None = 16
-    coarse: str = "l1"
-    curriculum: bool = True
+    student_ratio: float = defaults.STUDENT_RATIO
+    method: str = PAPER_METHOD
+    importance: str = defaults.PRUNING_IMPORTANCE
+    group_size: int | None = defaults.GROUP_SIZE
+    coarse: str = defaults.COARSE_DISTANCE
+    curriculum: bool = defaults.CURRICULUM
     ablation: str | None = None
-    reduction: str = "sum"
+    reduction: str = defaults.REDUCTION
     lambda_kd: float | None = None
     lambda_feat: float | None = None
     # teacher
@@ -71,9 +75,9 @@ class JobSpec:
     base_teacher_path: str | None = None
     prune_ratio: float | None = None
     # evaluation
-    fid_samples: int = 1000
-    fid_features: str = "digits"
-    sample_steps: int = 100
+    fid_samples: int = defaults.FID_SAMPLES
+    fid_features: str = defaults.FID_FEATURES
+    sample_steps: int = defaults.DDIM_STEPS
     # tracking
     study_id: int | None = None
     study_name: str | None = None

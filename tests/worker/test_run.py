@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import worker.run as run_mod
+from liftplace.config import DistillConfig, TeacherConfig
 from liftplace.models import build_unet, count_parameters, load_unet, save_unet
-from worker.run import Reporter, run_job
+from worker.run import Reporter, run_job, training_config
 from worker.spec import RUN_ID_FILE, JobSpec
 from worker.tracking import spec_params, spec_tags
 
@@ -239,6 +240,29 @@ def test_teacher_jobs_preset_and_pruned_retrained(tmp_path, mlflow_store):
     metrics = client.get_run(pruned.mlflow_run_id).data.metrics
     assert metrics["base_teacher_parameters"] == fresh.parameters
     assert metrics["teacher_parameters"] == pruned.parameters
+
+
+def test_a_spec_maps_to_its_training_config():
+    distill_spec = JobSpec(job_id=1, kind="distill", output_dir="/x", steps=30, lr=1e-3, lr_schedule="cosine",
+                           method="outkd", group_size=None, lambda_kd=0.5, checkpoint_every=7, seed=4)
+    config = training_config(distill_spec)
+    assert config == DistillConfig(steps=30, lr=1e-3, lr_schedule="cosine", method="outkd", group_size=None,
+                                   lambda_kd=0.5, checkpoint_every=7, seed=4)
+    teacher = training_config(JobSpec(job_id=2, kind="teacher", output_dir="/x", preset="tiny", steps=5, lr=1e-3))
+    assert teacher == TeacherConfig(steps=5, lr=1e-3)  # the spec's distillation fields do not apply
+    assert training_config(JobSpec(job_id=3, kind="distill", output_dir="/x")) == DistillConfig()  # same defaults
+    with pytest.raises(ValueError, match="^lr_schedule: "):
+        training_config(JobSpec(job_id=4, kind="teacher", output_dir="/x", lr_schedule="step"))
+
+
+def test_a_bad_option_fails_the_job_naming_it(tmp_path, mlflow_store, teacher_dir):
+    uri, client = mlflow_store
+    rep = FakeReporter()
+    outcome = run_job(_spec(tmp_path, uri, job_id=107, teacher_path=str(teacher_dir), lr_schedule="step"),
+                      reporter=rep)
+    assert outcome.status == "failed" and outcome.reason.startswith("ValueError: lr_schedule: expected one of")
+    assert outcome.steps_done == 0 and "teacher tiny" not in rep.text()  # refused before any model is loaded
+    assert client.get_run(outcome.mlflow_run_id).data.tags["reason"] == outcome.reason
 
 
 def test_spec_params_and_tags():
