@@ -95,8 +95,9 @@ def lift_place(
         curriculum: use the adaptive weight w; False fixes w = 1.
         reduction: "sum" or "mean" (see the module docstring).
         eps: added to the group variance of s before dividing.
-        ablation: None (coarse + w*fine), "coarse" (coarse only) or "fine"
-            (w*fine only; w = 1 without the curriculum).
+        ablation: None (coarse + w*fine), "coarse" (coarse only) or "fine" (the
+            unweighted fine term alone, whatever `curriculum` says: w weighs the fine term
+            only against the coarse one, as in the LIFT and PLACE code).
     """
     _check_pair(student, teacher)
     _check_choice("coarse", coarse, defaults.COARSE_DISTANCES)
@@ -162,7 +163,7 @@ def lift_place(
     if ablation == "coarse":
         loss_b = coarse_b
     elif ablation == "fine":
-        loss_b = weight * fine_b
+        loss_b = fine_b  # no coarse term to hand over from: w does not apply
     else:
         loss_b = coarse_b + weight * fine_b
 
