@@ -36,8 +36,8 @@ import torch  # noqa: E402
 
 from liftplace.methods import FEATKD_LAYER_SETS, METHODS, PAPER_METHOD  # noqa: E402
 
-COLUMNS = ("setup", "layers", "hooks", "step", "L_diff", "L_kd", "L_feat", "|g_diff|", "|g_kd|", "|g_feat|",
-           "feat/total", "feat/diff", "feat/kd", "|g_adapt|", "clip_scale")
+COLUMNS = ("setup", "layers", "hooks", "step", "L_diff", "L_kd", "L_feat", "‖g_diff‖", "‖g_kd‖", "‖g_feat‖",
+           "feat/total", "feat/diff", "feat/kd", "‖g_adapt‖", "clip_scale")  # ‖ not |: a Markdown table
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from liftplace import defaults
-from liftplace.methods import FEATKD_LAYER_SETS
+from liftplace.methods import FEATKD_LAYER_SETS, FEATKD_LAYERS
 
 __all__ = [
     "LiftPlaceOutput",
@@ -307,8 +307,9 @@ class FeatureKD(nn.Module):
         layers: the hook set and its adapters. "blocks": whole down/mid/up blocks, adapters
             with bias and PyTorch's default initialisation. "sublayers": every ResNet,
             attention and resampling conv, bias-free adapters initialised
-            U(-SUBLAYER_ADAPTER_INIT, SUBLAYER_ADAPTER_INIT), as the LIFT and PLACE code. With
-            explicit `blocks`, `layers` chooses the adapters only.
+            U(-SUBLAYER_ADAPTER_INIT, SUBLAYER_ADAPTER_INIT), as the LIFT and PLACE code.
+            Default `methods.FEATKD_LAYERS`. With explicit `blocks`, `layers` chooses the
+            adapters only.
         sample_shape: (C, H, W) of a model input, used once to probe feature widths;
             default from a diffusers config (in_channels, sample_size).
         reduction: "sum" or "mean".
@@ -320,7 +321,7 @@ class FeatureKD(nn.Module):
         student: nn.Module,
         blocks: Sequence[str] | None = None,
         *,
-        layers: str = "blocks",
+        layers: str = FEATKD_LAYERS,
         sample_shape: tuple[int, int, int] | None = None,
         reduction: str = defaults.REDUCTION,
     ) -> None:

@@ -91,7 +91,7 @@ def test_blocks_adapters_are_pytorch_default_convs_in_block_order(tiny_teacher, 
         adapter = fkd.adapters[name.replace(".", "__")]
         torch.testing.assert_close(adapter.weight, conv.weight, rtol=0, atol=0)
         torch.testing.assert_close(adapter.bias, conv.bias, rtol=0, atol=0)
-    assert FeatureKD(tiny_teacher, narrow_student).layers == "blocks"  # the class's own default is unchanged
+    assert FeatureKD(tiny_teacher, narrow_student).layers == FEATKD_LAYERS  # one default for the class and a run
 
 
 def test_an_unknown_hook_set_is_refused(tiny_teacher, narrow_student) -> None:

@@ -418,7 +418,7 @@ def test_outkd_values():
 
 def test_featurekd_pairs_blocks_and_trains_adapters(tiny_teacher, narrow_student):
     teacher, student = tiny_teacher, narrow_student
-    fkd = FeatureKD(teacher, student)
+    fkd = FeatureKD(teacher, student, layers="blocks")
     assert fkd.blocks == ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]
     # 1x1 adapters map student widths to teacher widths.
     ad = fkd.adapters["down_blocks__0"]
