@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from liftplace import defaults
-from liftplace.methods import METHOD_NAMES, METHODS, PAPER_METHOD
+from liftplace.methods import FEATKD_LAYER_SETS, FEATKD_LAYERS, METHOD_NAMES, METHODS, PAPER_METHOD
 
 __all__ = ["main", "build_parser"]
 
@@ -159,6 +159,9 @@ def _register_distill(sub: argparse._SubParsersAction) -> None:
                    help=f"weight of the output KD loss (default: the method's, {defaults.LAMBDA_KD}; 0 for finetune)")
     p.add_argument("--lambda-feat", type=_non_negative_float, default=None,
                    help=f"weight of FeatKD (default: the method's, {defaults.LAMBDA_FEAT} with featkd, else 0)")
+    p.add_argument("--featkd-layers", choices=FEATKD_LAYER_SETS, default=FEATKD_LAYERS,
+                   help="FeatKD hooks: every ResNet/attention/resampling conv with small bias-free adapters "
+                        "(sublayers, the LIFT and PLACE code's) or whole UNet blocks (blocks)")
     _add_data_flags(p)
     _add_training_flags(p)
     p.add_argument("--samples", type=_non_negative_int, default=defaults.GRID_SAMPLES,

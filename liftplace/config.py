@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from liftplace import defaults
-from liftplace.methods import PAPER_METHOD, MethodSpec, get_method
+from liftplace.methods import FEATKD_LAYER_SETS, FEATKD_LAYERS, PAPER_METHOD, MethodSpec, get_method
 
 __all__ = [
     "TrainConfig",
@@ -150,7 +150,8 @@ class DistillConfig(TrainConfig):
     is given; importance: channel ranking of the pruning; group_size: PLACE's K (None: one group,
     LIFT alone); coarse: "l1" or "l2"; curriculum: the adaptive weight w (False: w = 1);
     ablation: None, "coarse" or "fine" (LIFT methods only); lambda_*: loss weights, None for
-    the method's (`lambdas`).
+    the method's (`lambdas`); featkd_layers: FeatKD's hook set and adapters, "sublayers" (the
+    LIFT and PLACE code's) or "blocks" (see `liftplace.losses.FeatureKD`; ignored without FeatKD).
     """
 
     method: str = PAPER_METHOD
@@ -163,6 +164,7 @@ class DistillConfig(TrainConfig):
     lambda_diff: float | None = None
     lambda_kd: float | None = None
     lambda_feat: float | None = None
+    featkd_layers: str = FEATKD_LAYERS
 
     def __post_init__(self) -> None:
         spec = get_method(self.method)  # first: the method decides which other options apply
@@ -179,6 +181,7 @@ class DistillConfig(TrainConfig):
         _check_choice("ablation", self.ablation, defaults.ABLATIONS)
         if self.ablation is not None and not spec.uses_lift:
             raise ValueError(f"ablation: {self.ablation!r} applies to LIFT methods only, not {self.method!r}")
+        _check_choice("featkd_layers", self.featkd_layers, FEATKD_LAYER_SETS)
         for name in ("lambda_diff", "lambda_kd", "lambda_feat"):
             if getattr(self, name) is not None:
                 _check_number(name, getattr(self, name), positive=False)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from liftplace import defaults
+from liftplace.methods import FEATKD_LAYER_SETS, FEATKD_LAYERS
 
 __all__ = [
     "LiftPlaceOutput",
@@ -28,7 +29,13 @@ __all__ = [
     "diffusion_loss",
     "FeatureKD",
     "default_feature_blocks",
+    "sublayer_feature_modules",
+    "feature_layers",
+    "SUBLAYER_ADAPTER_INIT",
 ]
+
+# Half-width of the uniform initialisation of the "sublayers" adapters (the LIFT and PLACE code's FitNet).
+SUBLAYER_ADAPTER_INIT: float = 0.005
 
 
 @dataclass
@@ -95,8 +102,9 @@ def lift_place(
         curriculum: use the adaptive weight w; False fixes w = 1.
         reduction: "sum" or "mean" (see the module docstring).
         eps: added to the group variance of s before dividing.
-        ablation: None (coarse + w*fine), "coarse" (coarse only) or "fine"
-            (w*fine only; w = 1 without the curriculum).
+        ablation: None (coarse + w*fine), "coarse" (coarse only) or "fine" (the
+            unweighted fine term alone, whatever `curriculum` says: w weighs the fine term
+            only against the coarse one, as in the LIFT and PLACE code).
     """
     _check_pair(student, teacher)
     _check_choice("coarse", coarse, defaults.COARSE_DISTANCES)
@@ -162,7 +170,7 @@ def lift_place(
     if ablation == "coarse":
         loss_b = coarse_b
     elif ablation == "fine":
-        loss_b = weight * fine_b
+        loss_b = fine_b  # no coarse term to hand over from: w does not apply
     else:
         loss_b = coarse_b + weight * fine_b
 
@@ -211,6 +219,68 @@ def default_feature_blocks(model: nn.Module) -> list[str]:
     return names
 
 
+def _block_sublayers(block: nn.Module, prefix: str) -> list[str]:
+    """A diffusers block's ResNets and attentions in forward order, then its resampling convs."""
+    names: list[str] = []
+    attentions = getattr(block, "attentions", None) or []
+    for i in range(len(block.resnets)):
+        names.append(f"{prefix}.resnets.{i}")
+        if i < len(attentions) and attentions[i] is not None:
+            names.append(f"{prefix}.attentions.{i}")
+    for kind in ("downsamplers", "upsamplers"):
+        for j, sampler in enumerate(getattr(block, kind, None) or []):
+            if isinstance(getattr(sampler, "conv", None), nn.Conv2d):  # a pooling resampler has nothing to learn
+                names.append(f"{prefix}.{kind}.{j}.conv")
+    return names
+
+
+def _mid_sublayers(mid: nn.Module) -> list[str]:
+    """The mid block in forward order: resnets.0, then (attentions.i, resnets.i+1) pairs."""
+    names = ["mid_block.resnets.0"]
+    attentions = list(getattr(mid, "attentions", None) or [])
+    for i in range(1, len(mid.resnets)):
+        if i - 1 < len(attentions) and attentions[i - 1] is not None:
+            names.append(f"mid_block.attentions.{i - 1}")
+        names.append(f"mid_block.resnets.{i}")
+    return names
+
+
+def sublayer_feature_modules(model: nn.Module) -> list[str]:
+    """Names of the modules FeatKD pairs with `layers="sublayers"` in a diffusers UNet2DModel.
+
+    Every ResNet block, every attention block and every down/up-sampling conv of the down
+    blocks, the mid block and the up blocks, in forward order: the modules the LIFT and PLACE
+    code hooks in the DDPM UNet of its Diff-Pruning experiments (41 for the CelebA 64x64 UNet).
+    """
+    names: list[str] = []
+    for i, block in enumerate(getattr(model, "down_blocks", None) or []):
+        names.extend(_block_sublayers(block, f"down_blocks.{i}"))
+    mid = getattr(model, "mid_block", None)
+    if mid is not None:
+        names.extend(_mid_sublayers(mid))
+    for i, block in enumerate(getattr(model, "up_blocks", None) or []):
+        names.extend(_block_sublayers(block, f"up_blocks.{i}"))
+    if not names:
+        raise ValueError("blocks: the model has no down_blocks/mid_block/up_blocks; name the modules to hook")
+    return names
+
+
+def feature_layers(model: nn.Module, layers: str = "blocks") -> list[str]:
+    """The module names FeatKD hooks for a hook set of `FEATKD_LAYER_SETS` ("blocks" or "sublayers")."""
+    _check_choice("featkd_layers", layers, FEATKD_LAYER_SETS)
+    return default_feature_blocks(model) if layers == "blocks" else sublayer_feature_modules(model)
+
+
+def _adapter(student_channels: int, teacher_channels: int, layers: str) -> nn.Conv2d:
+    """The 1x1 conv from a student feature to the teacher's width, initialised as the hook set says."""
+    if layers == "blocks":
+        return nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+    conv = nn.Conv2d(student_channels, teacher_channels, kernel_size=1, bias=False)
+    with torch.no_grad():
+        conv.weight.uniform_(-SUBLAYER_ADAPTER_INIT, SUBLAYER_ADAPTER_INIT)
+    return conv
+
+
 def _first_tensor(output: object) -> torch.Tensor:
     # diffusers down blocks return (hidden_states, residuals); the others a tensor.
     if isinstance(output, torch.Tensor):
@@ -233,7 +303,13 @@ class FeatureKD(nn.Module):
     Args:
         teacher, student: models with the same block structure (e.g. a UNet2DModel
             and its Diff-Pruning student).
-        blocks: dotted module names to pair; default `default_feature_blocks`.
+        blocks: dotted module names to pair; default `feature_layers(teacher, layers)`.
+        layers: the hook set and its adapters. "blocks": whole down/mid/up blocks, adapters
+            with bias and PyTorch's default initialisation. "sublayers": every ResNet,
+            attention and resampling conv, bias-free adapters initialised
+            U(-SUBLAYER_ADAPTER_INIT, SUBLAYER_ADAPTER_INIT), as the LIFT and PLACE code.
+            Default `methods.FEATKD_LAYERS`. With explicit `blocks`, `layers` chooses the
+            adapters only.
         sample_shape: (C, H, W) of a model input, used once to probe feature widths;
             default from a diffusers config (in_channels, sample_size).
         reduction: "sum" or "mean".
@@ -245,13 +321,16 @@ class FeatureKD(nn.Module):
         student: nn.Module,
         blocks: Sequence[str] | None = None,
         *,
+        layers: str = FEATKD_LAYERS,
         sample_shape: tuple[int, int, int] | None = None,
         reduction: str = defaults.REDUCTION,
     ) -> None:
         super().__init__()
         _check_choice("reduction", reduction, defaults.REDUCTIONS)
+        _check_choice("featkd_layers", layers, FEATKD_LAYER_SETS)
         self.reduction = reduction
-        self.blocks = list(blocks) if blocks is not None else default_feature_blocks(teacher)
+        self.layers = layers
+        self.blocks = list(blocks) if blocks is not None else feature_layers(teacher, layers)
         if not self.blocks:
             raise ValueError("blocks: name at least one block to hook")
         t_modules = dict(teacher.named_modules())
@@ -272,10 +351,7 @@ class FeatureKD(nn.Module):
         t_ch, s_ch = self._probe(teacher, student, sample_shape)
         # ModuleDict keys cannot hold dots.
         self.adapters = nn.ModuleDict(
-            {
-                self._key(name): nn.Conv2d(s_ch[name], t_ch[name], kernel_size=1)
-                for name in self.blocks
-            }
+            {self._key(name): _adapter(s_ch[name], t_ch[name], layers) for name in self.blocks}
         )
         ref = next(student.parameters())
         self.adapters.to(device=ref.device, dtype=ref.dtype)

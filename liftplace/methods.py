@@ -50,6 +50,14 @@ def _spec(name: str, kd: str, featkd: bool, description: str) -> MethodSpec:
 
 PAPER_METHOD: str = "lift+place+featkd"  # the paper's full method, the default everywhere
 
+# FeatKD's hook sets (`liftplace.losses.feature_layers`), each with its own adapters:
+# "sublayers": every ResNet block, attention block and down/up-sampling conv, bias-free 1x1 adapters
+#   initialised U(-0.005, 0.005): what the LIFT and PLACE code runs (its Diff-Pruning experiments);
+# "blocks": whole down/mid/up blocks, 1x1 adapters with bias and PyTorch's default initialisation
+#   (liftplace's setup before the option existed; the embedded studies published up to then used it).
+FEATKD_LAYER_SETS: tuple[str, ...] = ("sublayers", "blocks")
+FEATKD_LAYERS: str = "sublayers"
+
 METHODS: dict[str, MethodSpec] = {
     m.name: m
     for m in (

@@ -544,7 +544,7 @@ def _feature_kd(teacher: UNet2DModel, student: UNet2DModel, config: DistillConfi
     # The adapters' initial weights come from the run's seed, not from whatever ran before.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return FeatureKD(teacher, student, reduction=config.reduction)
+        return FeatureKD(teacher, student, layers=config.featkd_layers, reduction=config.reduction)
 
 
 def _lift_metrics(out: LiftPlaceOutput) -> dict[str, torch.Tensor | float]:
@@ -596,6 +596,14 @@ def _distill_step_fn(teacher: UNet2DModel, student: UNet2DModel, feat: FeatureKD
 
 def _distill_run_info(config: DistillConfig, student: UNet2DModel) -> dict:
     """The identity of a distillation run: a checkpoint resumes only a run with the same."""
+    info = _base_distill_run_info(config, student)
+    if config.spec.featkd and config.featkd_layers != "blocks":
+        # only then: a checkpoint written before the option existed (FeatKD on whole blocks) still resumes
+        info["featkd_layers"] = config.featkd_layers
+    return info
+
+
+def _base_distill_run_info(config: DistillConfig, student: UNet2DModel) -> dict:
     return {
         "kind": "distill",
         "method": config.method,

@@ -22,7 +22,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import PydanticCustomError
 
 from liftplace import defaults
-from liftplace.methods import METHOD_NAMES, PAPER_METHOD
+from liftplace.methods import FEATKD_LAYER_SETS, FEATKD_LAYERS, METHOD_NAMES, PAPER_METHOD
 from liftplace.presets import PRESET_NAMES
 from server.models import JOB_STATUSES
 from worker.spec import JobSpec
@@ -155,6 +155,8 @@ class DistillOptions(TrainOptions):
     reduction: Literal[defaults.REDUCTIONS] = defaults.REDUCTION  # type: ignore[valid-type]
     lambda_kd: float | None = Field(None, ge=0, description="default: the method's")
     lambda_feat: float | None = Field(None, ge=0, description="default: the method's")
+    featkd_layers: Literal[FEATKD_LAYER_SETS] = Field(  # type: ignore[valid-type]
+        FEATKD_LAYERS, description="FeatKD's hook set: sublayers (the LIFT and PLACE code's) or blocks")
 
 
 # Distil one fixed student from several teachers (the paper's capacity study prunes its student

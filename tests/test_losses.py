@@ -55,7 +55,7 @@ def reference_lift_place(s, u, *, K, coarse="l1", curriculum=True, reduction="su
     if ablation == "coarse":
         per = coarse_b
     elif ablation == "fine":
-        per = [w * f for f in fine_b]
+        per = list(fine_b)  # the fine term alone, unweighted
     else:
         per = [c + w * f for c, f in zip(coarse_b, fine_b, strict=True)]
     scale = 1.0 if reduction == "sum" else 1.0 / (C * N)
@@ -303,6 +303,24 @@ def test_curriculum_weight_is_not_differentiated():
     torch.testing.assert_close(g_loss, g_coarse + out.weight * g_fine)
 
 
+@pytest.mark.parametrize("curriculum", [True, False])
+@pytest.mark.parametrize("K", [None, 16])
+def test_fine_ablation_is_the_unweighted_fine_term(curriculum, K):
+    """ablation="fine" is the fine term alone: w is not applied, with or without the curriculum."""
+    s, u = _pair((2, 2, 8, 8), seed=11)
+    u = 0.9 * s + 0.05 * u  # lines near the identity: 0 < w < 1, so a weighted loss would differ
+    s = s.requires_grad_(True)
+    out = lift_place(s, u, group_size=K, curriculum=curriculum, ablation="fine")
+    full = lift_place(s, u, group_size=K, curriculum=curriculum)
+    if curriculum:
+        assert 0 < out.weight < 1 and out.weight == full.weight  # w is still computed and reported
+    torch.testing.assert_close(out.loss, out.fine)
+    torch.testing.assert_close(out.fine, full.fine)
+    (g_loss,) = torch.autograd.grad(out.loss, s, retain_graph=True)
+    (g_fine,) = torch.autograd.grad(full.fine, s)
+    torch.testing.assert_close(g_loss, g_fine)
+
+
 # --- vectorisation: the operators dispatched do not grow with the number of groups ---------------
 
 FEW_GROUPS = ((1, 1, 8, 8), 16)  # (shape, K): 4 groups in all
@@ -400,7 +418,7 @@ def test_outkd_values():
 
 def test_featurekd_pairs_blocks_and_trains_adapters(tiny_teacher, narrow_student):
     teacher, student = tiny_teacher, narrow_student
-    fkd = FeatureKD(teacher, student)
+    fkd = FeatureKD(teacher, student, layers="blocks")
     assert fkd.blocks == ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]
     # 1x1 adapters map student widths to teacher widths.
     ad = fkd.adapters["down_blocks__0"]

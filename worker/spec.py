@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from liftplace import defaults
-from liftplace.methods import PAPER_METHOD
+from liftplace.methods import FEATKD_LAYERS, PAPER_METHOD
 
 # Files a job writes into its output folder; the server reads some of them for its dashboards.
 SAMPLES_FILE = "samples.png"
@@ -70,6 +70,7 @@ class JobSpec:
     reduction: str = defaults.REDUCTION
     lambda_kd: float | None = None
     lambda_feat: float | None = None
+    featkd_layers: str = FEATKD_LAYERS
     # teacher
     preset: str | None = None
     base_teacher_path: str | None = None
