@@ -44,6 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from liftplace import defaults  # noqa: E402  (liftplace.defaults and .studies import no torch: cheap)
+from liftplace.methods import FEATKD_LAYER_SETS, FEATKD_LAYERS  # noqa: E402
 from liftplace.studies import StudyPreset, get_study_preset  # noqa: E402
 
 CSV_FIELDS = ("kind", "name", "step", "fid_digits", "elapsed_s", "step_ms")
@@ -201,6 +202,9 @@ def _parser(stability: StudyPreset) -> argparse.ArgumentParser:
     p.add_argument("--fid-samples", type=int, default=stability.options["fid_samples"])
     p.add_argument("--sample-steps", type=int, default=stability.options["sample_steps"])
     p.add_argument("--seed", type=int, default=defaults.SEED)
+    p.add_argument("--featkd-layers", choices=FEATKD_LAYER_SETS,
+                   default=stability.options.get("featkd_layers", FEATKD_LAYERS),
+                   help="FeatKD's hook set (kind student); default: the stability preset's")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--label", help="appended to each curve's name (\"METHOD, LABEL\"), e.g. the setting compared")
@@ -260,7 +264,8 @@ def _student_curves(args: argparse.Namespace, options: dict[str, Any], data, cur
     teacher = load_unet(args.teacher)
     for method in args.methods:
         name = _curve_name(method, args.label)
-        config = DistillConfig(method=method, student_ratio=args.student_ratio, seed=args.seed, **options)
+        config = DistillConfig(method=method, student_ratio=args.student_ratio, seed=args.seed,
+                               featkd_layers=args.featkd_layers, **options)
         res = distill(teacher, data=data, config=config, checkpoint_dir=args.output / _slug(name) / "checkpoint",
                       callbacks=[curve("student", name)])
         print(f"student {method}: {res.parameters:,} of {res.teacher_parameters:,} parameters "
