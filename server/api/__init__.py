@@ -1,13 +1,16 @@
-"""REST routers, one per resource, and the dependencies they share (session, settings)."""
+"""REST routers, one per resource, and the dependencies they share (session, settings).
+
+A router parses the request, calls the service layer (`server.services`) and answers; it never
+imports another router nor the dispatcher. Services raise `server.errors.NotFound` / `Conflict`
+(404 / 409, see `server.errors.install`) and 422s; a router commits the service's work, after
+storing the answer of an Idempotency-Key in the same transaction.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Path, Query, Request
-from sqlalchemy.exc import IntegrityError
+from fastapi import Depends, Path, Query, Request
 from sqlalchemy.orm import Session
 
 from server.auth import require_read, require_write
@@ -20,7 +23,8 @@ READ = [Depends(require_read)]
 WRITE = [Depends(require_write)]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
+    # async: no I/O, so FastAPI calls it on the event loop instead of handing it to a worker thread
     return request.app.state.settings
 
 
@@ -38,24 +42,3 @@ def wake_dispatcher(request: Request) -> None:
     dispatcher = getattr(request.app.state, "dispatcher", None)
     if dispatcher is not None:
         dispatcher.wake()
-
-
-def not_found(what: str, key: object) -> HTTPException:
-    return HTTPException(status_code=404, detail=f"{what} {key!r} not found")
-
-
-def conflict(detail: str) -> HTTPException:
-    return HTTPException(status_code=409, detail=detail)
-
-
-@contextmanager
-def unique_or_conflict(session: Session, detail: str) -> Iterator[None]:
-    """Flush and commit inside: a unique name taken meanwhile by a concurrent request is a 409, not a 500.
-
-    The routes check the name first; this covers the race between that check and the commit.
-    """
-    try:
-        yield
-    except IntegrityError:
-        session.rollback()
-        raise conflict(detail) from None
