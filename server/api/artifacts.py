@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
-from server.api import READ, RowId, SessionDep, SettingsDep
+from server.api import READ, RowId, SettingsDep, read
 from server.schemas import DashboardRead, MethodRead, MetricsRead, PaperTableRead, WelchRead
 from server.services import dashboards
 from server.services.dashboards import DEFAULT_MAX_POINTS, JOB_FILES, MAX_POINTS
@@ -25,33 +25,33 @@ JobFileName = Literal[tuple(JOB_FILES)]  # type: ignore[valid-type]
 
 @router.get("/jobs/{job_id}/metrics", dependencies=READ, response_model=MetricsRead,
             summary="A job's metric history (loss terms, beta1/beta0 as slope/intercept, w), downsampled")
-def job_metrics(job_id: RowId, session: SessionDep, settings: SettingsDep,
-                max_points: int = Query(DEFAULT_MAX_POINTS, ge=2, le=MAX_POINTS,
-                                        description="at most this many steps (evenly spread, first and last kept)"),
-                ) -> MetricsRead:
-    return dashboards.job_metrics(session, settings, job_id, max_points)
+async def job_metrics(job_id: RowId, request: Request, settings: SettingsDep,
+                      max_points: int = Query(DEFAULT_MAX_POINTS, ge=2, le=MAX_POINTS, description="at most this "
+                                              "many steps (evenly spread, first and last kept)"),
+                      ) -> MetricsRead:
+    return await read(request, dashboards.job_metrics, settings, job_id, max_points)
 
 
 @router.get("/jobs/{job_id}/files/{name}", dependencies=READ, response_class=FileResponse,
             summary="A file of the job's output folder: samples.png, error_map.png or job.log",
             responses={200: {"content": {t: {} for t in set(JOB_FILES.values())}}, 404: {}})
-def job_file(job_id: RowId, name: JobFileName, session: SessionDep, settings: SettingsDep) -> FileResponse:
-    path = dashboards.job_file(session, settings, job_id, name)
+async def job_file(job_id: RowId, name: JobFileName, request: Request, settings: SettingsDep) -> FileResponse:
+    path = await read(request, dashboards.job_file, settings, job_id, name)
     # no-cache: a retried job rewrites its files under the same name (the ETag makes revalidation cheap).
     return FileResponse(path, media_type=JOB_FILES[name], headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/studies/{study_id}/welch", dependencies=READ, response_model=list[WelchRead],
             summary="Welch's t-test between every two methods of the study, per teacher")
-def study_welch(study_id: RowId, session: SessionDep) -> list[WelchRead]:
-    return dashboards.study_welch(session, study_id)
+async def study_welch(study_id: RowId, request: Request) -> list[WelchRead]:
+    return await read(request, dashboards.study_welch, study_id)
 
 
 @router.get("/studies/{study_id}/dashboard", dependencies=READ, response_model=DashboardRead,
             summary="The study dashboard in one snapshot: study, Table-6 grid, tries, teacher sizes, Welch tests, "
                     "MLflow compare link")
-def study_dashboard(study_id: RowId, session: SessionDep, settings: SettingsDep) -> DashboardRead:
-    return dashboards.study_dashboard(session, settings, study_id)
+async def study_dashboard(study_id: RowId, request: Request, settings: SettingsDep) -> DashboardRead:
+    return await read(request, dashboards.study_dashboard, settings, study_id)
 
 
 @router.get("/methods", dependencies=READ, response_model=list[MethodRead],

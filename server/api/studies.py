@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 
 from server import idempotency
-from server.api import READ, WRITE, Offset, RowId, SessionDep, SettingsDep, wake_dispatcher
+from server.api import READ, WRITE, Offset, RowId, SettingsDep, create, read, wake_dispatcher, write
 from server.schemas import Page, StudyCreate, StudyRead, TableRead
 from server.services import studies
 
@@ -19,38 +19,33 @@ TABLE_MEDIA_TYPES = {"csv": "text/csv", "md": "text/markdown", "latex": "applica
 
 @router.post("", dependencies=WRITE, status_code=201, response_model=StudyRead,
              summary="Create a study: one job per teacher x method x seed")
-def create_study(body: StudyCreate, session: SessionDep, settings: SettingsDep, request: Request,
-                 idempotency_key: idempotency.IdempotencyKeyHeader = None) -> StudyRead | Response:
-    claimed = idempotency.claim(session, settings, "POST /api/studies", idempotency_key, body)
-    if isinstance(claimed, Response):
-        return claimed
-    study = studies.create_study(session, settings, body)
-    read = studies.study_read(session, study, settings)
-    idempotency.record(claimed, 201, read, study.id)
-    session.commit()  # the study, all its jobs and the key, or nothing
-    wake_dispatcher(request)
-    return read
+async def create_study(body: StudyCreate, settings: SettingsDep, request: Request,
+                       idempotency_key: idempotency.IdempotencyKeyHeader = None) -> StudyRead | Response:
+    # The study, all its jobs and the key in one transaction, or nothing.
+    answer = await create(request, "POST /api/studies", idempotency_key, body,
+                          lambda session: studies.create_study(session, settings, body))
+    if not isinstance(answer, Response):
+        wake_dispatcher(request)
+    return answer
 
 
 @router.get("", dependencies=READ, response_model=Page[StudyRead], summary="List studies (newest first)")
-def list_studies(session: SessionDep, settings: SettingsDep, limit: int = Query(50, ge=1, le=500),
-                 offset: Offset = 0) -> Page[StudyRead]:
-    return studies.list_studies(session, settings, limit=limit, offset=offset)
+async def list_studies(request: Request, settings: SettingsDep, limit: int = Query(50, ge=1, le=500),
+                       offset: Offset = 0) -> Page[StudyRead]:
+    return await read(request, studies.list_studies, settings, limit=limit, offset=offset)
 
 
 @router.get("/{study_id}", dependencies=READ, response_model=StudyRead, summary="A study and the status of its jobs")
-def get_study(study_id: RowId, session: SessionDep, settings: SettingsDep) -> StudyRead:
-    return studies.study_read(session, studies.load_study(session, study_id), settings)
+async def get_study(study_id: RowId, request: Request, settings: SettingsDep) -> StudyRead:
+    return await read(request, studies.read_study, settings, study_id)
 
 
 @router.post("/{study_id}/cancel", dependencies=WRITE, response_model=StudyRead,
              summary="Cancel every queued or running job of a study")
-def cancel_study(study_id: RowId, session: SessionDep, settings: SettingsDep, request: Request) -> StudyRead:
-    study = studies.cancel_study(session, settings, study_id)
-    read = studies.study_read(session, study, settings)
-    session.commit()
+async def cancel_study(study_id: RowId, request: Request, settings: SettingsDep) -> StudyRead:
+    answer = await write(request, studies.cancel_study, settings, study_id)
     wake_dispatcher(request)
-    return read
+    return answer
 
 
 @router.get(
@@ -60,11 +55,12 @@ def cancel_study(study_id: RowId, session: SessionDep, settings: SettingsDep, re
     summary="The study's Table-6 grid (JSON, or ?format=csv|md|latex)",
     responses={200: {"content": {t: {} for t in TABLE_MEDIA_TYPES.values()}}},
 )
-def study_table(
+async def study_table(
     study_id: RowId,
-    session: SessionDep,
+    request: Request,
     format: Literal["json", "csv", "md", "latex"] = Query("json", description="json, csv, md (Markdown) or latex"),
 ) -> TableRead | Response:
     if format != "json":
-        return PlainTextResponse(studies.table_text(session, study_id, format), media_type=TABLE_MEDIA_TYPES[format])
-    return studies.table_read(session, studies.load_study(session, study_id))
+        text = await read(request, studies.table_text, study_id, format)
+        return PlainTextResponse(text, media_type=TABLE_MEDIA_TYPES[format])
+    return await read(request, studies.read_table, study_id)

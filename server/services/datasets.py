@@ -44,7 +44,7 @@ def read_dataset(session: Session, name: str) -> DatasetRead:
     return DatasetRead.model_validate(dataset)
 
 
-def register_dataset(session: Session, settings: Settings, body: DatasetCreate) -> Dataset:
+def register_dataset(session: Session, settings: Settings, body: DatasetCreate) -> DatasetRead:
     """Register an image folder of the datasets root (flushed, not committed)."""
     taken = f"name: a dataset named {body.name!r} already exists"
     if session.scalar(select(Dataset.id).where(Dataset.name == body.name)) is not None:
@@ -65,4 +65,4 @@ def register_dataset(session: Session, settings: Settings, body: DatasetCreate) 
     session.add(dataset)
     with unique_or_conflict(session, taken):
         session.flush()
-    return dataset
+    return DatasetRead.model_validate(dataset)

@@ -1,4 +1,4 @@
-"""A job's life after its creation: log lines, its end and what depends on it, cancel and retry.
+"""A job's life after its creation: log lines, its end and what depends on it, cancel and requeue.
 
 `end_job` is the one place a job reaches a terminal state: the dispatcher calls it for outcomes,
 the API for a cancelled queued job. It updates the job's teacher (a teacher job) and study cell
@@ -14,7 +14,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from server import aggregation
-from server.errors import Conflict, NotFound
+from server.errors import Conflict
 from server.models import Job, JobLog, StudyCell, Teacher, utcnow
 from server.settings import Settings
 
@@ -77,17 +77,9 @@ def cancel(session: Session, settings: Settings, job: Job) -> bool:
     return False
 
 
-def cancel_job(session: Session, settings: Settings, job_id: int) -> None:
-    """Cancel one job (see `cancel`); Conflict when it has already ended."""
-    job = load_job(session, job_id)
-    if not cancel(session, settings, job):
-        raise Conflict(f"job {job_id} has already ended ({job.status}); nothing to cancel")
-    session.flush()
-
-
-def retry_job(session: Session, job_id: int) -> None:
-    """Queue a failed, diverged or cancelled job again; it resumes from its checkpoint."""
-    job = load_job(session, job_id)
+def requeue(session: Session, job: Job) -> None:
+    """Queue a failed, diverged or cancelled job again (it resumes from its checkpoint); Conflict otherwise."""
+    job_id = job.id
     if job.status not in RETRYABLE:
         raise Conflict(f"job {job_id} is {job.status}; only {', '.join(RETRYABLE)} jobs can be retried")
     for teacher in (job.teacher, job.student_teacher):
@@ -104,12 +96,3 @@ def retry_job(session: Session, job_id: int) -> None:
         session.execute(delete(StudyCell).where(StudyCell.study_id == job.study_id,
                                                 StudyCell.teacher == job.teacher.name, StudyCell.method == job.method))
     add_log(session, job.id, "retry requested: queued again (it resumes from its checkpoint)")
-    session.flush()
-
-
-def load_job(session: Session, job_id: int) -> Job:
-    """The job (its relationships load on use); NotFound if there is none."""
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound("job", job_id)
-    return job

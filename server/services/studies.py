@@ -74,7 +74,7 @@ def _check_size(settings: Settings, body: StudyCreate) -> None:
                       len(body.seeds))
 
 
-def create_study(session: Session, settings: Settings, body: StudyCreate) -> Study:
+def create_study(session: Session, settings: Settings, body: StudyCreate) -> StudyRead:
     """The study and one queued job per teacher x method x seed (flushed, not committed)."""
     _check_size(settings, body)
     check_steps(settings, body.steps)
@@ -100,7 +100,7 @@ def create_study(session: Session, settings: Settings, body: StudyCreate) -> Stu
                                 options=options_of(body)))
     with unique_or_conflict(session, taken):
         session.flush()
-    return study
+    return study_read(session, study, settings)
 
 
 def list_studies(session: Session, settings: Settings, *, limit: int = 50, offset: int = 0) -> Page[StudyRead]:
@@ -111,13 +111,13 @@ def list_studies(session: Session, settings: Settings, *, limit: int = 50, offse
     return Page[StudyRead](items=study_reads(session, studies, settings), total=total, limit=limit, offset=offset)
 
 
-def cancel_study(session: Session, settings: Settings, study_id: int) -> Study:
+def cancel_study(session: Session, settings: Settings, study_id: int) -> StudyRead:
     """Cancel every queued or running job of the study (flushed, not committed)."""
     study = load_study(session, study_id)
     for job in session.scalars(select(Job).where(Job.study_id == study.id, Job.status.in_(("queued", "running")))):
         cancel(session, settings, job)
     session.flush()
-    return study
+    return study_read(session, study, settings)
 
 
 def table_read(session: Session, study: Study, jobs: list[Job] | None = None) -> TableRead:
@@ -133,6 +133,14 @@ def table_read(session: Session, study: Study, jobs: list[Job] | None = None) ->
     return TableRead(study_id=study.id, metric=metric, teachers=study.teachers,
                      methods=aggregation.ordered_methods(study), cells=[CellRead(**c.as_dict()) for c in cells],
                      best=best)
+
+
+def read_study(session: Session, settings: Settings, study_id: int) -> StudyRead:
+    return study_read(session, load_study(session, study_id), settings)
+
+
+def read_table(session: Session, study_id: int) -> TableRead:
+    return table_read(session, load_study(session, study_id))
 
 
 def table_text(session: Session, study_id: int, format: str) -> str:

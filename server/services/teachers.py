@@ -120,7 +120,7 @@ def _training(session: Session, settings: Settings, body: PresetTeacherCreate | 
     return teacher
 
 
-def create_teacher(session: Session, settings: Settings, body: TeacherCreate) -> Teacher:
+def create_teacher(session: Session, settings: Settings, body: TeacherCreate) -> TeacherRead:
     """Register a local teacher (ready), or a teacher in training and its job (flushed, not committed)."""
     taken = f"name: a teacher named {body.name!r} already exists"
     if session.scalar(select(Teacher.id).where(Teacher.name == body.name)) is not None:
@@ -133,4 +133,4 @@ def create_teacher(session: Session, settings: Settings, body: TeacherCreate) ->
         teacher = _training(session, settings, body)
     with unique_or_conflict(session, taken):
         session.flush()
-    return teacher
+    return teacher_read(session, teacher)
