@@ -3,7 +3,7 @@
 Validation lives here, so that a bad request is refused before any code runs and the
 OpenAPI document states the same rules. Checks that need the database or the runtime
 limits (does the teacher exist? is `steps` under LIFTPLACE_MAX_STEPS?) are done by the
-routers and answered in the same 422 shape (see `invalid`).
+services (`server.services.checks`) and answered in the same 422 shape (see `invalid`).
 
 Method names, pruning importances, distances, the checkpoint interval and their defaults come
 from `liftplace.methods` / `liftplace.defaults`; the job's step count and FID sample count, which
