@@ -10,6 +10,8 @@ For each backend (SQLite file, PostgreSQL database), the script:
    ones: mostly ended, some queued and running);
 3. drives it with `--clients` threads, each with its own keep-alive HTTP connection (standard
    library only: threading + http.client), `--requests` requests per operation in all:
+   - floor: GET /api/status (no database, no validation: what one request costs the framework
+     itself, measured in the same run, so the other rows can be read against it);
    - submit: POST /api/jobs (one distillation job each);
    - list: GET /api/jobs?limit=50 (the first page, newest first, with the total count);
    - list-status: GET /api/jobs?status=succeeded&limit=50;
@@ -17,7 +19,8 @@ For each backend (SQLite file, PostgreSQL database), the script:
    - mixed: submit and list in turn, as a lab's queue sees them (new work while people watch
      it); reported separately as "mixed submit" and "mixed list";
 4. prints per operation p50 / p99 latency (ms, from sending the request to reading the whole
-   answer) and throughput (answers per second of wall time, all clients together).
+   answer), throughput (answers per second of wall time, all clients together) and the p50 as a
+   multiple of the floor's.
 
 PostgreSQL: a database `liftplace_bench` is created through `--pg-admin-url` (default the test
 server on 127.0.0.1:5432) and dropped at the end. SQLite: a file in a temporary directory.
@@ -57,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 BENCH_DATABASE = "liftplace_bench"
 TEACHER = "bench-teacher"
 # The status mix of a lab's queue after a while: most jobs ended, a few waiting or running.
+OPERATIONS = ("floor", "submit", "list", "list-status", "list-deep", "mixed")
 STATUS_MIX = (("succeeded", 80), ("failed", 5), ("diverged", 3), ("cancelled", 2), ("queued", 8), ("running", 2))
 
 
@@ -189,11 +193,18 @@ class Result:
     errors: int
     clients: int
 
-    def row(self) -> list[str]:
+    @property
+    def p50_ms(self) -> float | None:
+        return statistics.median(self.latencies) * 1000 if self.latencies else None
+
+    def row(self, floor_ms: float | None = None) -> list[str]:
+        """The table row; `floor_ms`: the floor's p50 in the same run (for the "x floor" column)."""
         ms = sorted(x * 1000 for x in self.latencies)
         p99 = ms[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))] if ms else float("nan")
-        return [self.operation, str(len(ms)), str(self.clients), f"{statistics.median(ms):.1f}" if ms else "-",
-                f"{p99:.1f}", f"{len(ms) / self.wall:.0f}" if self.wall else "-", str(self.errors)]
+        p50 = self.p50_ms
+        times = f"{p50 / floor_ms:.1f}" if p50 is not None and floor_ms else "-"
+        return [self.operation, str(len(ms)), str(self.clients), f"{p50:.1f}" if p50 is not None else "-",
+                f"{p99:.1f}", f"{len(ms) / self.wall:.0f}" if self.wall else "-", times, str(self.errors)]
 
 
 def drive(port: int, total: int, clients: int, make: Plan) -> list[Result]:
@@ -270,6 +281,7 @@ def bench_backend(name: str, database_url: str, data_dir: Path, args: argparse.N
             return label, "GET", f"/api/jobs?{query}", None, 200
 
         plans: dict[str, Plan] = {
+            "floor": lambda k: ("floor", "GET", "/api/status", None, 200),
             "submit": submit,
             "list": lambda k: listing("list", "limit=50"),
             "list-status": lambda k: listing("list-status", "status=succeeded&limit=50"),
@@ -332,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2_000, help="requests per operation (all clients together)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent client threads")
     parser.add_argument("--backends", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql")
-    parser.add_argument("--only", nargs="*", choices=("submit", "list", "list-status", "list-deep", "mixed"),
+    parser.add_argument("--only", nargs="*", choices=OPERATIONS,
                         help="measure only these operations")
     parser.add_argument("--pg-admin-url", default=os.environ.get(
         "LIFTPLACE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
@@ -358,9 +370,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 with postgres_database(args.pg_admin_url) as url:
                     results = bench_backend(backend, url, data_dir, args)
-        table += [[backend, *r.row()] for r in results]
+        floor_ms = next((r.p50_ms for r in results if r.operation == "floor"), None)
+        table += [[backend, *r.row(floor_ms)] for r in results]
 
-    header = ["backend", "operation", "requests", "clients", "p50 ms", "p99 ms", "req/s", "errors"]
+    header = ["backend", "operation", "requests", "clients", "p50 ms", "p99 ms", "req/s", "p50 x floor", "errors"]
     widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header))]
     print()
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")

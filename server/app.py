@@ -3,12 +3,15 @@
 Start-up applies the Alembic migrations, registers the embedded datasets and starts the
 dispatcher thread (which starts or joins Ray in the background, so the API answers at once).
 Shut-down stops the dispatcher and the executor (an embedded Ray stops with it).
+
+The app is the REST API only. A user interface is added by whoever composes the service:
+`create_app(..., ui=web.install)` (as `liftplace serve` and the demo do) mounts the browser UI.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -20,9 +23,9 @@ from server.db import make_engine, make_sessionmaker, run_migrations
 from server.dispatcher import Dispatcher
 from server.executors import Executor, RayExecutor
 from server.middleware import BodySizeLimit
+from server.services.datasets import ensure_embedded_datasets
 from server.settings import Settings
 from server.tracking import Tracking
-from web import install as install_web
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +42,11 @@ def default_executor(settings: Settings) -> Executor:
 
 
 def create_app(settings: Settings | None = None, executor: Executor | None = None, *,
-               tracking: Tracking | Literal[False] | None = None) -> FastAPI:
+               tracking: Tracking | Literal[False] | None = None,
+               ui: Callable[[FastAPI], None] | None = None) -> FastAPI:
     """Build the app. `executor`: default a RayExecutor; `tracking`: default MLflow from the
-    settings, False for none (tests without MLflow)."""
+    settings, False for none (tests without MLflow); `ui`: called with the app to add a user
+    interface (e.g. `web.install`), default none: the API alone."""
     settings = settings or Settings()
     engine = make_engine(str(settings.database_url))
     sessions = make_sessionmaker(engine)
@@ -56,7 +61,7 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
         if settings.migrate:
             run_migrations(engine)
         with sessions() as session:
-            datasets.ensure_embedded_datasets(session)
+            ensure_embedded_datasets(session)
         if settings.dispatch:
             dispatcher.start()
         try:
@@ -76,7 +81,6 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
     app.state.tracking = tracking or None
     for module in (jobs, studies, teachers, datasets, artifacts):
         app.include_router(module.router)
-    install_web(app)  # the browser UI: pages, /static, plotly.js from the plotly package
     app.include_router(auth.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
@@ -89,4 +93,6 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
                 "limits": {"max_steps": settings.max_steps, "max_jobs_per_study": settings.max_jobs_per_study,
                            "max_attempts": settings.max_attempts}}
 
+    if ui is not None:
+        ui(app)
     return app

@@ -69,13 +69,15 @@ def _unauthorized(what: str) -> HTTPException:
     )
 
 
-def require_write(request: Request, _bearer: BearerDep = None, _cookie: CookieDep = None) -> None:
+# The two dependencies are async: they do no I/O, so FastAPI runs them on the event loop instead of
+# handing each request to a worker thread once more.
+async def require_write(request: Request, _bearer: BearerDep = None, _cookie: CookieDep = None) -> None:
     """Dependency of every write endpoint and web form: 401 unless the token is presented (when one is set)."""
     if _settings(request).writes_need_token and not authenticated(request):
         raise _unauthorized("writes")
 
 
-def require_read(request: Request, _bearer: BearerDep = None, _cookie: CookieDep = None) -> None:
+async def require_read(request: Request, _bearer: BearerDep = None, _cookie: CookieDep = None) -> None:
     """Dependency of every read endpoint and page: 401 unless the token is presented, when LIFTPLACE_AUTH_READS."""
     if _settings(request).reads_need_token and not authenticated(request):
         raise _unauthorized("reads")

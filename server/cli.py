@@ -1,4 +1,4 @@
-"""`liftplace serve`: the API, the dispatcher and (embedded mode) a local Ray, in one command.
+"""`liftplace serve`: the API, its browser UI, the dispatcher and (embedded mode) a local Ray, in one command.
 
 Plugged into the `liftplace` command through the entry point group ``liftplace.commands``
 (``serve = "server.cli:register"``); ``python -m server.cli serve`` works without it.
@@ -46,6 +46,7 @@ def _cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser | None 
 
     from server.app import create_app
     from server.settings import Settings
+    from web import install as install_web  # the browser UI: pages, /static, plotly.js
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "data_dir": args.data_dir}.items()
                  if v is not None}
@@ -71,7 +72,8 @@ def _cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser | None 
 
         init_ray(None)
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+        uvicorn.run(create_app(settings, ui=install_web), host=settings.host, port=settings.port,
+                    log_level=args.log_level)
     finally:
         if owns_ray:
             from worker.ray_tasks import shutdown_ray

@@ -192,6 +192,7 @@ def _cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser | None =
 
         from server.app import create_app
         from server.settings import Settings
+        from web import install as install_web
         from worker.ray_tasks import init_ray
 
         settings = Settings(data_dir=data_dir, host="127.0.0.1", port=port, mlflow_tracking_uri=mlflow_url,
@@ -203,7 +204,7 @@ def _cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser | None =
         # ray.init, which installs a handler of its own that would exit without cleaning up.
         signal.signal(signal.SIGTERM, _interrupt)
         wait_http(f"{mlflow_url}/health", MLFLOW_START_TIMEOUT, mlflow_proc)
-        api = ApiServer(create_app(settings), "127.0.0.1", port)
+        api = ApiServer(create_app(settings, ui=install_web), "127.0.0.1", port)
         api.start()
         client = ServiceClient(api_url, token=os.environ.get("LIFTPLACE_API_TOKEN") or None)
         client.wait_ready(timeout=60)

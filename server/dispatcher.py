@@ -30,7 +30,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
@@ -39,6 +38,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from server import aggregation
 from server.executors import Executor, Finished
 from server.models import IN_FLIGHT_STATUSES, TERMINAL_STATUSES, Dataset, Job, JobLog, Study, StudyCell, Teacher, utcnow
+from server.services.lifecycle import add_log, end_job, fail_waiting_on
 from server.settings import Settings
 from server.tracking import Tracking
 from worker.spec import RUN_ID_FILE, JobSpec
@@ -58,11 +58,6 @@ def _finite_metrics(metrics: dict[str, Any] | None) -> dict[str, float]:
         if math.isfinite(v):
             out[str(k)] = float(v)
     return out
-
-
-def add_log(session: Session, job_id: int, line: str) -> None:
-    """A dispatcher line in the job's log (stamped like the worker's)."""
-    session.add(JobLog(job_id=job_id, line=f"{time.strftime('%Y-%m-%d %H:%M:%S')} [server] {line}"))
 
 
 def teacher_path(settings: Settings, teacher: Teacher) -> str:
@@ -117,40 +112,6 @@ def build_spec(settings: Settings, job: Job, *, parent_run_id: str | None = None
         if job.study is not None:
             common.update(study_id=job.study.id, study_name=job.study.name, mlflow_parent_run_id=parent_run_id)
     return JobSpec(**{**opts, **common})
-
-
-def end_job(s: Session, settings: Settings, job: Job, status: str, reason: str) -> None:
-    """Put a job in a terminal state, with what depends on it: its teacher, its study cell.
-
-    Used by the dispatcher (outcomes) and the API (cancelling a queued job), inside their transaction.
-    """
-    if job.study_id is not None:  # before the job's row changes: see aggregation.lock_study
-        aggregation.lock_study(s, job.study_id)
-    job.status, job.reason, job.finished_at, job.claimed_by = status, reason, utcnow(), None
-    add_log(s, job.id, f"{status}" + (f": {reason}" if reason else ""))
-    if job.kind == "teacher" and job.output_teacher is not None:
-        teacher = job.output_teacher
-        if status == "succeeded":
-            teacher.status, teacher.reason = "ready", ""
-            teacher.model_dir = job.model_dir or str(settings.jobs_dir / str(job.id) / "model")
-            teacher.parameters = job.parameters
-        else:
-            teacher.status = "failed"
-            teacher.reason = f"training job {job.id} {status}" + (f": {reason}" if reason else "")
-            s.flush()
-            fail_waiting_on(s, settings, [teacher])
-    if job.study is not None and job.teacher is not None and job.method is not None:
-        s.flush()
-        aggregation.update_cell(s, job.study, job.teacher.name, job.method)
-
-
-def fail_waiting_on(s: Session, settings: Settings, teachers: Iterable[Teacher]) -> None:
-    """Fail the queued jobs that wait for teachers that will not be ready (their training failed)."""
-    for teacher in teachers:
-        waiting = list(s.scalars(select(Job).where(
-            Job.status == "queued", or_(Job.teacher_id == teacher.id, Job.student_teacher_id == teacher.id))))
-        for job in waiting:
-            end_job(s, settings, job, "failed", f"teacher {teacher.name!r} did not train ({teacher.reason})")
 
 
 class Dispatcher:

@@ -1,4 +1,7 @@
-"""Error answers the API gives in place of FastAPI's defaults.
+"""The errors of the service layer, and the answers the API gives for them and in place of FastAPI's defaults.
+
+The services (`server.services`) raise `NotFound` (404) and `Conflict` (409), which carry no HTTP
+of their own: the handlers here turn them into FastAPI's `{"detail": "..."}` answer.
 
 FastAPI's 422 echoes each error's `input`. Python's JSON parser reads ``NaN``, ``Infinity``
 and ``1e400`` as floats, and a JSON answer cannot hold them, so a request with a NaN ratio
@@ -33,6 +36,25 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+class NotFound(LookupError):
+    """A resource named in the request does not exist (404)."""
+
+    def __init__(self, what: str, key: object) -> None:
+        super().__init__(f"{what} {key!r} not found")
+
+
+class Conflict(Exception):
+    """The request contradicts the resource's state: a name taken, a job already ended (409)."""
+
+
+async def not_found(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+
+async def conflict(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 (`{"detail": [{"loc", "msg", "type", "input", ...}]}`), always valid JSON."""
     assert isinstance(exc, RequestValidationError)
@@ -42,3 +64,5 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     """Register the handlers on `app`."""
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(NotFound, not_found)
+    app.add_exception_handler(Conflict, conflict)

@@ -3,11 +3,11 @@
 Validation lives here, so that a bad request is refused before any code runs and the
 OpenAPI document states the same rules. Checks that need the database or the runtime
 limits (does the teacher exist? is `steps` under LIFTPLACE_MAX_STEPS?) are done by the
-routers and answered in the same 422 shape (see `invalid`).
+services (`server.services.checks`) and answered in the same 422 shape (see `invalid`).
 
-Method names, pruning importances, distances and their defaults come from
-`liftplace.methods` / `liftplace.defaults`; the remaining job defaults from the job-spec
-contract (`worker.spec.JobSpec`).
+Method names, pruning importances, distances, the checkpoint interval and their defaults come
+from `liftplace.methods` / `liftplace.defaults`; the job's step count and FID sample count, which
+the library leaves to its callers, from the job-spec contract (`worker.spec.JobSpec`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ _SPEC_DEFAULTS: dict[str, Any] = {
 }
 DEFAULT_STEPS: int = _SPEC_DEFAULTS["steps"]
 DEFAULT_FID_SAMPLES: int = _SPEC_DEFAULTS["fid_samples"]
-DEFAULT_CHECKPOINT_EVERY: int = _SPEC_DEFAULTS["checkpoint_every"]
 DEFAULT_SEEDS: int = 5  # the paper's five tries per cell
 EMBEDDED_DATASETS: tuple[str, ...] = ("digits",)
 MAX_NAME_LENGTH: int = 128
@@ -136,7 +135,7 @@ class TrainOptions(_Strict):
     lr: float = Field(defaults.LEARNING_RATE, gt=0, le=1)
     lr_schedule: Literal[defaults.LR_SCHEDULES] = Field(  # type: ignore[valid-type]
         defaults.LR_SCHEDULE, description="constant, or cosine decay from lr to 0 over the steps")
-    checkpoint_every: int = Field(DEFAULT_CHECKPOINT_EVERY, ge=0, description="steps between checkpoints (a retry "
+    checkpoint_every: int = Field(defaults.CHECKPOINT_EVERY, ge=0, description="steps between checkpoints (a retry "
                                   "resumes from the last one)")
     # The FID at the end of the job (teachers are scored too: the dashboard shows their FID).
     fid_samples: int = Field(DEFAULT_FID_SAMPLES, ge=2, le=100_000, description="samples generated for the FID")
@@ -157,6 +156,11 @@ class DistillOptions(TrainOptions):
     lambda_feat: float | None = Field(None, ge=0, description="default: the method's")
     featkd_layers: Literal[FEATKD_LAYER_SETS] = Field(  # type: ignore[valid-type]
         FEATKD_LAYERS, description="FeatKD's hook set: sublayers (the LIFT and PLACE code's) or blocks")
+
+
+# Job options stored as such in `Job.options` (the other request fields have their own columns).
+OPTION_FIELDS: tuple[str, ...] = tuple(f for f in DistillOptions.model_fields if f not in ("steps", "dataset"))
+TRAIN_OPTION_FIELDS: tuple[str, ...] = tuple(f for f in TrainOptions.model_fields if f not in ("steps", "dataset"))
 
 
 # Distil one fixed student from several teachers (the paper's capacity study prunes its student
@@ -375,3 +379,97 @@ class TableRead(BaseModel):
     cells: list[CellRead]
     best: dict[str, list[str]] = Field(description="per teacher, the method(s) with the lowest mean")
 
+
+
+# --- dashboards -------------------------------------------------------------------------------------
+
+
+class MetricsRead(BaseModel):
+    """A job's metric history (metrics.jsonl), downsampled to at most `max_points` steps."""
+
+    job_id: int
+    steps: list[int]
+    series: dict[str, list[float | None]] = Field(description="metric name -> value at each step (null: not "
+                                                  "logged at that step)")
+    total_points: int = Field(description="steps in the history before downsampling")
+
+
+class MethodRead(BaseModel):
+    name: str
+    kd: str = Field(description="output loss: none, outkd, lift or lift+place")
+    featkd: bool
+    lambda_kd: float
+    lambda_feat: float
+    description: str
+    paper: bool = Field(description="the paper's full method")
+
+
+class WelchRead(BaseModel):
+    """Welch's t-test between two methods' FIDs (succeeded runs) under one teacher; null numbers with
+    a `reason` when a side has fewer than two finite FIDs."""
+
+    teacher: str
+    method_a: str
+    method_b: str
+    n_a: int
+    n_b: int
+    mean_a: float | None
+    mean_b: float | None
+    statistic: float | None
+    df: float | None
+    pvalue: float | None
+    reason: str | None
+
+
+class TeacherSize(BaseModel):
+    name: str
+    parameters: int | None
+    label: str
+
+
+class RunRead(BaseModel):
+    """One try of a study, for the dashboard's cells and plots."""
+
+    job_id: int
+    teacher: str
+    method: str
+    seed: int
+    status: str
+    fid: float | None
+    collapse: bool = Field(description="diverged, or FID over the collapse threshold (liftplace.stats)")
+    fraction: float | None = Field(description="training progress 0..1 while it runs")
+    mlflow_run_id: str | None
+    mlflow_url: str | None
+
+
+class DashboardRead(BaseModel):
+    """Everything the study dashboard shows, in one consistent snapshot."""
+
+    study: StudyRead
+    table: TableRead
+    runs: list[RunRead]
+    teachers: list[TeacherSize]
+    collapse_threshold: float
+    welch: list[WelchRead]
+    mlflow_compare_url: str | None = Field(description="MLflow's compare view of the study's runs")
+
+
+class PaperCell(BaseModel):
+    teacher: str
+    parameters: float
+    teacher_fid: float | None
+    method: str
+    tries: list[float]
+    mean: float
+    std: float
+
+
+class PaperTableRead(BaseModel):
+    """The paper's Table 6 as printed (liftplace/reference/paper_table6.csv)."""
+
+    metric: str
+    caption: str
+    teachers: list[str]
+    methods: list[str]
+    cells: list[PaperCell]
+    best: dict[str, list[str]]

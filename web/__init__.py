@@ -1,4 +1,7 @@
-"""The browser UI of liftplace, served by the FastAPI app: pages, our own static files, and plotly's JS.
+"""The browser UI of liftplace: pages, our own static files, and plotly's JS.
+
+`install(app)` adds it to the API's FastAPI app; the entry points do so
+(`create_app(settings, ui=web.install)` in `liftplace serve` and the demo).
 
 Nothing is loaded from another origin: the only third-party script, plotly.js, is served from
 the installed `plotly` Python package at /static/vendor/plotly.min.js.

@@ -18,7 +18,7 @@ from annotated_types import Ge, Gt, Le, Lt, MaxLen
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from server.api.jobs import OPTION_FIELDS
+from server.schemas import OPTION_FIELDS
 
 # How a field is labelled and explained in the forms (what the schema's descriptions do not say).
 LABELS: dict[str, str] = {

@@ -9,8 +9,10 @@ warning when it binds another address without a token.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,9 @@ from sqlalchemy import func, select
 
 from server.auth import AUTH_COOKIE, cookie_value
 from server.models import Job, Study, Teacher
-from tests.server.conftest import empty_database
+from tests.server.conftest import empty_database, open_harness
 from tests.server.server_testkit import Harness, make_local_teacher
+from web import install
 
 TOKEN = "s3cret-token-for-tests"
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -36,6 +39,12 @@ STATIC = ("/static",)  # our JS/CSS and plotly.min.js: code, no data
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Auth does not depend on the database: SQLite only (overrides the two-backend fixture)."""
     return empty_database("sqlite", request, tmp_path)
+
+
+@pytest.fixture
+def make_harness(db_url: str, tmp_path: Path) -> Iterator[Callable[..., contextlib.AbstractContextManager[Harness]]]:
+    """The app with its browser UI: the pages' authentication is checked with the API's."""
+    yield functools.partial(open_harness, db_url, tmp_path, ui=install)
 
 
 def routes(app: Any) -> Iterator[tuple[str, str]]:
@@ -193,7 +202,7 @@ def fake_serve(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list
     monkeypatch.setenv("RAY_ADDRESS", "ray.test:6379")  # not embedded: no Ray is started
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
-    monkeypatch.setattr(server.app, "create_app", lambda settings: object())
+    monkeypatch.setattr(server.app, "create_app", lambda settings, **kwargs: object())
     yield calls
 
 

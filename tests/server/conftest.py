@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -117,15 +118,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @contextlib.contextmanager
 def open_harness(db_url: str, root: Path, runner: FakeRunner | None = None, tracking: FakeTracking | None = None,
                  teachers: tuple[str, ...] = ("t-small", "t-large"), executor: Any = None,
-                 **overrides: Any) -> Iterator[Harness]:
-    """A started app on `db_url` with its folders under `root` and local `teachers` registered."""
+                 ui: Callable[[FastAPI], None] | None = None, **overrides: Any) -> Iterator[Harness]:
+    """A started app on `db_url` with its folders under `root` and local `teachers` registered
+    (the API alone; `ui=web.install` adds the browser UI)."""
     runner = runner or FakeRunner()
     values: dict[str, Any] = dict(data_dir=root / "data", database_url=db_url, dispatch=False,
                                   mlflow_ui_url=MLFLOW_UI, teachers_dir=root / "teachers",
                                   datasets_dir=root / "datasets")
     values.update(overrides)
     settings = Settings(**values)
-    app = create_app(settings, executor or ThreadExecutor(runner, max_workers=4), tracking=tracking or False)
+    app = create_app(settings, executor or ThreadExecutor(runner, max_workers=4), tracking=tracking or False,
+                     ui=ui)
     with TestClient(app) as client:
         h = Harness(client, runner, tracking)
         for i, name in enumerate(teachers):

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from liftplace.methods import PAPER_METHOD
 from server.executors import WorkerLost
 from server.settings import Settings
 from worker.spec import JobSpec
@@ -132,7 +133,7 @@ class Harness:
 
     def submit(self, expect: int = 201, **body: Any) -> dict[str, Any]:
         body.setdefault("teacher", "t-small")
-        body.setdefault("method", "lift+place+featkd")
+        body.setdefault("method", PAPER_METHOD)
         r = self.client.post("/api/jobs", json=body)
         assert r.status_code == expect, r.text
         return r.json()

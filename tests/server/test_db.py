@@ -1,14 +1,22 @@
-"""Migrations on SQLite and PostgreSQL: they build exactly the models' schema, up and down."""
+"""Migrations on SQLite and PostgreSQL: they build exactly the models' schema, up and down; SQLite's
+settings and its writers, queued in the process."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import Engine, inspect, text
 
-from server.db import alembic_config, make_engine, run_migrations
+from server.db import alembic_config, make_engine, make_sessionmaker, read_session, run_migrations
 from server.models import Base
 
 
@@ -86,5 +94,97 @@ def test_the_dispatched_status_migrates_up_and_down(db_url: str) -> None:
         run_migrations(engine)
         with engine.begin() as conn:
             conn.execute(text(job), {"status": "dispatched"})
+    finally:
+        engine.dispose()
+
+
+# --- SQLite: one writer at a time in a process, queued on a lock -----------------------------------
+
+
+def _sqlite_engine(tmp_path: Path, **kwargs: Any) -> Engine:
+    engine = make_engine(f"sqlite:///{tmp_path / 'writers.db'}", **kwargs)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, writer INTEGER, n INTEGER)")
+    return engine
+
+
+def test_sqlite_is_wal_with_synchronous_normal(tmp_path: Path) -> None:
+    engine = _sqlite_engine(tmp_path)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_writers_of_one_process_take_turns(tmp_path: Path) -> None:
+    """Eight threads writing at once all commit, each transaction whole (no 'database is locked')."""
+    engine = _sqlite_engine(tmp_path)
+    errors: list[BaseException] = []
+
+    def writer(k: int) -> None:
+        try:
+            for _ in range(25):
+                with engine.begin() as conn:  # read, then write: what a submission does
+                    count = conn.exec_driver_sql("SELECT count(*) FROM t").scalar()
+                    conn.exec_driver_sql("INSERT INTO t (writer, n) VALUES (?, ?)", (k, count))
+        except BaseException as exc:  # reported below, with the thread's own error
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert errors == []
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT writer, n FROM t ORDER BY id").all()
+        assert [n for _, n in rows] == list(range(200))  # each saw every row before its own: none interleaved
+        assert sorted({w for w, _ in rows}) == list(range(8))
+    finally:
+        engine.dispose()
+
+
+def _quickly(fn: Callable[[], object], what: str) -> None:
+    """`fn` must not wait for the writer lock (whose wait would last the 30 s busy timeout)."""
+    started = time.perf_counter()
+    fn()
+    assert time.perf_counter() - started < 5.0, f"{what} waited for the writer lock"
+
+
+def test_the_writer_lock_is_given_back_and_not_taken_by_readers(tmp_path: Path) -> None:
+    # One idle connection at most: it is always the one that wrote last.
+    engine = _sqlite_engine(tmp_path, pool_size=1, max_overflow=1)
+
+    def write_on_another_connection() -> None:
+        with engine.connect() as _last_used, engine.begin() as conn:  # the last writer's connection is parked
+            conn.exec_driver_sql("INSERT INTO t (writer, n) VALUES (0, 0)")
+
+    try:
+        with pytest.raises(RuntimeError), engine.begin() as conn:  # a failed transaction rolls back ...
+            conn.exec_driver_sql("INSERT INTO t (writer, n) VALUES (1, 1)")
+            raise RuntimeError("the request failed")
+        _quickly(write_on_another_connection, "a write after a rolled-back one")  # ... and gives the lock back
+        def two_transactions() -> None:  # on one connection, before it returns to the pool
+            with engine.connect() as conn:
+                for n in range(2):
+                    with conn.begin():
+                        conn.exec_driver_sql("INSERT INTO t (writer, n) VALUES (2, ?)", (n,))
+
+        _quickly(two_transactions, "a connection's second transaction")
+        _quickly(write_on_another_connection, "a write after a connection's two transactions")
+        with engine.connect() as holder:  # a write transaction left open holds the lock ...
+            holder.begin()
+            holder.exec_driver_sql("INSERT INTO t (writer, n) VALUES (3, 0)")
+            sessions = make_sessionmaker(engine)
+
+            def read() -> None:
+                with read_session(sessions) as s:
+                    assert s.execute(text("SELECT count(*) FROM t WHERE writer = 3")).scalar() == 0
+
+            _quickly(read, "a read-only session")  # ... and a reader does not wait for it
+            holder.rollback()
     finally:
         engine.dispose()

@@ -67,6 +67,8 @@ def test_serve_starts_the_api_the_dispatcher_and_a_local_ray(tmp_path: Path) -> 
         assert ":6379" not in status["executor"]  # never Redis's port
         assert [d["name"] for d in httpx.get(f"{base}/api/datasets").json()] == ["digits"]
         assert httpx.get(f"{base}/docs").status_code == 200
+        queue = httpx.get(f"{base}/queue")  # liftplace serve mounts the browser UI
+        assert queue.status_code == 200 and "text/html" in queue.headers["content-type"], queue.text[:300]
         assert (tmp_path / "data" / "liftplace.db").is_file()  # the embedded SQLite database, migrated
     finally:
         proc.send_signal(signal.SIGINT)

@@ -1,23 +1,35 @@
 """Fixtures of the web tests: the server tests' databases and harness, one headless Chromium per session.
 
 The endpoint and page tests reuse the server tests' fixtures (every one runs on SQLite and on
-PostgreSQL). The browser tests drive Debian's chromium through Playwright (Playwright's own
-browser downloads are not used); every page is opened in a context that refuses requests to
-anything but 127.0.0.1 and the test fails if one was attempted.
+PostgreSQL), with the browser UI added to the app. The browser tests drive Debian's chromium
+through Playwright (Playwright's own browser downloads are not used); every page is opened in a
+context that refuses requests to anything but 127.0.0.1 and the test fails if one was attempted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.server.conftest import db_url, harness, make_harness, pg_database  # noqa: F401  (fixtures)
+from tests.server.conftest import db_url, harness, open_harness, pg_database  # noqa: F401  (fixtures)
+from tests.server.server_testkit import Harness
 from tests.web.web_testkit import CHROMIUM, CHROMIUM_ARGS, RequestGuard, Shots
+from web import install
 
 VIEWPORT = {"width": 1440, "height": 900}
+
+
+@pytest.fixture
+def make_harness(db_url: str,  # noqa: F811  (the imported fixture, requested by name)
+                 tmp_path: Path) -> Iterator[Callable[..., contextlib.AbstractContextManager[Harness]]]:
+    """`with make_harness(**settings) as h:` a started app with its browser UI on this test's database
+    (the server tests' harness, which serves the API alone, plus `web.install`)."""
+    yield functools.partial(open_harness, db_url, tmp_path, ui=install)
 
 
 @pytest.fixture(scope="session")

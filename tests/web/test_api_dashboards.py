@@ -12,7 +12,7 @@ import pytest
 
 from liftplace.methods import METHODS, PAPER_METHOD
 from liftplace.stats import COLLAPSE_FID_THRESHOLD, paper_table6_rows, welch_t_test
-from server.api.artifacts import compare_url, downsample
+from server.services.dashboards import compare_url, downsample
 from tests.server.server_testkit import FakeTracking, Harness
 from worker.run import METRICS_MAX_LINES
 from worker.spec import METRICS_FILE, read_metrics

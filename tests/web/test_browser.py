@@ -26,6 +26,7 @@ from server.settings import Settings
 from server.tracking import Tracking
 from tests.server.server_testkit import FakeRunner, make_local_teacher
 from tests.web.web_testkit import LiveServer
+from web import install
 from web.pages import POLL_MS
 
 STUDY_METHODS = ["outkd", "lift+place+featkd"]
@@ -76,7 +77,8 @@ def test_a_study_submitted_in_the_browser_runs_and_fills_its_dashboard(tmp_path:
     settings = _settings(tmp_path)
     save_unet(build_unet("tiny"), settings.teachers_dir / "tiny")
     tracking = Tracking(str(settings.mlflow_tracking_uri), settings.mlflow_ui_url, settings.mlflow_experiment)
-    app = create_app(settings, ThreadExecutor(max_workers=2), tracking=tracking)  # the real worker, in threads
+    # the real worker, in threads
+    app = create_app(settings, ThreadExecutor(max_workers=2), tracking=tracking, ui=install)
     with LiveServer(app) as server:
         api = page.request
         assert api.post(f"{server.url}/api/teachers", data={"source": "local", "name": "tiny"}).status == 201
@@ -174,7 +176,7 @@ def test_a_study_submitted_in_the_browser_runs_and_fills_its_dashboard(tmp_path:
 def test_a_bad_form_value_shows_its_message_and_creates_nothing(tmp_path: Path, page: Any, shots: Any) -> None:
     settings = _settings(tmp_path, dispatch=False)
     make_local_teacher(settings.teachers_dir, "tiny")
-    with LiveServer(create_app(settings, ThreadExecutor(FakeRunner()), tracking=False)) as server:
+    with LiveServer(create_app(settings, ThreadExecutor(FakeRunner()), tracking=False, ui=install)) as server:
         assert page.request.post(f"{server.url}/api/teachers", data={"source": "local", "name": "tiny"}).status == 201
         _study_form(page, server.url, name="bad ratio", ratio="1.5")
         page.click("button[type=submit]")
@@ -224,7 +226,7 @@ def test_cancel_and_retry_from_the_queue_page(tmp_path: Path, page: Any, shots: 
     make_local_teacher(settings.teachers_dir, "tiny")
     runner = FakeRunner()
     runner.hold.set()  # jobs run until cancelled
-    with LiveServer(create_app(settings, ThreadExecutor(runner), tracking=False)) as server:
+    with LiveServer(create_app(settings, ThreadExecutor(runner), tracking=False, ui=install)) as server:
         api = page.request
         assert api.post(f"{server.url}/api/teachers", data={"source": "local", "name": "tiny"}).status == 201
         job = api.post(f"{server.url}/api/jobs", data={"teacher": "tiny", "steps": 5}).json()
@@ -248,7 +250,7 @@ def test_sign_in_when_the_server_has_a_token(tmp_path: Path, page: Any, shots: A
     token = "s3cret-token"
     settings = _settings(tmp_path, dispatch=False, api_token=token)
     make_local_teacher(settings.teachers_dir, "tiny")
-    with LiveServer(create_app(settings, ThreadExecutor(FakeRunner()), tracking=False)) as server:
+    with LiveServer(create_app(settings, ThreadExecutor(FakeRunner()), tracking=False, ui=install)) as server:
         headers = {"Authorization": f"Bearer {token}"}
         assert page.request.post(f"{server.url}/api/teachers", data={"source": "local", "name": "tiny"},
                                  headers=headers).status == 201
@@ -289,7 +291,7 @@ def test_the_job_page_draws_curves_as_the_job_logs_them(tmp_path: Path, page: An
     make_local_teacher(settings.teachers_dir, "tiny")
     runner = FakeRunner()
     runner.hold.set()  # the job runs until released; the test writes its metric history meanwhile
-    with LiveServer(create_app(settings, ThreadExecutor(runner), tracking=False)) as server:
+    with LiveServer(create_app(settings, ThreadExecutor(runner), tracking=False, ui=install)) as server:
         api = page.request
         assert api.post(f"{server.url}/api/teachers", data={"source": "local", "name": "tiny"}).status == 201
         job = api.post(f"{server.url}/api/jobs", data={"teacher": "tiny", "steps": 40}).json()
@@ -323,7 +325,7 @@ def test_the_queue_shows_jobs_waiting_for_a_worker_as_dispatched(tmp_path: Path,
     make_local_teacher(settings.teachers_dir, "tiny")
     runner = FakeRunner()
     runner.hold.set()  # jobs run until released
-    with LiveServer(create_app(settings, ThreadExecutor(runner, max_workers=2), tracking=False)) as server:
+    with LiveServer(create_app(settings, ThreadExecutor(runner, max_workers=2), tracking=False, ui=install)) as server:
         api = page.request
         assert api.post(f"{server.url}/api/teachers", data={"source": "local", "name": "tiny"}).status == 201
         ids = [api.post(f"{server.url}/api/jobs", data={"teacher": "tiny", "steps": 5, "seed": s}).json()["id"]

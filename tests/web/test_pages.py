@@ -9,14 +9,13 @@ from html.parser import HTMLParser
 import pytest
 from fastapi.testclient import TestClient
 
-from server.api.jobs import OPTION_FIELDS
 from server.app import create_app
 from server.auth import AUTH_COOKIE
 from server.executors import ThreadExecutor
-from server.schemas import DEFAULT_SEEDS, JobCreate, StudyCreate
+from server.schemas import DEFAULT_SEEDS, OPTION_FIELDS, JobCreate, StudyCreate
 from server.settings import Settings
 from tests.server.server_testkit import FakeRunner, Harness
-from web import PLOTLY_JS_URL, plotly_js_path
+from web import PLOTLY_JS_URL, install, plotly_js_path
 
 PAGES = ["/queue", "/jobs/new", "/jobs/1", "/studies", "/studies/new", "/studies/1", "/teachers", "/login"]
 
@@ -111,7 +110,7 @@ def test_forms_carry_the_api_defaults_and_limits(harness: Harness) -> None:
 def _app(tmp_path, **overrides) -> TestClient:
     settings = Settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'pages.db'}", dispatch=False,
                         **overrides)
-    return TestClient(create_app(settings, ThreadExecutor(FakeRunner()), tracking=False))
+    return TestClient(create_app(settings, ThreadExecutor(FakeRunner()), tracking=False, ui=install))
 
 
 def test_pages_ask_to_sign_in_when_reads_need_the_token(tmp_path) -> None:
