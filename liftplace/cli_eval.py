@@ -6,7 +6,7 @@ as ``args.func(args, parser)`` and returns an exit code; a bad value ends throug
 
     liftplace fid --model DIR --dataset digits --num-samples 1000 [--features digits|inception]
     liftplace fid --samples IMAGE_DIR --dataset digits
-    liftplace table RUNS.csv [--format md|csv|latex] [--collapse-threshold 100]
+    liftplace table RUNS.csv [--format md|csv|latex] [--collapse-threshold FID]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from liftplace import defaults
 from liftplace.cli import _existing_dir, _HelpFormatter, number_type
 from liftplace.features import FEATURES, INCEPTION_WEIGHTS_ENV
 from liftplace.fid import FID_NUM_SAMPLES
-from liftplace.stats import COLLAPSE_FID_THRESHOLD, TABLE_FORMATS
+from liftplace.stats import COLLAPSE_FID, TABLE_FORMATS
 
 __all__ = ["register", "main"]
 
@@ -79,8 +79,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("runs", type=Path, help="runs CSV file")
     p.add_argument("--format", choices=TABLE_FORMATS, default="md", help="output format")
-    p.add_argument("--collapse-threshold", type=_finite_float, default=COLLAPSE_FID_THRESHOLD,
-                   help="an FID above this (or a diverged run) counts as a collapse")
+    p.add_argument("--collapse-threshold", type=_finite_float, default=None,
+                   help="an FID above this (or a diverged run) counts as a collapse (default: by the FID features, "
+                        + ", ".join(f"{k} {v:g}" for k, v in COLLAPSE_FID.items()) + ")")
     p.add_argument("--features", choices=FEATURES, default=None,
                    help="feature space of a plain 'fid' column (default: from the CSV)")
     p.add_argument("--compare", nargs=2, metavar=("METHOD_A", "METHOD_B"), default=None,

@@ -94,8 +94,8 @@ def print_tables(client: ServiceClient, study_ids: Sequence[int], label: str, fm
                  wide: bool = False, collapse_fid: float | None = None) -> None:
     """Print each study's table, headed by its name and the preset's label.
 
-    fmt "text" (not `wide`): the compact table, its collapses counted with `collapse_fid` (None:
-    the FID family's default); `wide` or fmt md / csv / latex: every try, as the service renders it.
+    fmt "text" (not `wide`): the compact table, its collapses counted with `collapse_fid` (None: the
+    study's, as the service reports it); `wide` or fmt md / csv / latex: every try, as the service renders it.
     """
     for study_id in study_ids:
         study = client.get(f"/api/studies/{study_id}")
@@ -103,7 +103,8 @@ def print_tables(client: ServiceClient, study_ids: Sequence[int], label: str, fm
         if wide or fmt != "text":
             print(client.table(study_id, "md" if fmt == "text" else fmt))
             continue
-        table = table_from_service(client.get(f"/api/studies/{study_id}/table"), collapse_fid=collapse_fid)
+        data = client.get(f"/api/studies/{study_id}/table")
+        table = table_from_service(data, collapse_fid=collapse_fid or data.get("collapse_threshold"))
         print(compact_table(table, seeds=len(study["seeds"])))
 
 

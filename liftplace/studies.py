@@ -185,6 +185,7 @@ class StudyPreset:
                 "seeds": list(self.seeds),
                 "student_ratio": self.student_ratio,
                 "dataset": self.dataset,
+                **({"collapse_fid": self.collapse_fid} if self.collapse_fid is not None else {}),
                 **self.options,
                 **v.options,
             }

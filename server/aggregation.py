@@ -23,10 +23,20 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from liftplace.methods import METHOD_NAMES
-from liftplace.stats import Run, StabilityTable, build_table
+from liftplace.stats import Run, StabilityTable, build_table, collapse_threshold
 from server.models import JOB_STATUSES, TERMINAL_STATUSES, Job, Study, StudyCell, Teacher, utcnow
 
 DEFAULT_METRIC = "fid"  # shown while no run has reported its FID features yet
+
+
+def fid_features(study: Study) -> str:
+    """The FID features of the study's jobs: digits on the embedded data, Inception on image folders."""
+    return "digits" if study.dataset.kind == "embedded" else "inception"
+
+
+def study_threshold(study: Study) -> float:
+    """The FID above which a run of the study counts as a collapse: the study's own, else its FID family's."""
+    return collapse_threshold(fid_features(study), study.collapse_fid)
 
 
 @dataclass
@@ -73,13 +83,14 @@ def _metric(jobs: list[Job]) -> str:
     return found.most_common(1)[0][0] if found else DEFAULT_METRIC
 
 
-def compute_cell(teacher: str, method: str, jobs: list[Job]) -> CellData:
-    """Summarise one cell's jobs with liftplace.stats (mean/std of succeeded runs, collapses)."""
+def compute_cell(teacher: str, method: str, jobs: list[Job], threshold: float) -> CellData:
+    """Summarise one cell's jobs with liftplace.stats (mean/std of succeeded runs, collapses: diverged or
+    FID over `threshold`)."""
     counts = {s: 0 for s in JOB_STATUSES} | Counter(j.status for j in jobs)
     runs = [r for j in jobs if (r := _run(j, teacher)) is not None]
     n, mean, std, collapses = 0, None, None, 0
     if runs:
-        cell = build_table(runs, metric=_metric(jobs)).cell(method, teacher)
+        cell = build_table(runs, metric=_metric(jobs), collapse_threshold=threshold).cell(method, teacher)
         assert cell is not None
         collapses = cell.collapses
         if cell.summary is not None:
@@ -100,7 +111,9 @@ def study_cells(study: Study, jobs: list[Job]) -> list[CellData]:
     by_cell: dict[tuple[str, str], list[Job]] = {}
     for j in jobs:
         by_cell.setdefault((_teacher_name(j), j.method or ""), []).append(j)
-    return [compute_cell(t, m, by_cell.get((t, m), [])) for t in study.teachers for m in ordered_methods(study)]
+    threshold = study_threshold(study)
+    return [compute_cell(t, m, by_cell.get((t, m), []), threshold) for t in study.teachers
+            for m in ordered_methods(study)]
 
 
 def _params_label(parameters: int | None) -> str | None:
@@ -114,8 +127,9 @@ def study_table(session: Session, study: Study, jobs: list[Job] | None = None) -
     jobs = study_jobs(session, study) if jobs is None else jobs
     runs = [r for j in jobs if (r := _run(j, _teacher_name(j))) is not None]
     metric = _metric(jobs)
-    table = build_table(runs, metric=metric) if runs else StabilityTable(metric=metric, methods=(), teachers=(),
-                                                                          cells={})
+    threshold = study_threshold(study)
+    table = (build_table(runs, metric=metric, collapse_threshold=threshold) if runs
+             else StabilityTable(metric=metric, methods=(), teachers=(), cells={}, collapse_threshold=threshold))
     # Rows and columns for every cell of the study, also those with no ended run yet.
     table.methods = tuple(ordered_methods(study))
     table.teachers = tuple(study.teachers)
@@ -144,7 +158,7 @@ def update_cell(session: Session, study: Study, teacher: str, method: str) -> St
         select(Job).join(Teacher, Job.teacher_id == Teacher.id).options(selectinload(Job.teacher))
         .where(Job.study_id == study.id, Teacher.name == teacher, Job.method == method)
         .execution_options(populate_existing=True)))
-    data = compute_cell(teacher, method, jobs)
+    data = compute_cell(teacher, method, jobs, study_threshold(study))
     existing = session.scalar(select(StudyCell).where(
         StudyCell.study_id == study.id, StudyCell.teacher == teacher, StudyCell.method == method)
         .execution_options(populate_existing=True))

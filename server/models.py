@@ -133,6 +133,8 @@ class Study(Base):
     student_ratio: Mapped[float] = mapped_column(Float)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
     options: Mapped[dict[str, Any]] = mapped_column(default=dict)  # steps and the other job options
+    # FID above which a run counts as a collapse; None: its FID family's (liftplace.stats.COLLAPSE_FID)
+    collapse_fid: Mapped[float | None] = mapped_column(Float)
     mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))  # the parent run of the seeds
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -24,6 +24,7 @@ from pydantic_core import PydanticCustomError
 from liftplace import defaults
 from liftplace.methods import FEATKD_LAYER_SETS, FEATKD_LAYERS, METHOD_NAMES, PAPER_METHOD
 from liftplace.presets import PRESET_NAMES
+from liftplace.stats import COLLAPSE_FID
 from server.models import JOB_STATUSES
 from worker.spec import JobSpec
 
@@ -190,6 +191,9 @@ class StudyCreate(DistillOptions):
     seeds: Seeds = Field(default_factory=lambda: list(range(DEFAULT_SEEDS)),
                          description=f"a list of seeds, or a count n for seeds 0..n-1 (default {DEFAULT_SEEDS})")
     student_ratio: Ratio = defaults.STUDENT_RATIO
+    collapse_fid: float | None = Field(
+        None, gt=0, description="FID above which a run counts as a collapse (a diverged run always does); default: "
+        f"its FID family's ({', '.join(f'{k} {v:g}' for k, v in COLLAPSE_FID.items())})")
 
     _unique_lists = field_validator("teachers", "methods")(_unique)
 
@@ -357,6 +361,8 @@ class StudyRead(BaseModel):
     student_ratio: float
     dataset: str
     options: dict[str, Any]
+    collapse_fid: float | None = Field(description="the study's own collapse threshold, if it set one")
+    collapse_threshold: float = Field(description="the FID above which its runs count as collapses")
     status: Literal["queued", "running", "ended"]
     status_counts: dict[str, int]
     jobs: int
@@ -378,6 +384,7 @@ class TableRead(BaseModel):
     methods: list[str]
     cells: list[CellRead]
     best: dict[str, list[str]] = Field(description="per teacher, the method(s) with the lowest mean")
+    collapse_threshold: float = Field(description="FID above which a run counts as a collapse (diverged runs always)")
 
 
 

@@ -312,7 +312,7 @@ def test_cli_table_help_states_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["table", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "(default: md)" in out and "(default: 100.0)" in out
+    assert "(default: md)" in out and "(default: by the FID features, digits 40, inception 100)" in out
 
 
 def test_main_cli_has_the_evaluation_commands(tmp_path, capsys):

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from liftplace.methods import PAPER_METHOD
-from liftplace.stats import WelchResult, welch_t_test
+from liftplace.stats import COLLAPSE_FID_THRESHOLD, WelchResult, welch_t_test
 
 BASELINES: tuple[str, ...] = ("outkd", "outkd+featkd")  # the baselines of the paper's Table 6
 SIGNIFICANCE: float = 0.05  # level of the two-sided Welch's t-tests in the verdict
@@ -47,6 +47,12 @@ def succeeded_fids(cell: Mapping[str, Any] | None) -> list[float]:
 def metric_label(table: Mapping[str, Any]) -> str:
     """The grid's FID features (e.g. ``fid_digits``), as the table names them."""
     return table.get("metric") or UNKNOWN_METRIC
+
+
+def collapse_threshold_of(table: Mapping[str, Any]) -> float:
+    """The FID above which the service counted a run of this table as a collapse: the table says it; a
+    service from before per-family thresholds counted at the Inception scale's."""
+    return float(table.get("collapse_threshold") or COLLAPSE_FID_THRESHOLD)
 
 
 def welch(a: Sequence[float], b: Sequence[float]) -> WelchResult | None:

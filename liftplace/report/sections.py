@@ -20,7 +20,6 @@ from liftplace.report import compute, curves, figures, render
 from liftplace.report.compute import RealVsReal, TeacherRow
 from liftplace.report.data import ReportSource, StudyData, fetch_study, fetch_teachers, read_rows, real_vs_real
 from liftplace.report.page import previous_cells
-from liftplace.stats import COLLAPSE_FID_THRESHOLD
 
 SCRIPT = "python scripts/results_report.py"
 
@@ -84,7 +83,7 @@ def _grid_part(d: StudyData, teacher_params: Mapping[str, int]) -> tuple[list[st
     comparisons = compute.compare_methods(table, study["teachers"])
     verdict = compute.verdict(table, comparisons, teacher_params, study["teachers"])
     lines = render.grid(table, study["teachers"], study["seeds"], teacher_params, compute.metric_label(table),
-                        COLLAPSE_FID_THRESHOLD)
+                        compute.collapse_threshold_of(table))
     if verdict is not None:
         lines += render.welch_table(comparisons) + render.verdict_lines(verdict)
     return lines, {"metric": compute.metric_label(table), "methods": table["methods"], "cells": table["cells"],
@@ -182,7 +181,7 @@ def ablation_section(source: ReportSource, preset_name: str, figure: Path, secti
     seeds, metric = studies[0]["seeds"], compute.metric_label(tables[0])
     lines = [*render.ablation_header(preset, studies, span, len(jobs), varied),
              *render.teacher_table(teachers, rvr, metric),
-             *render.ablation_table(rows, seeds, reference.suffix, metric, COLLAPSE_FID_THRESHOLD)]
+             *render.ablation_table(rows, seeds, reference.suffix, metric, compute.collapse_threshold_of(tables[0]))]
     figures.ablation_plot(_ablation_points(rows, preset.variants, tables), figure,
                           f"{preset.name}: student FID per variant ({len(seeds)} seeds)", metric)
     command = f"{SCRIPT} --api URL --ablation {preset.name} --section {section}"

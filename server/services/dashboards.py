@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from liftplace.methods import METHODS, PAPER_METHOD
-from liftplace.stats import COLLAPSE_FID_THRESHOLD, PAPER_TABLE6_METRIC, Run, paper_table6_rows
+from liftplace.stats import PAPER_TABLE6_METRIC, Run, paper_table6_rows
 from server import aggregation
 from server.errors import NotFound
 from server.models import Job, Teacher
@@ -97,11 +97,11 @@ def job_file(session: Session, settings: Settings, job_id: int, name: str) -> Pa
 # --- studies ---------------------------------------------------------------------------------------------
 
 
-def _is_collapse(job: Job, teacher: str) -> bool:
+def _is_collapse(job: Job, teacher: str, threshold: float) -> bool:
     if job.status not in ("succeeded", "diverged") or job.method is None:
         return False
     return Run(teacher=teacher, method=job.method, seed=job.seed, fid=job.fid, status=job.status).is_collapse(
-        COLLAPSE_FID_THRESHOLD)
+        threshold)
 
 
 def _welch_row(teacher: str, a: str, b: str, fa: list[float], fb: list[float]) -> WelchRead:
@@ -135,11 +135,11 @@ def study_welch(session: Session, study_id: int) -> list[WelchRead]:
     return welch_tests(table_read(session, load_study(session, study_id)))
 
 
-def _run_read(job: Job, settings: Settings) -> RunRead:
+def _run_read(job: Job, settings: Settings, threshold: float) -> RunRead:
     teacher = job.teacher.name if job.teacher else "?"
     fraction = (job.progress_step or 0) / job.progress_total if job.progress_total else None
     return RunRead(job_id=job.id, teacher=teacher, method=job.method or "", seed=job.seed, status=job.status,
-                   fid=_finite(job.fid), collapse=_is_collapse(job, teacher), fraction=fraction,
+                   fid=_finite(job.fid), collapse=_is_collapse(job, teacher, threshold), fraction=fraction,
                    mlflow_run_id=job.mlflow_run_id,
                    mlflow_url=run_url(settings.mlflow_ui_url, job.mlflow_experiment_id, job.mlflow_run_id))
 
@@ -154,10 +154,11 @@ def study_dashboard(session: Session, settings: Settings, study_id: int) -> Dash
                  .all())
     tracked = [j for j in jobs if j.mlflow_run_id and j.mlflow_experiment_id]
     return DashboardRead(
-        study=study_read(session, study, settings), table=table, runs=[_run_read(j, settings) for j in jobs],
+        study=study_read(session, study, settings), table=table,
+        runs=[_run_read(j, settings, table.collapse_threshold) for j in jobs],
         teachers=[TeacherSize(name=t, parameters=sizes.get(t), label=params_label(sizes.get(t)))
                   for t in study.teachers],
-        collapse_threshold=COLLAPSE_FID_THRESHOLD, welch=welch_tests(table),
+        collapse_threshold=table.collapse_threshold, welch=welch_tests(table),
         mlflow_compare_url=compare_url(settings.mlflow_ui_url, [j.mlflow_experiment_id or "" for j in tracked],
                                        [j.mlflow_run_id or "" for j in tracked]),
     )

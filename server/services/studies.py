@@ -48,6 +48,7 @@ def _study_read(study: Study, rows: list[tuple[int, str]], complete: int, settin
     return StudyRead(
         id=study.id, name=study.name, teachers=study.teachers, methods=aggregation.ordered_methods(study),
         seeds=study.seeds, student_ratio=study.student_ratio, dataset=study.dataset.name, options=study.options,
+        collapse_fid=study.collapse_fid, collapse_threshold=aggregation.study_threshold(study),
         status=aggregation.study_status(counts),  # type: ignore[arg-type]
         status_counts=counts, jobs=len(rows), job_ids=[i for i, _ in rows], cells_complete=complete,
         cells_total=len(study.teachers) * len(study.methods), mlflow_experiment_id=study.mlflow_experiment_id,
@@ -89,7 +90,7 @@ def create_study(session: Session, settings: Settings, body: StudyCreate) -> Stu
     if student_teacher is not None:
         options["student_teacher"] = student_teacher.name
     study = Study(name=body.name, teachers=list(body.teachers), methods=list(body.methods), seeds=list(body.seeds),
-                  student_ratio=body.student_ratio, dataset=dataset, options=options)
+                  student_ratio=body.student_ratio, dataset=dataset, options=options, collapse_fid=body.collapse_fid)
     session.add(study)
     for teacher in teachers:
         for method in body.methods:
@@ -133,7 +134,7 @@ def table_read(session: Session, study: Study, jobs: list[Job] | None = None) ->
     metric = next((c.fid_metric for c in cells if c.fid_metric), None)
     return TableRead(study_id=study.id, metric=metric, teachers=study.teachers,
                      methods=aggregation.ordered_methods(study), cells=[CellRead(**c.as_dict()) for c in cells],
-                     best=best)
+                     best=best, collapse_threshold=aggregation.study_threshold(study))
 
 
 def read_study(session: Session, settings: Settings, study_id: int) -> StudyRead:

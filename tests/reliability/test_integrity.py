@@ -43,7 +43,7 @@ def _cells(h: Harness) -> dict[tuple[str, str], dict[str, Any]]:
             study = s.get(Study, row.study_id)
             jobs = [j for j in aggregation.study_jobs(s, study) if j.method == row.method]
             assert jobs and all(j.ended for j in jobs), f"cell {row.method} stored while a seed runs"
-            data = aggregation.compute_cell(row.teacher, row.method, jobs)
+            data = aggregation.compute_cell(row.teacher, row.method, jobs, aggregation.study_threshold(study))
             got = {"n": row.n, "mean": row.mean, "std": row.std, "collapses": row.collapses, "tries": row.tries,
                    "status_counts": row.status_counts}
             want = {k: getattr(data, k) for k in got}

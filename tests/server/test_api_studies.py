@@ -51,6 +51,10 @@ def test_bad_studies_are_refused_and_nothing_is_stored(make_harness) -> None:
             ({"methods": ["lift", "nope"]}, "methods", "Input should be"),
             ({"name": " padded"}, "name", "spaces"),
             ({"student_ratio": 1.2}, "student_ratio", "less than 1"),
+            ({"collapse_fid": 0}, "collapse_fid", "greater than 0"),
+            ({"collapse_fid": -5}, "collapse_fid", "greater than 0"),
+            ({"collapse_fid": "high"}, "collapse_fid", "valid number"),
+            ({"collapse_fid": "Infinity"}, "collapse_fid", "finite number"),
         ]
         for change, field, message in cases:
             r = h.client.post("/api/studies", json={"name": "s", "teachers": ["t-small"], "methods": ["lift"],

@@ -188,3 +188,34 @@ def test_the_writer_lock_is_given_back_and_not_taken_by_readers(tmp_path: Path) 
             holder.rollback()
     finally:
         engine.dispose()
+
+
+def test_jobs_stored_before_featkd_layers_keep_the_hook_set_they_trained_with(db_url: str) -> None:
+    """0005 writes featkd_layers "blocks" (the only hook set before the option) into the options of FeatKD jobs
+    stored earlier, so a retry resumes their checkpoints; other jobs and newer options stay as they are."""
+    import json
+
+    from sqlalchemy import text
+
+    engine = make_engine(db_url)
+    cfg = alembic_config()
+    job = ("INSERT INTO jobs (kind, status, dataset_id, seed, steps, options, attempts, cancel_requested, log_offset, "
+           "metrics, reason, created_at, method) "
+           "VALUES ('distill', 'failed', 1, 0, 1, :options, 1, false, 0, '{}', '', CURRENT_TIMESTAMP, :method)")
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0004")
+            conn.execute(text("INSERT INTO datasets (name, kind, resolution, description, created_at) "
+                              "VALUES ('d', 'embedded', 8, '', CURRENT_TIMESTAMP)"))
+            for method, options in [("outkd+featkd", {"lr": 0.01}), ("lift+place+featkd", {}),
+                                    ("lift+place+featkd", {"featkd_layers": "sublayers"}), ("outkd", {})]:
+                conn.execute(text(job), {"options": json.dumps(options), "method": method})
+        run_migrations(engine)
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT options FROM jobs ORDER BY id")).scalars().all()
+        got = [json.loads(o) if isinstance(o, str) else o for o in rows]
+        assert got == [{"lr": 0.01, "featkd_layers": "blocks"}, {"featkd_layers": "blocks"},
+                       {"featkd_layers": "sublayers"}, {}]
+    finally:
+        engine.dispose()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from liftplace.methods import METHODS, PAPER_METHOD
-from liftplace.stats import COLLAPSE_FID_THRESHOLD, paper_table6_rows, welch_t_test
+from liftplace.stats import COLLAPSE_FID, paper_table6_rows, welch_t_test
 from server.services.dashboards import compare_url, downsample
 from tests.server.server_testkit import FakeTracking, Harness
 from worker.run import METRICS_MAX_LINES
@@ -135,7 +135,8 @@ FIDS = {  # (teacher, method, seed) -> outcome: a cell with a collapse, one with
 
 
 def test_study_dashboard_and_welch(make_harness) -> None:
-    assert COLLAPSE_FID_THRESHOLD < 150.0 < 2 * COLLAPSE_FID_THRESHOLD  # the collapse case above is one
+    threshold = COLLAPSE_FID["digits"]  # a study on the embedded digits, at its FID family's default
+    assert 30.0 < threshold < 45.0 < 150.0  # t-small/outkd: one try below it, two over it
     with make_harness(tracking=FakeTracking()) as h:
         h.runner.plan = lambda spec: dict(FIDS[(spec.teacher_name, spec.method, spec.seed)])
         r = h.client.post("/api/studies", json={"name": "dash", "teachers": ["t-small", "t-large"],
@@ -148,7 +149,10 @@ def test_study_dashboard_and_welch(make_harness) -> None:
         assert d["study"] == h.client.get(f"/api/studies/{study_id}").json()
 
     assert d["study"]["status"] == "ended" and d["table"]["methods"] == ["outkd", "lift+place+featkd"]
-    assert d["collapse_threshold"] == COLLAPSE_FID_THRESHOLD
+    assert d["collapse_threshold"] == d["table"]["collapse_threshold"] == d["study"]["collapse_threshold"] == threshold
+    assert d["study"]["collapse_fid"] is None
+    small_outkd = next(c for c in d["table"]["cells"] if (c["teacher"], c["method"]) == ("t-small", "outkd"))
+    assert small_outkd["collapses"] == 2
     assert [(t["name"], t["parameters"]) for t in d["teachers"]] == [("t-small", 5000), ("t-large", 10000)]
     assert [t["label"] for t in d["teachers"]] == ["5,000", "0.01M"]
     runs = {(r["teacher"], r["method"], r["seed"]): r for r in d["runs"]}
@@ -156,7 +160,7 @@ def test_study_dashboard_and_welch(make_harness) -> None:
     for key, run in runs.items():
         planned = FIDS[key]
         assert run["status"] == planned["status"] and run["fid"] == planned.get("fid")
-        assert run["collapse"] == (planned["status"] == "diverged" or planned.get("fid", 0) > COLLAPSE_FID_THRESHOLD)
+        assert run["collapse"] == (planned["status"] == "diverged" or planned.get("fid", 0) > threshold)
         assert run["fraction"] is not None and run["mlflow_run_id"] == f"run-{run['job_id']}"
         assert run["mlflow_url"].endswith(f"/#/experiments/7/runs/run-{run['job_id']}")
     assert d["mlflow_compare_url"] == compare_url(h.settings.mlflow_ui_url, ["7"],
@@ -171,6 +175,23 @@ def test_study_dashboard_and_welch(make_harness) -> None:
     assert small["df"] == pytest.approx(expected.df) and small["mean_a"] == pytest.approx(75.0)
     large = welch[("t-large", "outkd", "lift+place+featkd")]  # no spread on either side: no t
     assert large["pvalue"] is None and large["statistic"] is None and "no spread" in large["reason"]
+
+
+def test_a_study_may_set_its_own_collapse_threshold(harness: Harness) -> None:
+    """collapse_fid counts runs over it as collapses, in the cells, the dashboard's runs and its caption."""
+    harness.runner.plan = lambda spec: {"status": "succeeded", "fid": 12.0 + 10 * spec.seed}  # 12, 22, 32
+    r = harness.client.post("/api/studies", json={"name": "strict", "teachers": ["t-small"], "methods": ["outkd"],
+                                                  "seeds": 3, "steps": 5, "collapse_fid": 20})
+    assert r.status_code == 201, r.text
+    study_id = r.json()["id"]
+    assert r.json()["collapse_fid"] == 20 and r.json()["collapse_threshold"] == 20
+    harness.tick_until(lambda: harness.client.get(f"/api/studies/{study_id}").json()["status"] == "ended")
+    d = harness.client.get(f"/api/studies/{study_id}/dashboard").json()
+    assert d["collapse_threshold"] == d["table"]["collapse_threshold"] == 20
+    assert d["table"]["cells"][0]["collapses"] == 2  # 22 and 32; at the digits default (40) none would be
+    assert sorted(run["collapse"] for run in d["runs"]) == [False, True, True]
+    markdown = harness.client.get(f"/api/studies/{study_id}/table", params={"format": "md"}).text
+    assert "collapses = runs with fid_digits > 20 or diverged" in markdown
 
 
 def test_welch_endpoint_and_too_few_runs(harness: Harness) -> None:
