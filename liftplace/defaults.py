@@ -30,6 +30,7 @@ BETA_SCHEDULE: str = "linear"
 # --- optimisation ------------------------------------------------------------------
 STEPS: int = 100  # a short run; studies and the CLI choose their own budget
 SEED: int = 0
+SEEDS_PER_CELL: int = 5  # the paper's five tries per (teacher, method) cell
 LEARNING_RATE: float = 2e-4
 # "constant": the paper's; "cosine": decayed from lr to 0 over the run (short budgets: the run settles
 # before it ends instead of stopping mid-descent)

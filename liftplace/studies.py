@@ -51,7 +51,7 @@ TeacherSource = Literal["preset", "pruned", "local"]
 STABILITY_METHODS: tuple[str, ...] = ("outkd", "outkd+featkd", PAPER_METHOD)
 # The four LIFT/PLACE/FeatKD combinations of the paper's Table 8.
 TABLE8_METHODS: tuple[str, ...] = ("lift", "lift+featkd", "lift+place", PAPER_METHOD)
-SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)  # the paper's five tries per cell
+SEEDS: tuple[int, ...] = tuple(range(defaults.SEEDS_PER_CELL))  # the paper's five tries per cell
 
 
 def _braced(names: tuple[str, ...]) -> str:

@@ -29,14 +29,9 @@ from server.models import JOB_STATUSES, TERMINAL_STATUSES, Job, Study, StudyCell
 DEFAULT_METRIC = "fid"  # shown while no run has reported its FID features yet
 
 
-def fid_features(study: Study) -> str:
-    """The FID features of the study's jobs: digits on the embedded data, Inception on image folders."""
-    return "digits" if study.dataset.kind == "embedded" else "inception"
-
-
 def study_threshold(study: Study) -> float:
     """The FID above which a run of the study counts as a collapse: the study's own, else its FID family's."""
-    return collapse_threshold(fid_features(study), study.collapse_fid)
+    return collapse_threshold(study.dataset.fid_features, study.collapse_fid)
 
 
 @dataclass

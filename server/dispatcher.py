@@ -89,7 +89,7 @@ def build_spec(settings: Settings, job: Job, *, parent_run_id: str | None = None
         steps=job.steps,
         dataset=dataset_location(settings, dataset),
         dataset_name=dataset.name,
-        fid_features="digits" if dataset.kind == "embedded" else "inception",
+        fid_features=dataset.fid_features,
         mlflow_tracking_uri=settings.mlflow_tracking_uri,
         mlflow_experiment=settings.mlflow_experiment,
         attempt=max(1, job.attempts),

@@ -92,6 +92,11 @@ class Dataset(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
+    @property
+    def fid_features(self) -> str:
+        """The FID features of its jobs: the digits classifier's on the embedded digits, Inception's on images."""
+        return "digits" if self.kind == "embedded" else "inception"
+
 
 class Teacher(Base):
     """A teacher by name: a local diffusers folder (ready at once) or trained by a teacher job."""

@@ -12,7 +12,6 @@ the library leaves to its callers, from the job-spec contract (`worker.spec.JobS
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import re
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -26,15 +25,11 @@ from liftplace.methods import FEATKD_LAYER_SETS, FEATKD_LAYERS, METHOD_NAMES, PA
 from liftplace.presets import PRESET_NAMES
 from liftplace.stats import COLLAPSE_FID
 from server.models import JOB_STATUSES
-from worker.spec import JobSpec
 
-_SPEC_DEFAULTS: dict[str, Any] = {
-    f.name: f.default for f in dataclasses.fields(JobSpec) if f.default is not dataclasses.MISSING
-}
-DEFAULT_STEPS: int = _SPEC_DEFAULTS["steps"]
-DEFAULT_FID_SAMPLES: int = _SPEC_DEFAULTS["fid_samples"]
-DEFAULT_SEEDS: int = 5  # the paper's five tries per cell
-EMBEDDED_DATASETS: tuple[str, ...] = ("digits",)
+DEFAULT_STEPS: int = defaults.STEPS
+DEFAULT_FID_SAMPLES: int = defaults.FID_SAMPLES
+DEFAULT_SEEDS: int = defaults.SEEDS_PER_CELL
+EMBEDDED_DATASETS: tuple[str, ...] = defaults.EMBEDDED_DATASETS
 MAX_NAME_LENGTH: int = 128
 MAX_SEEDS: int = 10_000
 
@@ -130,7 +125,7 @@ class TrainOptions(_Strict):
 
     steps: int = Field(DEFAULT_STEPS, ge=1, le=defaults.MAX_STEPS,
                        description="training steps (at most LIFTPLACE_MAX_STEPS)")
-    dataset: Name = Field("digits", description="a registered dataset name")
+    dataset: Name = Field(defaults.DATASET, description="a registered dataset name")
     resolution: int | None = Field(None, ge=8, le=1024, description="image size; default: the dataset's")
     batch_size: int = Field(defaults.BATCH_SIZE, ge=1, le=4096)
     lr: float = Field(defaults.LEARNING_RATE, gt=0, le=1)
@@ -151,7 +146,7 @@ class DistillOptions(TrainOptions):
                                    "null: one group (LIFT)")
     coarse: Literal[defaults.COARSE_DISTANCES] = defaults.COARSE_DISTANCE  # type: ignore[valid-type]
     curriculum: bool = defaults.CURRICULUM
-    ablation: Literal["coarse", "fine"] | None = None
+    ablation: Literal[tuple(a for a in defaults.ABLATIONS if a)] | None = None  # type: ignore[valid-type]
     reduction: Literal[defaults.REDUCTIONS] = defaults.REDUCTION  # type: ignore[valid-type]
     lambda_kd: float | None = Field(None, ge=0, description="default: the method's")
     lambda_feat: float | None = Field(None, ge=0, description="default: the method's")
@@ -178,7 +173,7 @@ class JobCreate(DistillOptions):
     student_teacher: StudentTeacher = None
     student_ratio: Ratio = defaults.STUDENT_RATIO
     method: MethodName = PAPER_METHOD
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: int = Field(defaults.SEED, ge=0, le=2**31 - 1)
 
 
 class StudyCreate(DistillOptions):
@@ -219,7 +214,7 @@ class PresetTeacherCreate(TrainOptions):
     source: Literal["preset"]
     name: Name
     preset: PresetName
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: int = Field(defaults.SEED, ge=0, le=2**31 - 1)
 
 
 class PrunedTeacherCreate(TrainOptions):
@@ -230,7 +225,7 @@ class PrunedTeacherCreate(TrainOptions):
     base_teacher: Name
     prune_ratio: Ratio
     importance: Literal[defaults.PRUNING_IMPORTANCES] = defaults.PRUNING_IMPORTANCE  # type: ignore[valid-type]
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: int = Field(defaults.SEED, ge=0, le=2**31 - 1)
 
 
 TeacherCreate = Annotated[LocalTeacherCreate | PresetTeacherCreate | PrunedTeacherCreate,

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from liftplace import defaults
 from liftplace.methods import get_method
 from server.errors import Conflict
 from server.models import Dataset, Teacher
@@ -56,8 +57,8 @@ def get_student_teacher(session: Session, name: str | None) -> Teacher | None:
 
 
 def image_size(dataset: Dataset, resolution: int | None) -> int:
-    """The side of the training images, pixels: the request's, else the dataset's, else 8."""
-    return resolution or dataset.resolution or 8
+    """The side of the training images, pixels: the request's, else the dataset's, else the digits'."""
+    return resolution or dataset.resolution or defaults.DIGITS_RESOLUTION
 
 
 def check_distill_options(body: DistillOptions, dataset: Dataset, methods: list[str]) -> None:
