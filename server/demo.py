@@ -23,9 +23,16 @@ import sys
 import threading
 import time
 import urllib.request
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from server.settings import DEFAULT_PORT
+
+if TYPE_CHECKING:
+    from liftplace.client import ServiceClient
+    from liftplace.studies import StudyPreset
 
 DEFAULT_DATA_DIR = Path("liftplace-demo")
 DEFAULT_MLFLOW_PORT = 5000
@@ -161,12 +168,17 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def _cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
-    from liftplace.cli_study import print_tables
-    from liftplace.client import ServiceClient, ServiceError, follow, submit_preset
-    from liftplace.studies import get_study_preset
+@dataclass
+class _Services:
+    """The demo's running services: the API (with the web UI) and a client of it, and MLflow's UI."""
 
-    preset = get_study_preset(args.preset)
+    api_url: str
+    mlflow_url: str
+    client: ServiceClient
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Path, int, int]:
+    """Signals, the data folder and its log file, and two free ports: (data_dir, API port, MLflow port)."""
     # SIGINT gets Python's handler even when started in the background, where the shell ignores it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     data_dir: Path = args.data_dir
@@ -178,66 +190,77 @@ def _cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser | None =
     mlflow_port = pick_port(args.mlflow_port)
     if port == mlflow_port:
         mlflow_port = pick_port(0)
-    api_url = f"http://127.0.0.1:{port}"
-    mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+    return data_dir, port, mlflow_port
+
+
+def _start_services(stack: ExitStack, data_dir: Path, port: int, mlflow_port: int) -> _Services:
+    """MLflow, Ray and the API, each stopped by `stack` (in the reverse order) whatever happens later."""
+    from liftplace.client import ServiceClient
+    from server.app import create_app
+    from server.settings import Settings
+    from web import install as install_web
+    from worker.ray_tasks import init_ray, shutdown_ray
+
+    api_url, mlflow_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{mlflow_port}"
+    _say(f"starting MLflow at {mlflow_url} ...")
+    mlflow_proc = start_mlflow(data_dir, mlflow_port)
+    stack.callback(stop_process_group, mlflow_proc)
+    settings = Settings(data_dir=data_dir, host="127.0.0.1", port=port, mlflow_tracking_uri=mlflow_url,
+                        mlflow_ui_url=mlflow_url, ray_address=None)
+    # Ray starts in the main thread (so its shutdown also stops its agents) while MLflow boots.
+    _say(f"starting Ray: {init_ray(None, log_to_driver=False)}")
+    stack.callback(shutdown_ray)
+    # SIGTERM (kill, a process manager) stops everything the way Ctrl-C does; set after
+    # ray.init, which installs a handler of its own that would exit without cleaning up.
+    signal.signal(signal.SIGTERM, _interrupt)
+    wait_http(f"{mlflow_url}/health", MLFLOW_START_TIMEOUT, mlflow_proc)
+    api = ApiServer(create_app(settings, ui=install_web), "127.0.0.1", port)
+    api.start()
+    stack.callback(api.stop)
+    client = ServiceClient(api_url, token=os.environ.get("LIFTPLACE_API_TOKEN") or None)
+    client.wait_ready(timeout=60)
+    _say(f"API and web UI at {api_url}   MLflow UI at {mlflow_url}")
+    return _Services(api_url, mlflow_url, client)
+
+
+def _run_study(services: _Services, preset: StudyPreset, name: str | None, started: float) -> None:
+    """Submit the preset (its teachers first), follow it, print its table and where to look next."""
+    from liftplace.cli_study import print_tables
+    from liftplace.client import follow, submit_preset
+
+    client, api_url = services.client, services.api_url
+    runs = submit_preset(client, preset, name, note=_say)
+    for run in runs:
+        _say(f"dashboard: {api_url}/studies/{run.study_id}")
+    _say(f"queue:     {api_url}/queue")
+    follow(client, runs, teachers=[t.name for t in preset.teachers])
+    print_tables(client, [r.study_id for r in runs], preset.label)
+    _say(f"\nfinished in {(time.monotonic() - started) / 60:.1f} min")
+    for run in runs:
+        _say(f"dashboard: {api_url}/studies/{run.study_id}")
+    _say(f"MLflow UI: {services.mlflow_url}")
+
+
+def _cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
+    from liftplace.client import ServiceError
+    from liftplace.studies import get_study_preset
+
+    preset = get_study_preset(args.preset)
+    data_dir, port, mlflow_port = _prepare(args)
     started = time.monotonic()
     _say(f"liftplace demo: preset {preset.name!r} ({preset.label}); data in {data_dir}")
-
-    mlflow_proc = None
-    api = None
-    ray_started = False
-    try:
-        _say(f"starting MLflow at {mlflow_url} ...")
-        mlflow_proc = start_mlflow(data_dir, mlflow_port)
-
-        from server.app import create_app
-        from server.settings import Settings
-        from web import install as install_web
-        from worker.ray_tasks import init_ray
-
-        settings = Settings(data_dir=data_dir, host="127.0.0.1", port=port, mlflow_tracking_uri=mlflow_url,
-                            mlflow_ui_url=mlflow_url, ray_address=None)
-        # Ray starts in the main thread (so its shutdown also stops its agents) while MLflow boots.
-        _say(f"starting Ray: {init_ray(None, log_to_driver=False)}")
-        ray_started = True
-        # SIGTERM (kill, a process manager) stops everything the way Ctrl-C does; set after
-        # ray.init, which installs a handler of its own that would exit without cleaning up.
-        signal.signal(signal.SIGTERM, _interrupt)
-        wait_http(f"{mlflow_url}/health", MLFLOW_START_TIMEOUT, mlflow_proc)
-        api = ApiServer(create_app(settings, ui=install_web), "127.0.0.1", port)
-        api.start()
-        client = ServiceClient(api_url, token=os.environ.get("LIFTPLACE_API_TOKEN") or None)
-        client.wait_ready(timeout=60)
-        _say(f"API and web UI at {api_url}   MLflow UI at {mlflow_url}")
-
-        runs = submit_preset(client, preset, args.name, note=_say)
-        for run in runs:
-            _say(f"dashboard: {api_url}/studies/{run.study_id}")
-        _say(f"queue:     {api_url}/queue")
-        follow(client, runs, teachers=[t.name for t in preset.teachers])
-        print_tables(client, [r.study_id for r in runs], preset.label)
-        _say(f"\nfinished in {(time.monotonic() - started) / 60:.1f} min")
-        for run in runs:
-            _say(f"dashboard: {api_url}/studies/{run.study_id}")
-        _say(f"MLflow UI: {mlflow_url}")
-        if not args.exit_when_done:
-            _say("serving until Ctrl-C ...")
-            while True:
-                time.sleep(3600)
-        return 0
-    except KeyboardInterrupt:
-        _say("\nstopping the API, Ray and MLflow ...")
-        return 130
-    except (ServiceError, RuntimeError, TimeoutError) as exc:
-        print(f"demo: {exc} (logs in {data_dir})", file=sys.stderr)
-        return 1
-    finally:
-        if api is not None:
-            api.stop()
-        if ray_started:
-            from worker.ray_tasks import shutdown_ray
-
-            shutdown_ray()
-        if mlflow_proc is not None:
-            stop_process_group(mlflow_proc)
-        _say("demo stopped")
+    with ExitStack() as stack:  # stops what has started, in reverse order, on every way out
+        stack.callback(_say, "demo stopped")
+        try:
+            _run_study(_start_services(stack, data_dir, port, mlflow_port), preset, args.name, started)
+            if not args.exit_when_done:
+                _say("serving until Ctrl-C ...")
+                while True:
+                    time.sleep(3600)
+            return 0
+        except KeyboardInterrupt:
+            _say("\nstopping the API, Ray and MLflow ...")
+            return 130
+        except (ServiceError, RuntimeError, TimeoutError) as exc:
+            print(f"demo: {exc} (logs in {data_dir})", file=sys.stderr)
+            return 1
