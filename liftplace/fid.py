@@ -25,6 +25,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -402,15 +403,7 @@ def compute_fid(
         `kid_subsets` random subsets of `kid_subset_size` (capped at the smaller set's size).
     cache: reuse / store the reference statistics (and features) in ``cache_dir()/fid``.
     """
-    from torch_fidelity import (
-        KEY_METRIC_F_SCORE,
-        KEY_METRIC_FID,
-        KEY_METRIC_KID_MEAN,
-        KEY_METRIC_KID_STD,
-        KEY_METRIC_PRECISION,
-        KEY_METRIC_RECALL,
-        calculate_metrics,
-    )
+    from torch_fidelity import calculate_metrics
 
     check_features(features)
     if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 2):
@@ -442,26 +435,28 @@ def compute_fid(
         kid_subset_size=min(kid_subset_size, inp.n, ref.n),
         **kwargs,
     )
+    return _fid_result(metrics, features=features, feature_layer=layer, dataset=ref.label, num_samples=inp.n,
+                       num_reference=ref.n, reference_key=cache_name, seed=seed)
 
-    def get(key):
+
+def _fid_result(metrics: dict[str, Any], **fields: Any) -> FidResult:
+    """torch-fidelity's metrics as a FidResult (a non-finite FID as inf; KID and PRC when computed)."""
+    from torch_fidelity import (
+        KEY_METRIC_F_SCORE,
+        KEY_METRIC_FID,
+        KEY_METRIC_KID_MEAN,
+        KEY_METRIC_KID_STD,
+        KEY_METRIC_PRECISION,
+        KEY_METRIC_RECALL,
+    )
+
+    def get(key: str) -> float | None:
         return float(metrics[key]) if key in metrics else None
 
     fid = float(metrics[KEY_METRIC_FID])
-    return FidResult(
-        fid=fid if math.isfinite(fid) else float("inf"),
-        features=features,
-        feature_layer=layer,
-        dataset=ref.label,
-        num_samples=inp.n,
-        num_reference=ref.n,
-        reference_key=cache_name,
-        seed=seed,
-        kid_mean=get(KEY_METRIC_KID_MEAN),
-        kid_std=get(KEY_METRIC_KID_STD),
-        precision=get(KEY_METRIC_PRECISION),
-        recall=get(KEY_METRIC_RECALL),
-        f_score=get(KEY_METRIC_F_SCORE),
-    )
+    return FidResult(fid=fid if math.isfinite(fid) else float("inf"), kid_mean=get(KEY_METRIC_KID_MEAN),
+                     kid_std=get(KEY_METRIC_KID_STD), precision=get(KEY_METRIC_PRECISION),
+                     recall=get(KEY_METRIC_RECALL), f_score=get(KEY_METRIC_F_SCORE), **fields)
 
 
 def fid_between(

@@ -80,6 +80,66 @@ def _reduce_per_sample(per_sample: torch.Tensor, reduction: str, numel_per_sampl
     return out
 
 
+def _check_lift_place(student: torch.Tensor, teacher: torch.Tensor, group_size: int | None, coarse: str,
+                      reduction: str, ablation: str | None, curriculum: bool, eps: float) -> int:
+    """Check `lift_place`'s arguments (ValueError naming the bad one); returns K, positions per group."""
+    _check_pair(student, teacher)
+    _check_choice("coarse", coarse, defaults.COARSE_DISTANCES)
+    _check_choice("reduction", reduction, defaults.REDUCTIONS)
+    _check_choice("ablation", ablation, defaults.ABLATIONS)
+    if not isinstance(curriculum, bool):
+        raise ValueError(f"curriculum: expected a bool, got {curriculum!r}")
+    if not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"eps: expected a non-negative number, got {eps!r}")
+    h, w = student.shape[-2:]
+    n = h * w
+    if group_size is None:
+        return n
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size: expected a positive integer or None, got {group_size!r}")
+    if n % group_size != 0:
+        raise ValueError(
+            f"group_size: K={group_size} does not divide H*W = {h}*{w} = {n}; "
+            f"choose K among the divisors of {n} (or None for LIFT alone)"
+        )
+    return group_size
+
+
+def _place_groups(student: torch.Tensor, teacher: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, C, H, W] predictions as [B, C, G, K] groups: with G > 1, positions ranked by the current error
+    (PLACE: easiest first, per sample and channel), then cut into groups of K."""
+    b, c, h, w = student.shape
+    n = h * w
+    g = n // k
+    s = student.reshape(b, c, n)
+    u = teacher.reshape(b, c, n)
+    if g > 1:
+        with torch.no_grad():
+            order = torch.argsort((u - s.detach()) ** 2, dim=-1, stable=True)
+        s = torch.gather(s, -1, order)
+        u = torch.gather(u, -1, order)
+    return s.reshape(b, c, g, k), u.reshape(b, c, g, k)
+
+
+def _line_fit(s: torch.Tensor, u: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares line u ~ beta1 * s + beta0 per group ([B, C, G, K] in, [B, C, G] each out)."""
+    mean_s = s.mean(dim=-1)
+    mean_u = u.mean(dim=-1)
+    ds = s - mean_s.unsqueeze(-1)
+    var_s = (ds * ds).mean(dim=-1)
+    cov = (ds * (u - mean_u.unsqueeze(-1))).mean(dim=-1)
+    beta1 = cov / (var_s + eps)
+    beta0 = mean_u - beta1 * mean_s
+    return beta1, beta0
+
+
+def _curriculum_weight(beta1: torch.Tensor, beta0: torch.Tensor) -> float:
+    """w = 1 - min(1, mean |beta1 - 1| + mean |beta0|): the fine term's weight grows as the lines reach identity."""
+    with torch.no_grad():
+        gap = ((beta1 - 1).abs().mean() + beta0.abs().mean()).item()
+    return 1.0 - min(1.0, gap) if gap == gap else 0.0  # a NaN gap stays visible in the loss
+
+
 def lift_place(
     student: torch.Tensor,
     teacher: torch.Tensor,
@@ -106,49 +166,11 @@ def lift_place(
             unweighted fine term alone, whatever `curriculum` says: w weighs the fine term
             only against the coarse one, as in the LIFT and PLACE code).
     """
-    _check_pair(student, teacher)
-    _check_choice("coarse", coarse, defaults.COARSE_DISTANCES)
-    _check_choice("reduction", reduction, defaults.REDUCTIONS)
-    _check_choice("ablation", ablation, defaults.ABLATIONS)
-    if not isinstance(curriculum, bool):
-        raise ValueError(f"curriculum: expected a bool, got {curriculum!r}")
-    if not isinstance(eps, (int, float)) or not eps >= 0:
-        raise ValueError(f"eps: expected a non-negative number, got {eps!r}")
-
-    b, c, h, w = student.shape
+    k = _check_lift_place(student, teacher, group_size, coarse, reduction, ablation, curriculum, eps)
+    _, c, h, w = student.shape
     n = h * w
-    if group_size is None:
-        k = n
-    else:
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-            raise ValueError(f"group_size: expected a positive integer or None, got {group_size!r}")
-        if n % group_size != 0:
-            raise ValueError(
-                f"group_size: K={group_size} does not divide H*W = {h}*{w} = {n}; "
-                f"choose K among the divisors of {n} (or None for LIFT alone)"
-            )
-        k = group_size
-    g = n // k
-
-    teacher = teacher.detach()
-    s = student.reshape(b, c, n)
-    u = teacher.reshape(b, c, n)
-    if g > 1:
-        # PLACE: rank positions by the current error, easiest first, per (b, c).
-        with torch.no_grad():
-            order = torch.argsort((u - s.detach()) ** 2, dim=-1, stable=True)
-        s = torch.gather(s, -1, order)
-        u = torch.gather(u, -1, order)
-    s = s.reshape(b, c, g, k)
-    u = u.reshape(b, c, g, k)
-
-    mean_s = s.mean(dim=-1)
-    mean_u = u.mean(dim=-1)
-    ds = s - mean_s.unsqueeze(-1)
-    var_s = (ds * ds).mean(dim=-1)
-    cov = (ds * (u - mean_u.unsqueeze(-1))).mean(dim=-1)
-    beta1 = cov / (var_s + eps)  # [B, C, G]
-    beta0 = mean_u - beta1 * mean_s
+    s, u = _place_groups(student, teacher.detach(), k)
+    beta1, beta0 = _line_fit(s, u, eps)  # [B, C, G] each
 
     if coarse == "l1":
         coarse_map = (beta1 - 1).abs() + beta0.abs()
@@ -160,13 +182,7 @@ def lift_place(
     resid = beta1.detach().unsqueeze(-1) * s + beta0.detach().unsqueeze(-1) - u
     fine_b = (resid * resid).sum(dim=(1, 2, 3))
 
-    if curriculum:
-        with torch.no_grad():
-            gap = ((beta1 - 1).abs().mean() + beta0.abs().mean()).item()
-        weight = 1.0 - min(1.0, gap) if gap == gap else 0.0  # a NaN gap stays visible in the loss
-    else:
-        weight = 1.0
-
+    weight = _curriculum_weight(beta1, beta0) if curriculum else 1.0
     if ablation == "coarse":
         loss_b = coarse_b
     elif ablation == "fine":

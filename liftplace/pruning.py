@@ -360,6 +360,39 @@ def _accumulate_taylor_gradients(
             print(f"[prune] taylor batch {b + 1}/{batches}: loss {loss.item():.4g}", file=sys.stderr)
 
 
+def _make_pruner(student: UNet2DModel, data: torch.Tensor | None, ratio: float, importance: str,
+                 ignore_attention: bool) -> _AtLeastOneChannelPruner:
+    """torch-pruning's pruner over `student`'s dependency graph, set up as Diff-Pruning prunes a UNet."""
+    ignored: list[nn.Module] = [student.conv_out]  # the output keeps the image channels (Diff-Pruning)
+    if ignore_attention:
+        for attn in student.modules():
+            if isinstance(attn, Attention):
+                ignored.extend(m for m in (attn.to_q, attn.to_k, attn.to_v) if m is not None)
+    if importance == "taylor":
+        # multivariable=False: sum_i |w_i * g_i| per channel, Diff-Pruning's accumulated-error score.
+        scorer = tp.importance.TaylorImportance(multivariable=False)
+    else:
+        scorer = tp.importance.MagnitudeImportance(p=2)
+    pruner = _AtLeastOneChannelPruner(
+        student,
+        _example_inputs(student, data),
+        importance=scorer,
+        pruning_ratio=ratio,
+        ignored_layers=ignored,
+        round_to=1,  # activates the at-least-one-channel clamp; multiples of 1 change nothing else
+        # Fresh dicts: torch-pruning's defaults are shared mutable dicts it writes into.
+        in_channel_groups={},
+        out_channel_groups={},
+        num_heads={},
+    )
+    # Trap 1: without this, every group holding a GroupNorm is pruned per norm group and,
+    # at high ratios, skipped entirely; num_groups is re-chosen in _sync_attributes instead.
+    for groups in (pruner.in_channel_groups, pruner.out_channel_groups):
+        for module in [m for m in groups if isinstance(m, nn.GroupNorm)]:
+            del groups[module]
+    return pruner
+
+
 def prune(
     teacher: UNet2DModel,
     ratio: float,
@@ -400,39 +433,11 @@ def prune(
     for p in student.parameters():
         p.requires_grad_(True)
 
-    ignored: list[nn.Module] = [student.conv_out]  # the output keeps the image channels (Diff-Pruning)
-    if ignore_attention:
-        for attn in student.modules():
-            if isinstance(attn, Attention):
-                ignored.extend(m for m in (attn.to_q, attn.to_k, attn.to_v) if m is not None)
-    if importance == "taylor":
-        # multivariable=False: sum_i |w_i * g_i| per channel, Diff-Pruning's accumulated-error score.
-        scorer = tp.importance.TaylorImportance(multivariable=False)
-    else:
-        scorer = tp.importance.MagnitudeImportance(p=2)
-
     norm_sizes = {m: m.num_channels // m.num_groups for m in student.modules() if isinstance(m, nn.GroupNorm)}
     head_dims = {m: m.inner_dim // m.heads for m in student.modules() if isinstance(m, Attention)}
-
     if progress:
         print(f"[prune] tracing the dependency graph ({importance}, ratio {ratio})", file=sys.stderr)
-    pruner = _AtLeastOneChannelPruner(
-        student,
-        _example_inputs(student, data),
-        importance=scorer,
-        pruning_ratio=ratio,
-        ignored_layers=ignored,
-        round_to=1,  # activates the at-least-one-channel clamp; multiples of 1 change nothing else
-        # Fresh dicts: torch-pruning's defaults are shared mutable dicts it writes into.
-        in_channel_groups={},
-        out_channel_groups={},
-        num_heads={},
-    )
-    # Trap 1: without this, every group holding a GroupNorm is pruned per norm group and,
-    # at high ratios, skipped entirely; num_groups is re-chosen in _sync_attributes instead.
-    for groups in (pruner.in_channel_groups, pruner.out_channel_groups):
-        for module in [m for m in groups if isinstance(m, nn.GroupNorm)]:
-            del groups[module]
+    pruner = _make_pruner(student, data, ratio, importance, ignore_attention)
 
     if importance == "taylor":
         assert data is not None
