@@ -123,8 +123,8 @@ def require_job(session: Session, job_id: int) -> None:
 def create_job(session: Session, settings: Settings, body: JobCreate) -> JobRead:
     """Queue one distillation run (not committed); 422 on a field the database or a limit refuses.
 
-    One INSERT ... RETURNING of the row (a Core statement: the ORM's unit of work cost more than
-    the rest of a submission).
+    The job is one INSERT ... RETURNING (a Core statement: no ORM unit of work), and the answer is
+    built from the returned row and the names already at hand (no second read).
     """
     check_steps(settings, body.steps)
     teacher = get_usable_teacher(session, body.teacher)
