@@ -164,6 +164,7 @@ class _Job:
         self.resumed_from_step: int | None = None
         self.model_dir: str | None = None
         self.parameters: int | None = None
+        self.earlier_success = False  # dispatched again after it had succeeded: nothing more to do or log
 
     # --- reporting (never lets a reporter problem end the job) -------------------------------------
 
@@ -211,6 +212,8 @@ class _Job:
         start = time.monotonic()
         try:
             outcome = self._run()
+            if self.earlier_success:  # the earlier attempt's outcome stands as it was written and logged
+                return outcome
         except Exception as exc:
             outcome = self._outcome("failed", _describe(exc))
             self.log(f"failed: {outcome.reason}")
@@ -244,6 +247,7 @@ class _Job:
             # Dispatched again after it had finished (its server stopped before recording the
             # outcome): the result stands; sampling and scoring again would log it twice.
             self.log(f"job {spec.job_id} already succeeded in an earlier attempt; returning that outcome")
+            self.earlier_success = True
             return earlier
         if self.cancel_requested():
             return self._outcome("cancelled", "cancelled before it started")
