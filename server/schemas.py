@@ -141,6 +141,8 @@ class TrainOptions(_Strict):
     # The FID at the end of the job (teachers are scored too: the dashboard shows their FID).
     fid_samples: int = Field(DEFAULT_FID_SAMPLES, ge=2, le=100_000, description="samples generated for the FID")
     sample_steps: int = Field(defaults.DDIM_STEPS, ge=1, le=defaults.NUM_TRAIN_TIMESTEPS, description="DDIM steps")
+    log_every: int | None = Field(None, ge=1, le=defaults.MAX_STEPS, description="steps per point of the MLflow "
+                                  f"history (the mean of those steps); default: steps / {defaults.MLFLOW_MAX_POINTS}")
 
 
 class DistillOptions(TrainOptions):

@@ -25,7 +25,7 @@ from server.api import READ, RowId, SessionDep, SettingsDep, not_found
 from server.api.studies import load_study, study_read, study_table
 from server.models import Job, Teacher
 from server.schemas import StudyRead, TableRead
-from server.tracking import run_url
+from server.tracking import run_url, runs_filter
 from worker.spec import ERROR_MAP_FILE, LOG_FILE, METRICS_FILE, SAMPLES_FILE, read_metrics
 
 router = APIRouter(prefix="/api", tags=["dashboards"])
@@ -97,6 +97,16 @@ class RunRead(BaseModel):
     mlflow_url: str | None
 
 
+class MlflowCellLink(BaseModel):
+    """MLflow's compare view of one (teacher, method) cell's runs (its seeds)."""
+
+    teacher: str
+    method: str
+    runs: int
+    url: str | None
+    search_filter: str = Field(description="the same runs in MLflow's search syntax")
+
+
 class DashboardRead(BaseModel):
     """Everything the study dashboard shows, in one consistent snapshot."""
 
@@ -106,7 +116,9 @@ class DashboardRead(BaseModel):
     teachers: list[TeacherSize]
     collapse_threshold: float
     welch: list[WelchRead]
-    mlflow_compare_url: str | None = Field(description="MLflow's compare view of the study's runs")
+    mlflow_compare_url: str | None = Field(description="MLflow's compare view of the study's distillation runs")
+    mlflow_search_filter: str = Field(description="the same runs in MLflow's search syntax (no teacher runs)")
+    mlflow_cells: list[MlflowCellLink] = Field(description="a compare view per cell")
 
 
 class PaperCell(BaseModel):
@@ -252,7 +264,7 @@ def study_dashboard(study_id: RowId, session: SessionDep, settings: SettingsDep)
                             mlflow_url=run_url(settings.mlflow_ui_url, j.mlflow_experiment_id, j.mlflow_run_id)))
     sizes = dict(session.execute(select(Teacher.name, Teacher.parameters).where(Teacher.name.in_(study.teachers)))
                  .tuples().all())
-    tracked = [j for j in jobs if j.mlflow_run_id and j.mlflow_experiment_id]
+    tracked = [j for j in jobs if j.kind == "distill" and j.mlflow_run_id and j.mlflow_experiment_id]
     return DashboardRead(
         study=study_read(session, study, settings), table=table, runs=runs,
         teachers=[TeacherSize(name=t, parameters=sizes.get(t), label=params_label(sizes.get(t)))
@@ -260,7 +272,21 @@ def study_dashboard(study_id: RowId, session: SessionDep, settings: SettingsDep)
         collapse_threshold=COLLAPSE_FID_THRESHOLD, welch=welch_tests(table),
         mlflow_compare_url=compare_url(settings.mlflow_ui_url, [j.mlflow_experiment_id or "" for j in tracked],
                                        [j.mlflow_run_id or "" for j in tracked]),
+        mlflow_search_filter=runs_filter(study.id), mlflow_cells=cell_links(settings.mlflow_ui_url, study.id, table,
+                                                                            tracked),
     )
+
+
+def cell_links(ui_url: str, study_id: int, table: TableRead, tracked: list[Job]) -> list[MlflowCellLink]:
+    """One compare link per cell of `table`: the MLflow runs of its jobs (`tracked`: jobs with a run)."""
+    by_job = {j.id: j for j in tracked}
+    links = []
+    for cell in table.cells:
+        jobs = [by_job[t["job_id"]] for t in cell.tries if t.get("job_id") in by_job]
+        url = compare_url(ui_url, [j.mlflow_experiment_id or "" for j in jobs], [j.mlflow_run_id or "" for j in jobs])
+        links.append(MlflowCellLink(teacher=cell.teacher, method=cell.method, runs=len(jobs), url=url,
+                                    search_filter=runs_filter(study_id, cell.teacher, cell.method)))
+    return links
 
 
 # --- reference -------------------------------------------------------------------------------------------
