@@ -203,10 +203,17 @@ class JobTracker:
         self._drained = False
         self._sender = MetricSender(self._send, on_sent=self._sent, max_values=MAX_PENDING_VALUES,
                                     flush_every_s=FLUSH_EVERY_S, name=f"mlflow-{run_id[:8]}")
-        for data in self._journal.get("pending") or []:  # points an earlier attempt had not sent
+
+    def _resend(self, until_step: int | None) -> int:
+        """Queue the points an earlier attempt had not sent (up to `until_step`: the steps after it are
+        trained again); returns the last step they cover."""
+        last = self._skip_until
+        for data in self._journal.pop("pending", None) or []:
             point = Point.from_dict(data)
-            if point.step > self._skip_until:
+            if self._skip_until < point.step and (until_step is None or point.step <= until_step):
                 self._sender.put(point)
+                last = max(last, point.step)
+        return last
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -344,8 +351,7 @@ class JobTracker:
         take back the window a checkpoint kept, and record the steps whose history was lost."""
         self._total = total_steps
         self.log_every = self._log_every_option or log_every_for(total_steps)
-        covered = self._skip_until
-        covered = max([covered] + [int(p["step"]) for p in self._journal.get("pending") or []])
+        covered = self._resend(until_step=start_step)
         window = self._journal.get("window")
         if window and window["last_step"] == start_step and window["first_step"] > self._skip_until:
             self._window = Window.from_dict(window)
@@ -431,6 +437,7 @@ class JobTracker:
         if self._drained:
             return self.unsent_values
         self._drained = True
+        self._resend(until_step=None)  # the job ended before training (re)started: they are history all the same
         self.end_training()
         if timeout_s is None:
             timeout_s = _seconds(os.environ.get(DRAIN_TIMEOUT_ENV), DRAIN_TIMEOUT_S)

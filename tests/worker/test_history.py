@@ -203,3 +203,23 @@ def test_points_round_trip_through_the_journal():
     p = Point(5, 123, {"loss_total": 0.5})
     assert Point.from_dict(json.loads(json.dumps(p.to_dict()))) == p
     assert math.isfinite(p.values["loss_total"])
+
+
+def test_unsent_points_past_the_resumed_checkpoint_are_not_sent_twice(tmp_path):
+    """An attempt that ended with MLflow away kept points up to step 12; the next resumes from the checkpoint at
+    8 and trains 9-12 again: the old points of 4 and 8 are sent, 12 comes from the new training only."""
+    old = [Point(s, 0, {"loss_total": -1.0}).to_dict() for s in (4, 8, 12)]
+    client = RecordingClient()
+    tracker = _tracker(tmp_path, client, resumed=True, log_every=4, journal={"step": 12, "pending": old})
+    tracker.begin(8, 16)
+    for step in range(9, 17):
+        tracker.log_step(step, {"loss_total": float(step)})
+    assert tracker.drain(30) == 0 and tracker.history_gaps == []
+    assert client.history("loss_total") == [(4, -1.0), (8, -1.0), (12, 10.5), (16, 16.0)]
+
+
+def test_a_job_that_ends_before_training_still_sends_the_earlier_attempts_points(tmp_path):
+    client = RecordingClient()
+    tracker = _tracker(tmp_path, client, resumed=True, journal={"pending": [Point(3, 0, {"w": 1.0}).to_dict()]})
+    assert tracker.drain(30) == 0  # e.g. the teacher could not be loaded this time
+    assert client.history("w") == [(3, 1.0)]
