@@ -44,6 +44,9 @@ BATCH_SIZE: int = 64
 # Jobs resume from the last one, so a retry loses at most this many steps.
 CHECKPOINT_EVERY: int = 500
 LOG_EVERY: int = 1
+# Points per metric a job logs to MLflow at most, whatever its length: each point is the mean of the
+# steps since the previous one (JobSpec.log_every overrides the derived interval).
+MLFLOW_MAX_POINTS: int = 2000
 
 # --- students (Diff-Pruning) -------------------------------------------------------
 STUDENT_RATIO: float = 0.9

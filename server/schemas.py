@@ -136,6 +136,8 @@ class TrainOptions(_Strict):
     # The FID at the end of the job (teachers are scored too: the dashboard shows their FID).
     fid_samples: int = Field(DEFAULT_FID_SAMPLES, ge=2, le=100_000, description="samples generated for the FID")
     sample_steps: int = Field(defaults.DDIM_STEPS, ge=1, le=defaults.NUM_TRAIN_TIMESTEPS, description="DDIM steps")
+    log_every: int | None = Field(None, ge=1, le=defaults.MAX_STEPS, description="steps per point of the MLflow "
+                                  f"history (the mean of those steps); default: steps / {defaults.MLFLOW_MAX_POINTS}")
 
 
 class DistillOptions(TrainOptions):
@@ -444,6 +446,16 @@ class RunRead(BaseModel):
     mlflow_url: str | None
 
 
+class MlflowCellLink(BaseModel):
+    """MLflow's compare view of one (teacher, method) cell's runs (its seeds)."""
+
+    teacher: str
+    method: str
+    runs: int
+    url: str | None
+    search_filter: str = Field(description="the same runs in MLflow's search syntax")
+
+
 class DashboardRead(BaseModel):
     """Everything the study dashboard shows, in one consistent snapshot."""
 
@@ -453,7 +465,9 @@ class DashboardRead(BaseModel):
     teachers: list[TeacherSize]
     collapse_threshold: float
     welch: list[WelchRead]
-    mlflow_compare_url: str | None = Field(description="MLflow's compare view of the study's runs")
+    mlflow_compare_url: str | None = Field(description="MLflow's compare view of the study's distillation runs")
+    mlflow_search_filter: str = Field(description="the same runs in MLflow's search syntax (no teacher runs)")
+    mlflow_cells: list[MlflowCellLink] = Field(description="a compare view per cell")
 
 
 class PaperCell(BaseModel):

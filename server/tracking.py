@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from worker.tracking import mlflow_retry
+from worker.retry import mlflow_retry, quiet_mlflow_http_retries
+from worker.tracking import KIND_TAG, source_tags
 
 log = logging.getLogger(__name__)
 
-STUDY_RUN_KIND = "study"
+STUDY_RUN_KIND = "study"  # the value of KIND_TAG on a study's parent run (jobs: "distill", "teacher")
 _BAD_KEY_CHARS = re.compile(r"[^\w.\- /:]")
 
 
@@ -33,6 +34,17 @@ def run_url(ui_url: str, experiment_id: str | None, run_id: str | None) -> str |
     if not experiment_id or not run_id:
         return None
     return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def runs_filter(study_id: int, teacher: str | None = None, method: str | None = None) -> str:
+    """MLflow's search filter for a study's distillation runs (no teacher-training run, no parent run),
+    or one (teacher, method) cell's: what the dashboard's compare links hold, for MLflow's search box."""
+    clauses = [f"tags.study_id = '{study_id}'", f"tags.`{KIND_TAG}` = 'distill'"]
+    if teacher is not None:
+        clauses.append(f"tags.teacher = '{teacher}'")
+    if method is not None:
+        clauses.append(f"tags.method = '{method}'")
+    return " AND ".join(clauses)
 
 
 def metric_key(*parts: str) -> str:
@@ -64,6 +76,7 @@ class Tracking:
     @property
     def client(self) -> Any:
         if self._client is None:
+            quiet_mlflow_http_retries()  # mlflow_retry retries, MLflow's own HTTP retries would stack under it
             from mlflow import MlflowClient
 
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
@@ -76,8 +89,8 @@ class Tracking:
                 exp = mlflow_retry(self.client.get_experiment_by_name, self.experiment)
                 if exp is None:
                     try:
-                        self._experiment_id = self.client.create_experiment(
-                            self.experiment, artifact_location=artifact_location(self.tracking_uri))
+                        self._experiment_id = mlflow_retry(self.client.create_experiment, self.experiment,
+                                                           artifact_location=artifact_location(self.tracking_uri))
                     except Exception:  # created meanwhile by a worker
                         exp = mlflow_retry(self.client.get_experiment_by_name, self.experiment)
                         if exp is None:
@@ -97,7 +110,7 @@ class Tracking:
         from mlflow.entities import Param
 
         exp_id = self.experiment_id()
-        tags = {"liftplace.kind": STUDY_RUN_KIND, "study_id": str(study_id), "study_name": name}
+        tags = {KIND_TAG: STUDY_RUN_KIND, "study_id": str(study_id), "study_name": name, **source_tags(STUDY_RUN_KIND)}
         run = mlflow_retry(self.client.create_run, exp_id, tags=tags, run_name=f"study {name}")
         run_id = run.info.run_id
         batch = [Param(k, str(v)[:6000]) for k, v in params.items()]

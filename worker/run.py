@@ -15,8 +15,14 @@ missing teacher, a crash in training all end as status "failed" with a readable 
 
 Files in `output_dir`: checkpoint/last.pt, model/, samples.png, error_map.png (distill and
 pruned teachers), job.log, metrics.jsonl, outcome.json, mlflow_run_id, mlflow_run_key,
-mlflow_logged_step. A job dispatched again after it had succeeded (its server stopped before
-recording the outcome) returns that attempt's outcome.json instead of running again.
+mlflow_logged_step, mlflow_pending.json (MLflow points not yet sent at the last checkpoint). A
+job dispatched again after it had succeeded (its server stopped before recording the outcome)
+returns that attempt's outcome.json instead of running again.
+
+MLflow gets a bounded history (`worker.tracking`): about `MLFLOW_MAX_POINTS` points per metric,
+each the mean of the steps since the last one, sent from a background thread; a job whose run
+cannot be opened fails with a reason naming the tracking URI, and what could not be sent later
+is reported on the job (`metrics["mlflow_unsent_values"]`, warnings in its log).
 
 metrics.jsonl is the job's metric history for dashboards: one JSON object per line,
 ``{"step": N, "<metric>": value, ...}`` (finite values only), written every
@@ -60,6 +66,7 @@ PROGRESS_INTERVAL_S = 1.0  # progress reaches the reporter at most about this of
 GRID_SAMPLES = defaults.GRID_SAMPLES  # images in the sample grid
 ERROR_MAP_IMAGES = 8  # columns of the error-map figure
 METRICS_MAX_LINES = 1000  # about this many lines of metric history per run, whatever its length
+INTERRUPTED_DRAIN_S = 5.0  # an interrupted job waits at most this long for MLflow to take its last points
 
 
 @runtime_checkable
@@ -124,6 +131,9 @@ class _Callbacks:
             job.log(f"training {total_steps} steps from scratch")
         job.steps_done = start_step
         self._history_every = max(1, total_steps // METRICS_MAX_LINES)
+        if job.tracker is not None:
+            job.tracker.begin(start_step, total_steps)
+            job.log(f"MLflow history: one point per {job.tracker.log_every} step(s), the mean of those steps")
         job.progress(start_step, total_steps, {})
 
     def on_step(self, step: int, total_steps: int, metrics: dict[str, float]) -> None:
@@ -141,7 +151,7 @@ class _Callbacks:
     def on_checkpoint(self, step: int, path: Path) -> None:
         job = self.job
         if job.tracker is not None:
-            job.tracker.flush()  # what MLflow holds is never behind the checkpoint
+            job.tracker.checkpoint(step)  # what MLflow does not hold yet is recorded beside the checkpoint
         job.log(f"checkpoint at step {step}")
 
     def on_end(self, result) -> None: ...
@@ -220,7 +230,8 @@ class _Job:
             for line in traceback.format_exc().rstrip().splitlines():
                 self.log(line)
         except BaseException as exc:  # KeyboardInterrupt / SystemExit: a Ray cancel or a shutdown
-            self._close_tracker(self._outcome("cancelled", f"interrupted ({type(exc).__name__})"))
+            self._close_tracker(self._outcome("cancelled", f"interrupted ({type(exc).__name__})"),
+                                drain_timeout_s=INTERRUPTED_DRAIN_S)
             raise
         self._close_tracker(outcome)
         outcome.metrics.setdefault("duration_s", round(time.monotonic() - start, 3))
@@ -275,24 +286,37 @@ class _Job:
         base.update(fields)
         return JobOutcome(**base)
 
-    def _close_tracker(self, outcome: JobOutcome) -> None:
-        if self.tracker is None:
+    def _close_tracker(self, outcome: JobOutcome, *, drain_timeout_s: float | None = None) -> None:
+        """Send the history's last points (waiting a bounded time), report what MLflow misses on the job
+        (log lines, `outcome.metrics["mlflow_unsent_values"]`, run tags), then end the run."""
+        tracker = self.tracker
+        if tracker is None:
             return
         from worker.tracking import mlflow_status
 
+        unsent = tracker.drain(drain_timeout_s)
+        if unsent:
+            outcome.metrics["mlflow_unsent_values"] = float(unsent)
+        note = tracker.history_note()
+        for err in tracker.errors:
+            self.log(f"warning: {err}")
+        if note:
+            self.log(f"warning: MLflow history incomplete: {note}")
+        reported = len(tracker.errors)
         try:
-            tags = {"outcome": outcome.status, "reason": outcome.reason or None, "steps_done": outcome.steps_done}
+            tags = {"outcome": outcome.status, "reason": outcome.reason or None, "steps_done": outcome.steps_done,
+                    "liftplace.history_missing": note}
             if outcome.diverged_step is not None:
                 tags["diverged_step"] = outcome.diverged_step
             if outcome.resumed_from_step is not None:
                 tags["resumed_from_step"] = outcome.resumed_from_step
-            self.tracker.set_tags(tags)
+            tracker.set_tags(tags)
             if (self.out / LOG_FILE).is_file():
-                self.tracker.log_artifact(self.out / LOG_FILE)
-            self.tracker.end(mlflow_status(outcome.status))
+                tracker.log_artifact(self.out / LOG_FILE)
+            tracker.terminate(mlflow_status(outcome.status))
         except Exception as exc:
             self.log(f"warning: could not close the MLflow run: {_describe(exc)}")
-        for err in self.tracker.errors:
+        for err in tracker.errors[reported:]:
             self.log(f"warning: {err}")
 
     # --- kinds ---------------------------------------------------------------------------------------
@@ -373,7 +397,7 @@ class _Job:
         """The outcome of a finished run: diverged or cancelled as is; a completed one saved, sampled and scored."""
         self.steps_done = result.steps
         self.parameters = result.parameters
-        self.tracker.flush()
+        self.tracker.end_training()
         self.tracker.log_metrics(counts, step=result.steps)
         metrics = {**_finite(result.last_metrics), **counts}
         if result.outcome == "diverged":

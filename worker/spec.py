@@ -85,6 +85,8 @@ class JobSpec:
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str = "liftplace"
     mlflow_parent_run_id: str | None = None
+    # steps per point of the MLflow history (the mean of those steps); None: steps / MLFLOW_MAX_POINTS
+    log_every: int | None = None
     attempt: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -26,6 +26,7 @@ from server.schemas import (
     DashboardRead,
     MethodRead,
     MetricsRead,
+    MlflowCellLink,
     PaperCell,
     PaperTableRead,
     RunRead,
@@ -36,7 +37,7 @@ from server.schemas import (
 from server.services.jobs import require_job
 from server.services.studies import load_study, study_read, table_read
 from server.settings import Settings
-from server.tracking import run_url
+from server.tracking import run_url, runs_filter
 from worker.spec import ERROR_MAP_FILE, LOG_FILE, METRICS_FILE, SAMPLES_FILE, read_metrics
 
 JOB_FILES: dict[str, str] = {SAMPLES_FILE: "image/png", ERROR_MAP_FILE: "image/png", LOG_FILE: "text/plain"}
@@ -152,7 +153,7 @@ def study_dashboard(session: Session, settings: Settings, study_id: int) -> Dash
     jobs = [j for j in all_jobs if j.method is not None]
     sizes = dict(session.execute(select(Teacher.name, Teacher.parameters).where(Teacher.name.in_(study.teachers)))
                  .all())
-    tracked = [j for j in jobs if j.mlflow_run_id and j.mlflow_experiment_id]
+    tracked = [j for j in jobs if j.kind == "distill" and j.mlflow_run_id and j.mlflow_experiment_id]
     return DashboardRead(
         study=study_read(session, study, settings), table=table,
         runs=[_run_read(j, settings, table.collapse_threshold) for j in jobs],
@@ -161,7 +162,21 @@ def study_dashboard(session: Session, settings: Settings, study_id: int) -> Dash
         collapse_threshold=table.collapse_threshold, welch=welch_tests(table),
         mlflow_compare_url=compare_url(settings.mlflow_ui_url, [j.mlflow_experiment_id or "" for j in tracked],
                                        [j.mlflow_run_id or "" for j in tracked]),
+        mlflow_search_filter=runs_filter(study.id),
+        mlflow_cells=cell_links(settings.mlflow_ui_url, study.id, table, tracked),
     )
+
+
+def cell_links(ui_url: str, study_id: int, table: TableRead, tracked: list[Job]) -> list[MlflowCellLink]:
+    """One compare link per cell of `table`: the MLflow runs of its jobs (`tracked`: jobs with a run)."""
+    by_job = {j.id: j for j in tracked}
+    links = []
+    for cell in table.cells:
+        jobs = [by_job[t["job_id"]] for t in cell.tries if t.get("job_id") in by_job]
+        url = compare_url(ui_url, [j.mlflow_experiment_id or "" for j in jobs], [j.mlflow_run_id or "" for j in jobs])
+        links.append(MlflowCellLink(teacher=cell.teacher, method=cell.method, runs=len(jobs), url=url,
+                                    search_filter=runs_filter(study_id, cell.teacher, cell.method)))
+    return links
 
 
 # --- reference -------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@
   // --- the Table-6 grid (ours and the paper's) -------------------------------------------------
 
   // spec: {groups: [{key, label, sub}], methods, nTries, cell(method, key) -> {tries: [{text, cls, title, href}],
-  //        mean, std, best, meanTitle}, paperMethod}
+  //        mean, std, best, meanTitle, meanHref, meanHrefTitle}, paperMethod}
   function buildT6(table, spec) {
     const head1 = el("tr", {class: "groups"}, el("th", {rowspan: 2}, "Method"));
     const head2 = el("tr", {class: "cols"});
@@ -36,8 +36,13 @@
           tr.append(el("td", {class: ["try", i === 0 ? "gstart" : "", t ? t.cls : "pending"].join(" ").trim(),
                               title: t ? t.title : null, "data-teacher": g.key, "data-try": i + 1}, content));
         }
+        const mean = c.mean !== null && c.mean !== undefined ? num(c.mean) : "";
+        const meanContent = c.meanHref
+          ? el("a", {href: c.meanHref, target: "_blank", rel: "noopener", class: "mlflow-cell", title: c.meanHrefTitle},
+               mean || "↗")
+          : mean;
         tr.append(el("td", {class: "mean" + (c.best ? " best" : ""), title: c.meanTitle || null, "data-teacher": g.key},
-                     c.mean !== null && c.mean !== undefined ? num(c.mean) : ""),
+                     meanContent),
                   el("td", {class: "std", "data-teacher": g.key}, c.std !== null && c.std !== undefined ? num(c.std) : ""));
       }
       body.append(tr);
@@ -74,6 +79,7 @@
   function renderOurTable(d) {
     const runs = new Map(d.runs.map((r) => [r.job_id, r]));
     const cells = new Map(d.table.cells.map((c) => [`${c.method}\u0000${c.teacher}`, c]));
+    const links = new Map((d.mlflow_cells || []).map((l) => [`${l.method}\u0000${l.teacher}`, l]));
     const sizes = new Map(d.teachers.map((t) => [t.name, t]));
     const nTries = Math.max(d.study.seeds.length, ...d.table.cells.map((c) => c.tries.length));
     buildT6($("t6"), {
@@ -82,8 +88,11 @@
       cell(m, t) {
         const c = cells.get(`${m}\u0000${t}`);
         if (!c) return null;
+        const link = links.get(`${m}\u0000${t}`);
         return {
           tries: c.tries.map((x) => tryEntry(x, runs.get(x.job_id))),
+          meanHref: link && link.url ? link.url : null,
+          meanHrefTitle: link ? `MLflow: compare this cell's ${link.runs} run${link.runs === 1 ? "" : "s"} ↗` : null,
           mean: c.mean, std: c.std, best: (d.table.best[t] || []).includes(m),
           meanTitle: `mean of ${c.n} succeeded tr${c.n === 1 ? "y" : "ies"}; ${c.collapses} collapse${c.collapses === 1 ? "" : "s"}` +
                      (c.complete ? "" : " (cell still running)"),
@@ -94,7 +103,7 @@
     replace($("t6-caption"), `${metric} of each try (lower is better), the mean and the sample std (ddof = 1) of the succeeded tries; `,
       "best mean per teacher in ", el("b", {}, "bold"), "; ", el("span", {class: "legend-chip collapse"}, "red"),
       ` = collapsed (diverged, "div.", or ${metric} over ${threshold}); "fail" = the job broke (not counted). `,
-      "Hover a cell for its seed and job; click it for the job page.");
+      "Hover a cell for its seed and job; click it for the job page, or a mean for MLflow's compare view of that cell's runs.");
     $("t6-hint").textContent = `${d.study.cells_complete} of ${d.study.cells_total} cells complete`;
   }
 
@@ -225,7 +234,9 @@
     if (s.mlflow_url) links.push(el("a", {class: "btn small", id: "mlflow-parent", href: s.mlflow_url, target: "_blank", rel: "noopener"}, "study run ↗"));
     if (d.mlflow_compare_url) {
       const n = d.runs.filter((r) => r.mlflow_run_id).length;
-      links.push(el("a", {class: "btn small", id: "mlflow-compare", href: d.mlflow_compare_url, target: "_blank", rel: "noopener"},
+      links.push(el("a", {class: "btn small", id: "mlflow-compare", href: d.mlflow_compare_url, target: "_blank", rel: "noopener",
+                          title: `MLflow's compare view of the study's distillation runs (${d.mlflow_search_filter}); ` +
+                                 "a cell's mean links to its own"},
                     `compare ${n} runs ↗`));
     }
     replace($("mlflow-links"), links.length ? links : el("span", {class: "muted small"}, "links appear once jobs have MLflow runs"));
