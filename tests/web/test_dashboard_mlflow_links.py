@@ -4,7 +4,7 @@ filter. (tests/worker/test_tracking.py checks the filters against MLflow's own s
 
 from __future__ import annotations
 
-from server.api.artifacts import compare_url
+from server.services.dashboards import compare_url
 from server.tracking import runs_filter
 from tests.server.server_testkit import FakeTracking
 
