@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from server.api.artifacts import cell_links, compare_url
+from server.services.dashboards import cell_links, compare_url
 from server.tracking import STUDY_RUN_KIND, Tracking, runs_filter
 from worker.retry import is_transient, mlflow_retry, safe_uri
 from worker.run import run_job
