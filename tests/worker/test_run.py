@@ -121,7 +121,7 @@ def test_distill_cancel_then_resume_succeeds_in_one_mlflow_run(tmp_path, mlflow_
     assert first.status == "cancelled", first.reason
     assert first.steps_done == 5 and "cancelled at step 5 of 10" in first.reason
     assert first.fid is None and first.model_dir is None and first.resumed_from_step is None
-    # The job reports step 0 when it starts (the server then shows it running), then each step of the loop.
+    # the first report as the job starts (before loading anything), the second as training starts
     assert rep.steps == [0, 0, 1, 2, 3, 4, 5] and rep.totals == {10}
     assert "loss_total" in rep.metrics[-1] and all(math.isfinite(v) for v in rep.metrics[-1].values())
     assert "checkpoint at step 3" in rep.text() and "ended: cancelled" in rep.text()
@@ -141,7 +141,7 @@ def test_distill_cancel_then_resume_succeeds_in_one_mlflow_run(tmp_path, mlflow_
     assert second.fid_metric == "fid_digits" and math.isfinite(second.fid) and second.fid > 0
     assert second.metrics["fid_digits"] == second.fid
     assert second.metrics["student_parameters"] == second.parameters < second.metrics["teacher_parameters"]
-    assert rep2.steps[:2] == [0, 5] and rep2.steps[-1] == 10  # started, then resumed at 5
+    assert rep2.steps[:2] == [0, 5] and rep2.steps[-1] == 10  # the job starts, then resumes at 5
 
     # outputs: the student in diffusers format, a sample grid, the error maps
     assert second.model_dir == str(out / "model")
@@ -153,13 +153,14 @@ def test_distill_cancel_then_resume_succeeds_in_one_mlflow_run(tmp_path, mlflow_
     run = client.get_run(second.mlflow_run_id)
     assert run.info.status == "FINISHED"
     tags = run.data.tags
-    expected_tags = {"job_id": "101", "kind": "distill", "study_id": "7", "study_name": "stability", "teacher": "tiny",
-                     "method": "lift+place+featkd", "seed": "1", "student_ratio": "0.9", "attempt": "2",
-                     "mlflow.parentRunId": parent, "outcome": "succeeded", "resumed_from_step": "5"}
+    expected_tags = {"job_id": "101", "liftplace.kind": "distill", "study_id": "7", "study_name": "stability",
+                     "teacher": "tiny", "method": "lift+place+featkd", "seed": "1", "student_ratio": "0.9",
+                     "attempt": "2", "mlflow.parentRunId": parent, "outcome": "succeeded", "resumed_from_step": "5"}
     assert {k: tags.get(k) for k in expected_tags} == expected_tags
     params = run.data.params
     assert params["method"] == "lift+place+featkd" and params["steps"] == "10" and params["seed"] == "1"
-    assert params["student_ratio"] == "0.9" and params["teacher_path"] == str(teacher_dir)
+    assert params["student_ratio"] == "0.9" and tags["liftplace.teacher_path"] == str(teacher_dir)
+    assert params["teacher"] == "tiny" and not {"teacher_path", "output_dir", "job_id"} & set(params)
     assert params["importance"] == "taylor" and params["fid_samples"] == "100" and "attempt" not in params
     history = client.get_metric_history(run.info.run_id, "loss_total")
     assert sorted(m.step for m in history) == list(range(1, 11))
