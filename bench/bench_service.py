@@ -371,7 +371,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, slots: float | 
 # --- main ----------------------------------------------------------------------------------------
 
 
-def main() -> int:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=8, help="distillation jobs to submit")
     parser.add_argument("--steps", type=int, default=20, help="training steps per job (at least 2)")
@@ -389,6 +389,11 @@ def main() -> int:
     args = parser.parse_args()
     if args.steps < 2 or args.jobs < 1 or args.batch < 1:
         parser.error("--steps must be at least 2, --jobs and --batch at least 1")
+    return args
+
+
+def main() -> int:
+    args = _parse_args()
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
     import torch
