@@ -177,7 +177,8 @@ def test_compare_links_select_exactly_a_cells_runs_and_the_compare_view_plots_te
                                 mlflow_parent_run_id=parent)
                 jobs.append(SimpleNamespace(id=job_id, mlflow_run_id=_open(spec, uri), mlflow_experiment_id=exp))
                 tries.append({"job_id": job_id, "seed": seed})
-            cells.append(SimpleNamespace(teacher=teacher, method=method, tries=tries))
+            cells.append(SimpleNamespace(teacher=teacher, method=method, tries=tries, key=f"{teacher}/{method}",
+                                         axes={}))
     for i, teacher in enumerate(teachers):
         _open(_teacher(200 + i, teacher, tmp_path, preset="tiny", study_id=3), uri)
     _open(_distill(300, "big", "outkd", 0, tmp_path, study_id=4, study_name="other"), uri)
