@@ -30,7 +30,7 @@ from liftplace.client import (
     submit_preset,
 )
 from liftplace.studies import STUDY_PRESET_NAMES, STUDY_PRESETS, get_study_preset
-from liftplace.tables import compact_table, table_from_service
+from liftplace.tables import compact_table, panel_label, tables_from_service
 
 __all__ = ["register", "main", "print_tables"]
 
@@ -104,8 +104,11 @@ def print_tables(client: ServiceClient, study_ids: Sequence[int], label: str, fm
             print(client.table(study_id, "md" if fmt == "text" else fmt))
             continue
         data = client.get(f"/api/studies/{study_id}/table")
-        table = table_from_service(data, collapse_fid=collapse_fid or data.get("collapse_threshold"))
-        print(compact_table(table, seeds=len(study["seeds"])))
+        # one grid per combination of the study's axis values (one grid without axes)
+        for axes, table in tables_from_service(data, collapse_fid=collapse_fid or data.get("collapse_threshold")):
+            if axes:
+                print(f"### {panel_label(axes)}\n")
+            print(compact_table(table, seeds=len(study["seeds"])))
 
 
 def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -35,6 +35,17 @@ class MethodSpec:
     def uses_place(self) -> bool:
         return self.kd == "lift+place"
 
+    def uses_option(self, option: str) -> bool:
+        """Whether the method's loss reads the distillation option `option` (a DistillOptions field name).
+
+        LIFT's own options (coarse distance, curriculum, ablation) need LIFT, the group size needs PLACE,
+        lambda_kd an output KD term, lambda_feat FeatKD; every other option (lr, steps, ...) is used by all.
+        A study axis over an option a method ignores does not multiply that method's jobs.
+        """
+        needs = {"coarse": self.uses_lift, "curriculum": self.uses_lift, "ablation": self.uses_lift,
+                 "group_size": self.uses_place, "lambda_kd": self.kd != "none", "lambda_feat": self.featkd}
+        return needs.get(option, True)
+
 
 def _spec(name: str, kd: str, featkd: bool, description: str) -> MethodSpec:
     return MethodSpec(
@@ -72,6 +83,11 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+
+# The options a study can sweep (its `axes`: a list of values each, crossed with teachers x methods x seeds),
+# in the order a study lays its axes out.
+AXIS_OPTIONS: tuple[str, ...] = ("lr", "lr_schedule", "steps", "student_ratio", "coarse", "group_size", "curriculum",
+                                 "ablation", "lambda_kd", "lambda_feat")
 
 
 def get_method(name: str) -> MethodSpec:

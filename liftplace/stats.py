@@ -222,6 +222,10 @@ class StabilityTable:
     # family, which only a table without any FID has (e.g. a study none of whose runs has ended).
     collapse_threshold: float | None = None
     teacher_params: dict[str, str | None] = field(default_factory=dict)
+    # What the table is one panel of (e.g. "coarse = l1" in a study with axes): the caption starts with it.
+    title: str = ""
+    # At least this many Try columns (tables laid side by side keep the same columns).
+    min_tries: int = 0
 
     def __post_init__(self) -> None:
         if self.collapse_threshold is not None:
@@ -231,7 +235,7 @@ class StabilityTable:
 
     @property
     def num_tries(self) -> int:
-        return max((len(c.runs) for c in self.cells.values()), default=0)
+        return max(self.min_tries, max((len(c.runs) for c in self.cells.values()), default=0))
 
     def cell(self, method: str, teacher: str) -> Cell | None:
         return self.cells.get((method, teacher))
@@ -266,6 +270,7 @@ class StabilityTable:
 
     def caption(self) -> str:
         return (
+            (f"{self.title}: " if self.title else "") +
             f"{self.metric} over seeds (lower is better): each try, the mean and the sample std (ddof = 1) "
             f"of the succeeded runs; collapses = {self.collapse_rule()}; best mean per teacher marked."
         )

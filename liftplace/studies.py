@@ -12,7 +12,8 @@ bodies of the service's API (``POST /api/datasets``, ``/api/teachers``, ``/api/s
   largest and two pruned-and-retrained copies of it, as in the paper) x {outkd,
   outkd+featkd, lift+place+featkd} x 5 seeds, one fixed student (the largest teacher pruned at 0.9).
 - ``ablation-*``: the paper's ablations on the largest stability teacher: Table 8 (LIFT,
-  PLACE, FeatKD), the PLACE group size K (Fig. 7), L1 vs L2 coarse, curriculum on/off.
+  PLACE, FeatKD), the PLACE group size K (Fig. 7), L1 vs L2 coarse, curriculum on/off; each
+  one study (the last three sweep their option as a study axis).
 - ``celeba64``, ``cifar10``: the paper's pixel-space protocol on a GPU cluster, with a local
   diffusers DDPM teacher and a local image folder (nothing is downloaded).
 
@@ -30,7 +31,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from liftplace import defaults
-from liftplace.methods import METHOD_NAMES, PAPER_METHOD
+from liftplace.methods import AXIS_OPTIONS, METHOD_NAMES, PAPER_METHOD, get_method
 
 __all__ = [
     "TeacherPlan",
@@ -106,22 +107,39 @@ class TeacherPlan:
 
 @dataclass(frozen=True)
 class StudyVariant:
-    """One study of a preset: methods, option overrides, and optionally a subset of the teachers.
+    """One study of a preset: methods, option overrides, its axes, and optionally a subset of the teachers.
 
-    `suffix` names the study (``f"{name}-{suffix}"``; ``""`` for a preset with one study).
+    `suffix` names the study (``f"{name}-{suffix}"``; ``""`` for a preset with one study). `axes`:
+    option -> the values the study sweeps (`liftplace.methods.AXIS_OPTIONS`), crossed with teachers x
+    methods x seeds.
     """
 
     suffix: str
     methods: tuple[str, ...]
     options: Mapping[str, Any] = field(default_factory=_frozen)
     teachers: tuple[str, ...] | None = None
+    axes: Mapping[str, tuple[Any, ...]] = field(default_factory=_frozen)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHOD_NAMES]
         if unknown or not self.methods:
             raise ValueError(f"methods: unknown or empty {unknown or list(self.methods)}; "
                              f"choose from {', '.join(METHOD_NAMES)}")
+        for axis, values in self.axes.items():
+            if axis not in AXIS_OPTIONS or not values:
+                raise ValueError(f"axes.{axis}: expected one of {', '.join(AXIS_OPTIONS)} with at least one value")
         object.__setattr__(self, "options", _frozen(self.options))
+        object.__setattr__(self, "axes", _frozen({k: tuple(v) for k, v in self.axes.items()}))
+
+    def jobs_per_teacher_seed(self) -> int:
+        """Jobs per teacher and seed: each method times the values of the axes it uses."""
+        total = 0
+        for m in self.methods:
+            n = 1
+            for axis, values in self.axes.items():
+                n *= len(values) if get_method(m).uses_option(axis) else 1
+            total += n
+        return total
 
 
 @dataclass(frozen=True)
@@ -188,6 +206,7 @@ class StudyPreset:
                 **({"collapse_fid": self.collapse_fid} if self.collapse_fid is not None else {}),
                 **self.options,
                 **v.options,
+                **({"axes": {k: list(vals) for k, vals in v.axes.items()}} if v.axes else {}),
             }
             for v in self.variants
         ]
@@ -209,7 +228,7 @@ class StudyPreset:
     @property
     def jobs(self) -> int:
         """Distillation jobs over all variants (teacher training jobs not counted)."""
-        return sum(len(self.variant_teachers(v)) * len(v.methods) * len(self.seeds) for v in self.variants)
+        return sum(len(self.variant_teachers(v)) * v.jobs_per_teacher_seed() * len(self.seeds) for v in self.variants)
 
 
 # --- embedded (digits, CPU) ------------------------------------------------------------------------
@@ -385,13 +404,12 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
                   "the largest stability teacher.", (StudyVariant("", TABLE8_METHODS),)),
         _ablation("ablation-group-size", "PLACE group size K in {4, 16, 64} (the paper's Fig. 7) with "
                   f"{PAPER_METHOD}; at 8x8, K = 64 is one group (LIFT).",
-                  tuple(StudyVariant(f"k{k}", (PAPER_METHOD,), {"group_size": k}) for k in (4, 16, 64))),
+                  (StudyVariant("", (PAPER_METHOD,), axes={"group_size": (4, 16, 64)}),)),
         _ablation("ablation-coarse", f"L1 vs L2 coarse distance with {PAPER_METHOD}.",
-                  tuple(StudyVariant(d, (PAPER_METHOD,), {"coarse": d}) for d in defaults.COARSE_DISTANCES)),
+                  (StudyVariant("", (PAPER_METHOD,), axes={"coarse": defaults.COARSE_DISTANCES}),)),
         _ablation("ablation-curriculum", "The adaptive coarse-to-fine weight w on and off (w = 1) with "
                   f"{PAPER_METHOD}.",
-                  (StudyVariant("curriculum", (PAPER_METHOD,), {"curriculum": True}),
-                   StudyVariant("no-curriculum", (PAPER_METHOD,), {"curriculum": False}))),
+                  (StudyVariant("", (PAPER_METHOD,), axes={"curriculum": (True, False)}),)),
         StudyPreset(
             name="smoke",
             description="A plumbing check in about a minute: the test-sized teacher and a pruned copy x "

@@ -15,14 +15,17 @@ Table 6) stays `StabilityTable.render`'s.
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from liftplace.stats import RUN_STATUSES, Cell, Run, StabilityTable, build_table
 
-__all__ = ["TERMINAL_WIDTH", "compact_cell", "compact_table", "table_from_service"]
+__all__ = ["TERMINAL_WIDTH", "compact_cell", "compact_table", "format_axis_value", "panel_label", "render_panels",
+           "table_from_service", "tables_from_service"]
 
 TERMINAL_WIDTH: int = 120  # characters a line of the compact table aims to stay within
 _GAP = "  "  # between columns
@@ -131,4 +134,62 @@ def table_from_service(data: Mapping[str, Any], *, collapse_fid: float | None = 
         table = StabilityTable(metric=metric, methods=(), teachers=(), cells={}, collapse_threshold=collapse_fid)
     table.methods, table.teachers = tuple(data.get("methods", ())), tuple(data.get("teachers", ()))
     return table
+
+
+# --- studies with axes: one grid per combination of axis values ---------------------------------------------
+
+
+def format_axis_value(value: Any) -> str:
+    """An axis value as a label shows it: 0.001, l1, true, none."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def panel_label(axes: Mapping[str, Any]) -> str:
+    """A combination of axis values as a heading: "coarse = l1, lr = 0.001" ("" without axes)."""
+    return ", ".join(f"{a} = {format_axis_value(v)}" for a, v in axes.items())
+
+
+def render_panels(panels: Sequence[tuple[Mapping[str, Any], StabilityTable]], fmt: str) -> str:
+    """A study's grids, one per combination of axis values, as one csv, md or latex text.
+
+    One panel without axes is the table's own rendering. With axes, every grid gets the same Try columns,
+    its caption starts with its axis values, and the CSV has one header with the axes as leading columns.
+    """
+    if len(panels) == 1 and not panels[0][0]:
+        return panels[0][1].render(fmt)
+    tries = max((t.num_tries for _, t in panels), default=0)
+    for axes, table in panels:
+        table.min_tries, table.title = tries, panel_label(axes)
+    if fmt != "csv":
+        return "\n".join(table.render(fmt) for _, table in panels)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    for i, (axes, table) in enumerate(panels):
+        rows = list(csv.reader(io.StringIO(table.to_csv())))
+        if i == 0:
+            writer.writerow([*axes, *rows[0]])
+        writer.writerows([*map(format_axis_value, axes.values()), *row] for row in rows[1:])
+    return buf.getvalue()
+
+
+def tables_from_service(data: Mapping[str, Any], *, collapse_fid: float | None = None
+                        ) -> list[tuple[dict[str, Any], StabilityTable]]:
+    """A study's table from the service's JSON as one `StabilityTable` per combination of its axis values
+    (one, with axes {}, for a study without axes). A cell whose method ignores an axis stands in every panel."""
+    axes: dict[str, list[Any]] = dict(data.get("axes") or {})
+    combos: list[dict[str, Any]] = [{}]
+    for axis, values in axes.items():
+        combos = [{**c, axis: v} for c in combos for v in values]
+    out = []
+    for panel in combos:
+        cells = [c for c in data.get("cells", [])
+                 if all(panel.get(a) == v for a, v in (c.get("axes") or {}).items())]
+        out.append((panel, table_from_service({**data, "cells": cells}, collapse_fid=collapse_fid)))
+    return out
 

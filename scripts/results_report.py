@@ -53,7 +53,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="study name (or id) on the service")
     p.add_argument("--preset", help="the study preset it ran (its label is shown)")
     p.add_argument("--convergence", type=Path, help="a convergence.csv of bench/convergence.py")
-    p.add_argument("--ablation", help="an ablation study preset: all its variants' studies as one table")
+    p.add_argument("--ablation", help="an ablation study preset: its axis values (or its variants' studies) as one "
+                                      "table")
     p.add_argument("--presets", nargs="+", help="study preset names: render their plans")
     p.add_argument("--budget", type=int, help="with --convergence: the study's step budget, to compare against")
     p.add_argument("--same-as", help="with --study: another study sharing cells with it; report whether they repeat")
@@ -74,9 +75,10 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if sum(map(bool, (args.convergence, args.presets, args.fragment, args.ablation))) > 1 or not any(
             (args.study, args.convergence, args.presets, args.fragment, args.ablation)):
         p.error("give one of --study, --convergence (optionally with --study), --ablation, --presets and --fragment")
-    if args.ablation and len(getattr(STUDY_PRESETS.get(args.ablation), "variants", ())) < 2:
-        p.error(f"--ablation: expected a study preset with several variants, one of "
-                f"{', '.join(n for n, v in STUDY_PRESETS.items() if len(v.variants) > 1)}; got {args.ablation!r}")
+    ablations = [n for n, v in STUDY_PRESETS.items() if len(v.variants) > 1 or any(x.axes for x in v.variants)]
+    if args.ablation and args.ablation not in ablations:
+        p.error(f"--ablation: expected a study preset with an axis or several variants, one of "
+                f"{', '.join(ablations)}; got {args.ablation!r}")
     if args.fragment and not args.section:
         p.error("--fragment needs --section")
     study_only = args.study and not any((args.convergence, args.presets, args.fragment, args.ablation))

@@ -23,6 +23,7 @@ database.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -35,6 +36,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from liftplace.tables import render_panels
 from server import aggregation
 from server.executors import Executor, Finished
 from server.models import IN_FLIGHT_STATUSES, TERMINAL_STATUSES, Dataset, Job, JobLog, Study, StudyCell, Teacher, utcnow
@@ -442,11 +444,12 @@ class Dispatcher:
                 params = {"teachers": ",".join(study.teachers), "methods": ",".join(study.methods),
                           "seeds": ",".join(map(str, study.seeds)), "student_ratio": study.student_ratio,
                           "dataset": study.dataset.name, **(study.options or {})}
+                axes = aggregation.study_axes(study)
         try:
             experiment = self.tracking.experiment_id()
             if study is None or run_id is not None:
                 return (run_id if study is not None else None), experiment
-            experiment, run_id = self.tracking.start_study_run(study_id, name, params)
+            experiment, run_id = self.tracking.start_study_run(study_id, name, params, axes)
             with self.sessions.begin() as s:
                 s.execute(update(Study).where(Study.id == study_id, Study.mlflow_run_id.is_(None)).values(
                     mlflow_run_id=run_id, mlflow_experiment_id=experiment))
@@ -478,12 +481,12 @@ class Dispatcher:
         with self.sessions() as s:
             study = s.get(Study, study_id)
             assert study is not None and study.mlflow_run_id is not None
-            cells = [{"teacher": c.teacher, "method": c.method, "mean": c.mean, "std": c.std,
-                      "collapses": c.collapses, "n": c.n} for c in study.cells]
+            cells = [{"teacher": c.teacher, "method": c.method, "axes": json.loads(c.axes or "{}"), "mean": c.mean,
+                      "std": c.std, "collapses": c.collapses, "n": c.n} for c in study.cells]
             logged = [c.id for c in study.cells]
-            table = aggregation.study_table(s, study)
-            tables = {"study_table.md": table.to_markdown(), "study_table.csv": table.to_csv()}
-            complete = len(cells) == len(study.teachers) * len(study.methods)
+            panels = aggregation.study_tables(s, study)
+            tables = {"study_table.md": render_panels(panels, "md"), "study_table.csv": render_panels(panels, "csv")}
+            complete = len(cells) == aggregation.cells_total(study)
             run_id = study.mlflow_run_id
         self.tracking.log_cells(run_id, cells, tables=tables, complete=complete)
         with self.sessions.begin() as s:

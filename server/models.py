@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -140,6 +141,8 @@ class Study(Base):
     options: Mapped[dict[str, Any]] = mapped_column(default=dict)  # steps and the other job options
     # FID above which a run counts as a collapse; None: its FID family's (liftplace.stats.COLLAPSE_FID)
     collapse_fid: Mapped[float | None] = mapped_column(Float)
+    # option -> the values it sweeps, crossed with teachers x methods x seeds ({}: no axes)
+    axes: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
     mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))  # the parent run of the seeds
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -227,15 +230,18 @@ class JobLog(Base):
 
 
 class StudyCell(Base):
-    """One (teacher, method) cell of a study once every seed has ended: FID mean, std, collapses."""
+    """One (teacher, method, axis values) cell of a study once every seed has ended: FID mean, std, collapses."""
 
     __tablename__ = "study_cells"
-    __table_args__ = (UniqueConstraint("study_id", "teacher", "method", name="uq_study_cells_cell"),)
+    __table_args__ = (UniqueConstraint("study_id", "teacher", "method", "axes", name="uq_study_cells_cell"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     teacher: Mapped[str] = mapped_column(String(128))
     method: Mapped[str] = mapped_column(String(64))
+    # The cell's axis values as canonical JSON text (aggregation.axes_text): the axes its method uses,
+    # "{}" in a study without axes. Text, not JSON, so that it can be part of the unique key on every backend.
+    axes: Mapped[str] = mapped_column(String(1000), default="{}", server_default=text("'{}'"))
     fid_metric: Mapped[str | None] = mapped_column(String(32))
     tries: Mapped[list[Any]] = mapped_column()  # [{seed, job_id, status, fid}] by seed
     n: Mapped[int] = mapped_column(Integer)  # runs in the mean (succeeded with a finite FID)

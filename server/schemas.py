@@ -17,11 +17,21 @@ import re
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+)
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from liftplace import defaults
-from liftplace.methods import FEATKD_LAYER_SETS, FEATKD_LAYERS, METHOD_NAMES, PAPER_METHOD
+from liftplace.methods import AXIS_OPTIONS, FEATKD_LAYER_SETS, FEATKD_LAYERS, METHOD_NAMES, PAPER_METHOD
 from liftplace.presets import PRESET_NAMES
 from liftplace.stats import COLLAPSE_FID
 from server.models import JOB_STATUSES
@@ -178,8 +188,29 @@ class JobCreate(DistillOptions):
     seed: int = Field(defaults.SEED, ge=0, le=2**31 - 1)
 
 
+def _axis_field(name: str, info: FieldInfo) -> tuple[Any, Any]:
+    """The axis of option `name`: a list of its values, each checked by the option's own type and bounds."""
+    value = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+    return (list[value] | None,  # type: ignore[valid-type]
+            Field(None, min_length=1, description=f"values of `{name}` to sweep"))
+
+
+def _unique_axis(values: list[Any] | None) -> list[Any] | None:
+    return None if values is None else _unique(values)
+
+
+# The options a study may sweep and the type of their values: each option's own field (type, bounds), so an
+# axis value is refused exactly as the option itself would be, naming `axes.<option>.<index>`.
+_AXIS_SOURCES: dict[str, FieldInfo] = {**DistillOptions.model_fields, "student_ratio": FieldInfo.from_annotation(Ratio)}
+StudyAxes = create_model(  # type: ignore[call-overload]
+    "StudyAxes", __base__=_Strict, __doc__="A study's axes: option -> the values it takes, crossed with teachers x "
+    "methods x seeds like a grid search (a method that ignores an option is not multiplied by its axis).",
+    __validators__={"_unique_values": field_validator(*AXIS_OPTIONS)(_unique_axis)},
+    **{name: _axis_field(name, _AXIS_SOURCES[name]) for name in AXIS_OPTIONS})
+
+
 class StudyCreate(DistillOptions):
-    """POST /api/studies: one distillation job per teacher x method x seed."""
+    """POST /api/studies: one distillation job per teacher x method x seed (x axis values)."""
 
     name: StudyName
     teachers: list[Name] = Field(min_length=1)
@@ -191,6 +222,9 @@ class StudyCreate(DistillOptions):
     collapse_fid: float | None = Field(
         None, gt=0, description="FID above which a run counts as a collapse (a diverged run always does); default: "
         f"its FID family's ({', '.join(f'{k} {v:g}' for k, v in COLLAPSE_FID.items())})")
+    axes: StudyAxes | None = Field(  # type: ignore[valid-type]
+        None, description="options to sweep: option -> list of values (" + ", ".join(AXIS_OPTIONS) + "); an axis "
+        "overrides the option's single value")
 
     _unique_lists = field_validator("teachers", "methods")(_unique)
 
@@ -200,6 +234,12 @@ class StudyCreate(DistillOptions):
         if not v:
             raise PydanticCustomError("seeds", "must hold at least one seed")
         return _unique(v)
+
+    def axis_values(self) -> dict[str, list[Any]]:
+        """The study's axes, option -> values, in AXIS_OPTIONS order ({} for a study without axes)."""
+        if self.axes is None:
+            return {}
+        return {k: v for k in AXIS_OPTIONS if (v := getattr(self.axes, k)) is not None}
 
 
 class LocalTeacherCreate(_Strict):
@@ -335,10 +375,13 @@ class DatasetRead(BaseModel):
 
 
 class CellRead(BaseModel):
-    """One (teacher, method) cell: live while seeds run; `complete` once every seed has ended."""
+    """One (teacher, method, axis values) cell: live while seeds run; `complete` once every seed has ended."""
 
     teacher: str
     method: str
+    axes: dict[str, Any] = Field(default_factory=dict, description="the values of the study's axes this cell's "
+                                 "method uses (an axis it ignores is absent: the cell stands beside every value)")
+    key: str = Field("", description="the cell's name: teacher/method, then its axis values as JSON")
     tries: list[dict[str, Any]]
     n: int
     mean: float | None
@@ -354,6 +397,7 @@ class StudyRead(BaseModel):
     name: str
     teachers: list[str]
     methods: list[str]
+    axes: dict[str, list[Any]] = Field(default_factory=dict, description="option -> the values the study sweeps")
     seeds: list[int]
     student_ratio: float
     dataset: str
@@ -379,6 +423,7 @@ class TableRead(BaseModel):
     metric: str | None
     teachers: list[str]
     methods: list[str]
+    axes: dict[str, list[Any]] = Field(default_factory=dict, description="the study's axes (cells per axis value)")
     cells: list[CellRead]
     best: dict[str, list[str]] = Field(description="per teacher, the method(s) with the lowest mean")
     collapse_threshold: float = Field(description="FID above which a run counts as a collapse (diverged runs always)")
@@ -423,6 +468,8 @@ class WelchRead(BaseModel):
     df: float | None
     pvalue: float | None
     reason: str | None
+    key_a: str | None = Field(None, description="against a baseline: the cell compared (A)")
+    key_b: str | None = Field(None, description="against a baseline: the baseline cell (B)")
 
 
 class TeacherSize(BaseModel):
@@ -451,9 +498,32 @@ class MlflowCellLink(BaseModel):
 
     teacher: str
     method: str
+    key: str = Field("", description="the cell (CellRead.key)")
     runs: int
     url: str | None
     search_filter: str = Field(description="the same runs in MLflow's search syntax")
+
+
+class PanelRead(BaseModel):
+    """One combination of a study's axis values: a Table-6 grid of the cells that stand in it."""
+
+    axes: dict[str, Any]
+    label: str = Field(description='e.g. "coarse = l1, lr = 0.001"')
+    cells: list[str] = Field(description="the keys of its cells (a cell whose method ignores an axis stands in every "
+                             "panel of that axis)")
+    best: dict[str, list[str]] = Field(description="per teacher, the key(s) of the lowest mean in the panel")
+
+
+class HeatmapRead(BaseModel):
+    """Mean FID of one (teacher, method) over the values of two axes: rows the first, columns the second."""
+
+    teacher: str
+    method: str
+    row_axis: str
+    col_axis: str
+    rows: list[Any]
+    cols: list[Any]
+    cells: list[list[str]] = Field(description="rows x cols of cell keys")
 
 
 class DashboardRead(BaseModel):
@@ -468,6 +538,14 @@ class DashboardRead(BaseModel):
     mlflow_compare_url: str | None = Field(description="MLflow's compare view of the study's distillation runs")
     mlflow_search_filter: str = Field(description="the same runs in MLflow's search syntax (no teacher runs)")
     mlflow_cells: list[MlflowCellLink] = Field(description="a compare view per cell")
+    panels: list[PanelRead] = Field(default_factory=list, description="with axes: a grid per combination of axis "
+                                    "values")
+    heatmaps: list[HeatmapRead] = Field(default_factory=list, description="with two axes: a heatmap per teacher and "
+                                        "method")
+    baseline: str | None = Field(None, description="the baseline cell's key (the `baseline` query parameter; with "
+                                 "axes, the first cell by default)")
+    versus_baseline: list[WelchRead] = Field(default_factory=list, description="Welch's t-test of every other cell "
+                                             "against the baseline")
 
 
 class PaperCell(BaseModel):

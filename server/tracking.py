@@ -3,7 +3,9 @@
 Each seed of a study is its own MLflow run, opened by the worker as a nested run of the
 study's parent run (`JobSpec.mlflow_parent_run_id`). When a (teacher, method) cell ends, its
 FID mean, std, collapses and n are logged to the parent run as ``fid_mean/<teacher>/<method>``
-and so on, so MLflow shows the cells side by side; the whole table goes along as artifacts.
+and so on (a study with axes appends the cell's values, ``.../coarse:l1``), so MLflow shows the
+cells side by side; the whole table goes along as artifacts. The parent run carries the study's
+axes as params (``axes``, ``axis.<option>``) and a tag (``axes``).
 
 Only `MlflowClient` is used (no fluent global state): the server may share its process with
 in-process jobs that track to MLflow themselves.
@@ -11,6 +13,7 @@ in-process jobs that track to MLflow themselves.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -36,15 +39,33 @@ def run_url(ui_url: str, experiment_id: str | None, run_id: str | None) -> str |
     return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def runs_filter(study_id: int, teacher: str | None = None, method: str | None = None) -> str:
+def runs_filter(study_id: int, teacher: str | None = None, method: str | None = None,
+                axes: Mapping[str, Any] | None = None) -> str:
     """MLflow's search filter for a study's distillation runs (no teacher-training run, no parent run),
-    or one (teacher, method) cell's: what the dashboard's compare links hold, for MLflow's search box."""
+    or one (teacher, method, axis values) cell's: what the dashboard's compare links hold, for MLflow's
+    search box. An axis value is matched on the run's param of that option (a null one is not logged)."""
     clauses = [f"tags.study_id = '{study_id}'", f"tags.`{KIND_TAG}` = 'distill'"]
     if teacher is not None:
         clauses.append(f"tags.teacher = '{teacher}'")
     if method is not None:
         clauses.append(f"tags.method = '{method}'")
+    clauses += [f"params.{axis} = '{value}'" for axis, value in (axes or {}).items() if value is not None]
     return " AND ".join(clauses)
+
+
+def axis_part(axes: Mapping[str, Any]) -> list[str]:
+    """A cell's axis values as metric-name parts, e.g. ["coarse:l1", "lr:0.001"] (none without axes)."""
+    return [f"{axis}:{value}" for axis, value in axes.items()]
+
+
+def study_run_values(axes: Mapping[str, list[Any]]) -> tuple[dict[str, str], dict[str, str]]:
+    """(params, tags) of a study's parent run for its axes: `axes` (JSON) and `axis.<option>` (its values,
+    comma-separated) as params; the tag `axes` names the swept options. Both empty without axes."""
+    if not axes:
+        return {}, {}
+    params = {"axes": json.dumps(dict(axes), separators=(",", ":"))}
+    params.update({f"axis.{a}": ",".join(map(str, values)) for a, values in axes.items()})
+    return params, {"axes": ",".join(axes)}
 
 
 def metric_key(*parts: str) -> str:
@@ -105,12 +126,16 @@ class Tracking:
     def run_url(self, experiment_id: str | None, run_id: str | None) -> str | None:
         return run_url(self.ui_url, experiment_id, run_id)
 
-    def start_study_run(self, study_id: int, name: str, params: Mapping[str, Any]) -> tuple[str, str]:
-        """Create the study's parent run; returns (experiment_id, run_id)."""
+    def start_study_run(self, study_id: int, name: str, params: Mapping[str, Any],
+                        axes: Mapping[str, list[Any]] | None = None) -> tuple[str, str]:
+        """Create the study's parent run, with its axes (`study_run_values`); returns (experiment_id, run_id)."""
         from mlflow.entities import Param
 
         exp_id = self.experiment_id()
-        tags = {KIND_TAG: STUDY_RUN_KIND, "study_id": str(study_id), "study_name": name, **source_tags(STUDY_RUN_KIND)}
+        axis_params, axis_tags = study_run_values(axes or {})
+        params = {**params, **axis_params}
+        tags = {KIND_TAG: STUDY_RUN_KIND, "study_id": str(study_id), "study_name": name, **source_tags(STUDY_RUN_KIND),
+                **axis_tags}
         run = mlflow_retry(self.client.create_run, exp_id, tags=tags, run_name=f"study {name}")
         run_id = run.info.run_id
         batch = [Param(k, str(v)[:6000]) for k, v in params.items()]
@@ -130,7 +155,8 @@ class Tracking:
                       "n": cell.get("n")}
             for name, value in values.items():
                 if value is not None:
-                    metrics.append(Metric(metric_key(name, cell["teacher"], cell["method"]), float(value), now, 0))
+                    key = metric_key(name, cell["teacher"], cell["method"], *axis_part(cell.get("axes") or {}))
+                    metrics.append(Metric(key, float(value), now, 0))
         for i in range(0, len(metrics), 900):
             mlflow_retry(self.client.log_batch, run_id, metrics=metrics[i : i + 900], synchronous=True)
         for filename, text in tables.items():

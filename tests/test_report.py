@@ -198,12 +198,13 @@ def test_the_same_cells_of_two_studies_seed_by_seed() -> None:
 
 
 def test_the_ablation_rows_against_the_reference_variant_and_their_collapses() -> None:
-    preset = STUDY_PRESETS["ablation-group-size"]
-    reference = compute.reference_variant(preset.variants, _report_cli().job_defaults())
+    (variant,) = STUDY_PRESETS["ablation-group-size"].variants  # one study; its axis values are the variants
+    variants = [sections.AxisVariant(f"k{k}", {"group_size": k}) for k in variant.axes["group_size"]]
+    reference = compute.reference_variant(variants, _report_cli().job_defaults())
     assert reference.suffix == "k16"  # the job spec's default group size
     fids = {"k4": [60.0, 70.0, 65.0], "k16": [40.0, 45.0, 50.0], "k64": [120.0, "diverged", "failed"]}
-    tables = [_table([_cell("t", OURS, fids[v.suffix])]) for v in preset.variants]
-    rows = compute.ablation_rows(preset.variants, tables, reference)
+    tables = [_table([_cell("t", OURS, fids[v.suffix])]) for v in variants]
+    rows = compute.ablation_rows(variants, tables, reference)
     assert [(r.variant, r.reference) for r in rows] == [("k4", False), ("k16", True), ("k64", False)]
     assert [r.collapses for r in rows] == [0, 0, 2]  # one FID above the threshold, one diverged run
     assert rows[1].t is None and rows[0].t == welch_t_test(fids["k4"], fids["k16"]).statistic
@@ -344,20 +345,20 @@ def test_previous_reads_a_sections_numbers_as_an_earlier_commit_has_them(tmp_pat
 
 
 class _FakeAblationSource(FakeSource):
-    """The three studies of ablation-group-size."""
+    """The one study of ablation-group-size: a cell per value of its axis group_size."""
 
-    FIDS = {"k4": [60.0, 70.0, 65.0, 55.0, 50.0], "k16": [40.0, 45.0, 50.0, 55.0, 60.0],
-            "k64": [90.0, 120.0, 110.0, 100.0, 95.0]}
+    FIDS = {4: [60.0, 70.0, 65.0, 55.0, 50.0], 16: [40.0, 45.0, 50.0, 55.0, 60.0],
+            64: [90.0, 120.0, 110.0, 100.0, 95.0]}
 
     def __init__(self) -> None:
         super().__init__()
         self.teacher_records = [{"name": "t", "parameters": 1_000_000, "source": "preset", "preset": "digits-s",
                                  "job_id": None}]
-        for suffix, fids in self.FIDS.items():
-            study = self.add(f"ablation-group-size-{suffix}", _table([_cell("t", OURS, fids)]), dataset="faces",
-                             group_size=int(suffix[1:]), resolution=8)
-            for i, job in enumerate(self.job_lists[study["id"]]):
-                job["finished_at"] = f"2026-11-24T06:{10 * study['id']:02d}:00Z" if i == 0 else None
+        cells = [{**_cell("t", OURS, fids), "axes": {"group_size": k}} for k, fids in self.FIDS.items()]
+        table = {**_table(cells), "axes": {"group_size": list(self.FIDS)}}
+        study = self.add("ablation-group-size", table, dataset="faces", resolution=8)
+        for i, job in enumerate(self.job_lists[study["id"]]):
+            job["finished_at"] = "2026-11-24T06:30:00Z" if i == 0 else None
 
 
 def test_the_report_puts_an_ablations_variants_in_one_table(tmp_path: Path) -> None:
@@ -365,21 +366,23 @@ def test_the_report_puts_an_ablations_variants_in_one_table(tmp_path: Path) -> N
     s = sections.ablation_section(_FakeAblationSource(), "ablation-group-size", figure, "k", _ctx())
     text = s.markdown
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if f"| {OURS} |" in line}
-    assert set(rows) == {"k4", "**k16** (reference)", "k64"}  # K = 16 is the default, so the reference
-    assert "| 60.00 | 70.00 | 65.00 | 55.00 | 50.00 | 60.00 | 7.91 | 0 |" in rows["k4"]
-    assert rows["k64"].split(" | ")[-3] == "2"  # two seeds above the collapse threshold
-    expected = welch_t_test(_FakeAblationSource.FIDS["k64"], _FakeAblationSource.FIDS["k16"])
-    assert rows["k64"].rstrip(" |").endswith(f"| {expected.statistic:.2f} | {expected.pvalue:.4f}")
-    assert rows["**k16** (reference)"].rstrip(" |").endswith("| – | –")  # no test against itself
+    k4, k16, k64 = "group_size = 4", "group_size = 16", "group_size = 64"
+    assert set(rows) == {k4, f"**{k16}** (reference)", k64}  # K = 16 is the default, so the reference
+    assert "| 60.00 | 70.00 | 65.00 | 55.00 | 50.00 | 60.00 | 7.91 | 0 |" in rows[k4]
+    assert rows[k64].split(" | ")[-3] == "2"  # two seeds above the collapse threshold
+    expected = welch_t_test(_FakeAblationSource.FIDS[64], _FakeAblationSource.FIDS[16])
+    assert rows[k64].rstrip(" |").endswith(f"| {expected.statistic:.2f} | {expected.pvalue:.4f}")
+    assert rows[f"**{k16}** (reference)"].rstrip(" |").endswith("| – | –")  # no test against itself
     assert "varied: group_size" in text and "30 min of wall time for the 15 distillation jobs" in text
+    assert "| group_size in {4, 16, 64} | `ablation-group-size`" in text
     assert figure.is_file() and "--ablation ablation-group-size --section k" in text
-    assert s.numbers["reference"] == "k16" and [r.p for r in s.numbers["rows"]][2] == expected.pvalue
+    assert s.numbers["reference"] == k16 and [r.p for r in s.numbers["rows"]][2] == expected.pvalue
 
 
 def test_the_report_renders_presets_and_convergence_curves(tmp_path: Path) -> None:
     text = sections.presets_section(["ablation-group-size"], "presets-ablations").markdown
     for body in STUDY_PRESETS["ablation-group-size"].study_requests("ablation-group-size"):
-        assert f"`{body['name']}`" in text and f"group_size {body['group_size']}" in text
+        assert f"`{body['name']}`" in text and "axis group_size: 4, 16, 64" in text
     assert "liftplace study run ablation-group-size" in text and "--section presets-ablations" in text
     csv_file = tmp_path / "convergence.csv"
     csv_file.write_text("kind,name,step,fid_digits,elapsed_s,step_ms\nstudent,outkd,200,90.5,10,100\n"

@@ -43,6 +43,8 @@ def test_the_named_presets_exist_and_unknown_names_are_refused() -> None:
 
 
 def test_every_request_body_validates_against_the_api_schemas(preset: StudyPreset) -> None:
+    from server.services.studies import method_combos
+
     teachers = [TEACHER.validate_python(body) for body in preset.teacher_requests()]
     assert [t.name for t in teachers] == [t.name for t in preset.teachers]
     studies = [StudyCreate.model_validate(body) for body in preset.study_requests("run1")]
@@ -55,7 +57,9 @@ def test_every_request_body_validates_against_the_api_schemas(preset: StudyPrese
         assert set(study.teachers) <= {t.name for t in preset.teachers}
         for key, value in {**preset.options, **variant.options}.items():
             assert getattr(study, key) == value, key  # no option dropped or renamed on the way
-        n = len(study.teachers) * len(study.methods) * len(study.seeds)
+        assert study.axis_values() == {k: list(v) for k, v in variant.axes.items()}
+        # what the service creates: each method times the values of the axes it uses
+        n = len(study.teachers) * sum(len(method_combos(study, m)) for m in study.methods) * len(study.seeds)
         assert n <= MAX_JOBS_PER_STUDY
         jobs += n
     assert jobs == preset.jobs
@@ -111,12 +115,25 @@ def test_the_ablations_vary_one_thing_on_the_largest_stability_teacher() -> None
     assert set(stability) == set(ABLATION_OPTIONS) and "lr_schedule" not in ABLATION_OPTIONS
     assert {k for k in stability if stability[k] != ABLATION_OPTIONS[k]} <= {"steps", "lr", "checkpoint_every"}
     assert STUDY_PRESETS["ablation-table8"].variants[0].methods == TABLE8_METHODS
-    assert [dict(v.options) for v in STUDY_PRESETS["ablation-group-size"].variants] == [
-        {"group_size": k} for k in (4, 16, 64)]
-    assert [v.options["coarse"] for v in STUDY_PRESETS["ablation-coarse"].variants] == list(defaults.COARSE_DISTANCES)
-    assert [v.options["curriculum"] for v in STUDY_PRESETS["ablation-curriculum"].variants] == [True, False]
-    for name in ("ablation-group-size", "ablation-coarse", "ablation-curriculum"):
-        assert all(v.methods == (PAPER_METHOD,) for v in STUDY_PRESETS[name].variants)
+    # each ablation is one study that sweeps its option as an axis
+    swept = {"ablation-group-size": {"group_size": (4, 16, 64)},
+             "ablation-coarse": {"coarse": defaults.COARSE_DISTANCES},
+             "ablation-curriculum": {"curriculum": (True, False)}}
+    for name, axes in swept.items():
+        (variant,) = STUDY_PRESETS[name].variants
+        assert dict(variant.axes) == axes and not variant.options and variant.methods == (PAPER_METHOD,)
+        (body,) = STUDY_PRESETS[name].study_requests(name)
+        assert body["name"] == name and body["axes"] == {k: list(v) for k, v in axes.items()}
+        assert STUDY_PRESETS[name].jobs == len(next(iter(axes.values()))) * len(STUDY_PRESETS[name].seeds)
+
+
+def test_a_variant_axis_over_an_option_a_method_ignores_does_not_multiply_its_jobs() -> None:
+    from liftplace.studies import StudyVariant
+
+    variant = StudyVariant("", ("outkd", PAPER_METHOD), axes={"coarse": ("l1", "l2"), "lr": (0.1, 0.01)})
+    assert variant.jobs_per_teacher_seed() == 2 + 4
+    with pytest.raises(ValueError, match="axes.featkd_layers"):
+        StudyVariant("", ("outkd",), axes={"featkd_layers": ("blocks",)})
 
 
 def test_the_gpu_presets_follow_the_papers_protocol() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from pathlib import Path
 
@@ -164,3 +166,33 @@ def test_the_digits_threshold_sits_above_every_converged_student() -> None:
     threshold = COLLAPSE_FID["digits"]
     assert max(max(fids) for _, fids, _, _ in cells) < threshold
     assert max(mean + 3 * std for _, _, mean, std in cells) < threshold
+
+
+def _axes_table() -> dict:
+    """One teacher, outkd (ignores coarse: one cell) and lift at coarse l1 (two tries) and l2 (three)."""
+    def cell(method: str, axes: dict, fids: list[float]) -> dict:
+        return {"teacher": "t1", "method": method, "axes": axes,
+                "tries": [{"seed": s, "job_id": s, "status": "succeeded", "fid": f} for s, f in enumerate(fids)]}
+
+    return {"metric": "fid_digits", "teachers": ["t1"], "methods": ["outkd", "lift"], "axes": {"coarse": ["l1", "l2"]},
+            "cells": [cell("outkd", {}, [30.0, 32.0]), cell("lift", {"coarse": "l1"}, [10.0, 12.0]),
+                      cell("lift", {"coarse": "l2"}, [20.0, 22.0, 24.0])]}
+
+
+def test_a_study_with_axes_is_one_table_per_axis_value_with_the_ignoring_method_in_each() -> None:
+    from liftplace.tables import panel_label, render_panels, tables_from_service
+
+    panels = tables_from_service(_axes_table())
+    assert [p for p, _ in panels] == [{"coarse": "l1"}, {"coarse": "l2"}]
+    (_, l1), (_, l2) = panels
+    assert l1.cell("lift", "t1").summary.mean == 11.0 and l2.cell("lift", "t1").summary.mean == 22.0
+    assert l1.cell("outkd", "t1").summary.mean == l2.cell("outkd", "t1").summary.mean == 31.0
+    assert panel_label({"lr": 0.001, "curriculum": False, "ablation": None}) == "lr = 0.001, curriculum = false, " \
+                                                                             "ablation = none"
+    rows = list(csv.reader(io.StringIO(render_panels(panels, "csv"))))
+    assert rows[0][:3] == ["coarse", "metric", "method"] and [r[0] for r in rows[1:]] == ["l1", "l1", "l2", "l2"]
+    assert len({len(r) for r in rows}) == 1  # the same Try columns in every panel (l1 has two tries, l2 three)
+    md = render_panels(panels, "md")
+    assert md.startswith("coarse = l1: fid_digits") and "\ncoarse = l2: fid_digits" in md
+    plain = tables_from_service({**_axes_table(), "axes": {}, "cells": _axes_table()["cells"][:1]})
+    assert [p for p, _ in plain] == [{}] and render_panels(plain, "md") == plain[0][1].to_markdown()

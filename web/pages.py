@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from liftplace.methods import METHOD_NAMES, PAPER_METHOD
+from liftplace.methods import AXIS_OPTIONS, METHOD_NAMES, PAPER_METHOD
 from liftplace.presets import TEACHER_PRESETS
 from server.auth import authenticated
 from server.models import JOB_KINDS, JOB_STATUSES
@@ -138,7 +138,8 @@ def new_study_page(request: Request) -> Response:
     fields = specs(StudyCreate, ("name", "teachers", "methods", "seeds", "dataset", "student_ratio",
                                  "student_teacher", "steps"))
     return render(request, "study_new.html", "study_new", title="Submit a study", f=fields,
-                  default_seeds=DEFAULT_SEEDS, **_distill_context())
+                  default_seeds=DEFAULT_SEEDS, axis_fields=list(specs(StudyCreate, AXIS_OPTIONS).values()),
+                  **_distill_context())
 
 
 @router.get("/studies/{study_id}", response_class=HTMLResponse)

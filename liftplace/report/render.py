@@ -223,7 +223,8 @@ def ablation_header(preset: Any, studies: Sequence[Mapping[str, Any]], span: Job
     lines = [f"*{preset.label}*\n", f"Preset **{preset.name}**: {preset.description}\n",
              "| variant | study | jobs | MLflow parent run |", "|---|---|---|---|"]
     for variant, study in zip(preset.variants, studies, strict=True):
-        lines.append(f"| {variant.suffix} | `{study['name']}` (id {study['id']}) | {study['jobs']}: "
+        label = variant.suffix or ", ".join(f"{a} in {{{', '.join(map(str, v))}}}" for a, v in variant.axes.items())
+        lines.append(f"| {label} | `{study['name']}` (id {study['id']}) | {study['jobs']}: "
                      f"{counts(study['status_counts'])} | `{study['mlflow_run_id']}` |")
     if span:
         lines.append(f"\nFirst job started {span.first:%Y-%m-%d %H:%M} UTC, last ended {span.last:%H:%M} UTC "
@@ -319,9 +320,10 @@ def preset_lines(name: str, preset: Any, requests: Sequence[Mapping[str, Any]]) 
     lines += ["", "| study | teachers | methods | seeds | student ratio | options |", "|---|---|---|---|---|---|"]
     for body in requests:
         opts = {k: v for k, v in body.items()
-                if k not in ("name", "teachers", "methods", "seeds", "student_ratio", "dataset")}
+                if k not in ("name", "teachers", "methods", "seeds", "student_ratio", "dataset", "axes")}
+        axes = "".join(f"; axis {a}: {', '.join(map(str, v))}" for a, v in body.get("axes", {}).items())
         lines.append(f"| `{body['name']}` | {', '.join(body['teachers'])} | {', '.join(body['methods'])} | "
                      f"{len(body['seeds'])} | {body['student_ratio']} | "
-                     + ", ".join(f"{k} {v}" for k, v in opts.items()) + " |")
+                     + ", ".join(f"{k} {v}" for k, v in opts.items()) + axes + " |")
     lines.append(f"\n```bash\nliftplace study run {name} --api http://127.0.0.1:8000\n```\n")
     return lines

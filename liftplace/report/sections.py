@@ -160,9 +160,37 @@ def comparison_section(source: ReportSource, name: str, same_as: str, section: s
 # --- an ablation ------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class AxisVariant:
+    """One value (combination) of an ablation study's axes, read as a variant: its label and its options."""
+
+    suffix: str
+    options: Mapping[str, Any]
+
+
+def _ablation_data(source: ReportSource, preset: Any) -> tuple[list[Any], list[dict[str, Any]], list[StudyData]]:
+    """(variants, their tables, the studies fetched): a study per variant, or one study whose axes make the
+    variants (each axis value's cells; a cell whose method ignores the axis stands in every one)."""
+    from liftplace.tables import panel_label
+
+    data = [fetch_study(source, body["name"]) for body in preset.study_requests(preset.name)]
+    if len(preset.variants) != 1 or not preset.variants[0].axes:
+        return list(preset.variants), [d.table for d in data], data
+    (d,) = data
+    combos: list[dict[str, Any]] = [{}]
+    for axis, values in preset.variants[0].axes.items():
+        combos = [{**c, axis: v} for c in combos for v in values]
+    variants = [AxisVariant(panel_label(c), c) for c in combos]
+    tables = [{**d.table, "cells": [cell for cell in d.table["cells"]
+                                    if all(c.get(a) == v for a, v in (cell.get("axes") or {}).items())]}
+              for c in combos]
+    return variants, tables, data
+
+
 def ablation_section(source: ReportSource, preset_name: str, figure: Path, section: str,
                      ctx: ReportContext) -> Section:
-    """All the studies of an ablation preset (one per variant) as one table, each row against the reference.
+    """An ablation preset's variants as one table, each row against the reference: the values of its study's
+    axis (or, for a preset of several studies, one study per variant).
 
     The reference is the variant whose options are the job spec's defaults (else the first); every other
     row gets Welch's t-test against the reference's row of the same teacher and method.
@@ -170,19 +198,19 @@ def ablation_section(source: ReportSource, preset_name: str, figure: Path, secti
     from liftplace.studies import get_study_preset
 
     preset = get_study_preset(preset_name)
-    reference = compute.reference_variant(preset.variants, ctx.job_defaults)
-    data = [fetch_study(source, body["name"]) for body in preset.study_requests(preset.name)]
-    studies, tables = [d.study for d in data], [d.table for d in data]
+    variants, tables, data = _ablation_data(source, preset)
+    reference = compute.reference_variant(variants, ctx.job_defaults)
+    studies = [d.study for d in data]
     jobs = [j for d in data for j in d.jobs]
     span = compute.job_span(jobs)
-    varied = sorted({k for v in preset.variants for k in v.options})
+    varied = sorted({k for v in variants for k in v.options})
     teachers, rvr = _teachers(source, studies[0], ctx)
-    rows = compute.ablation_rows(preset.variants, tables, reference)
+    rows = compute.ablation_rows(variants, tables, reference)
     seeds, metric = studies[0]["seeds"], compute.metric_label(tables[0])
     lines = [*render.ablation_header(preset, studies, span, len(jobs), varied),
              *render.teacher_table(teachers, rvr, metric),
              *render.ablation_table(rows, seeds, reference.suffix, metric, compute.collapse_threshold_of(tables[0]))]
-    figures.ablation_plot(_ablation_points(rows, preset.variants, tables), figure,
+    figures.ablation_plot(_ablation_points(rows, variants, tables), figure,
                           f"{preset.name}: student FID per variant ({len(seeds)} seeds)", metric)
     command = f"{SCRIPT} --api URL --ablation {preset.name} --section {section}"
     lines += render.figure_lines(f"{preset.name}: FID per variant", ctx.link(figure),

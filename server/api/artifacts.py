@@ -50,8 +50,11 @@ async def study_welch(study_id: RowId, request: Request) -> list[WelchRead]:
 @router.get("/studies/{study_id}/dashboard", dependencies=READ, response_model=DashboardRead,
             summary="The study dashboard in one snapshot: study, Table-6 grid, tries, teacher sizes, Welch tests, "
                     "MLflow compare link")
-async def study_dashboard(study_id: RowId, request: Request, settings: SettingsDep) -> DashboardRead:
-    return await read(request, dashboards.study_dashboard, settings, study_id)
+async def study_dashboard(study_id: RowId, request: Request, settings: SettingsDep,
+                          baseline: str | None = Query(None, max_length=2000, description="the cell (its `key`) "
+                                                       "every other cell is tested against with Welch's t-test"),
+                          ) -> DashboardRead:
+    return await read(request, dashboards.study_dashboard, settings, study_id, baseline)
 
 
 @router.get("/methods", dependencies=READ, response_model=list[MethodRead],

@@ -23,10 +23,11 @@ from server.schemas import OPTION_FIELDS, DistillOptions, invalid
 from server.settings import Settings
 
 
-def check_steps(settings: Settings, steps: int) -> None:
+def check_steps(settings: Settings, steps: int, field: str | tuple[str | int, ...] = "steps") -> None:
     if steps > settings.max_steps:
-        raise invalid("steps", f"steps: {steps} is over the limit of {settings.max_steps} steps per job "
-                               "(LIFTPLACE_MAX_STEPS)", steps)
+        label = field if isinstance(field, str) else ".".join(map(str, field))
+        raise invalid(field, f"{label}: {steps} is over the limit of {settings.max_steps} steps per job "
+                             "(LIFTPLACE_MAX_STEPS)", steps)
 
 
 def get_dataset(session: Session, name: str, field: str = "dataset") -> Dataset:
@@ -66,11 +67,17 @@ def check_distill_options(body: DistillOptions, dataset: Dataset, methods: list[
     size = image_size(dataset, body.resolution)
     if dataset.kind == "embedded" and size % 8 != 0:
         raise invalid("resolution", f"resolution: the digits data needs a multiple of 8, got {size}", size)
-    if body.group_size is not None and any(get_method(m).uses_place for m in methods):
-        positions = size * size
-        if positions % body.group_size != 0:
-            raise invalid("group_size", f"group_size: {body.group_size} does not divide the {positions} positions of "
-                                        f"a {size}x{size} image (PLACE groups must tile it)", body.group_size)
+    if any(get_method(m).uses_place for m in methods):
+        check_group_size(body.group_size, size)
+
+
+def check_group_size(group_size: int | None, size: int, field: str | tuple[str | int, ...] = "group_size") -> None:
+    """PLACE's groups must tile the image: K divides the size x size positions (None: one group)."""
+    positions = size * size
+    if group_size is not None and positions % group_size != 0:
+        label = field if isinstance(field, str) else ".".join(map(str, field))
+        raise invalid(field, f"{label}: {group_size} does not divide the {positions} positions of "
+                             f"a {size}x{size} image (PLACE groups must tile it)", group_size)
 
 
 def options_of(body: DistillOptions) -> dict[str, Any]:

@@ -14,19 +14,24 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from liftplace.methods import METHODS, PAPER_METHOD
 from liftplace.stats import PAPER_TABLE6_METRIC, Run, paper_table6_rows
+from liftplace.tables import panel_label
 from server import aggregation
 from server.errors import NotFound
-from server.models import Job, Teacher
+from server.models import Job, Study, Teacher
 from server.schemas import (
+    CellRead,
     DashboardRead,
+    HeatmapRead,
     MethodRead,
     MetricsRead,
     MlflowCellLink,
+    PanelRead,
     PaperCell,
     PaperTableRead,
     RunRead,
@@ -122,8 +127,15 @@ def _welch_row(teacher: str, a: str, b: str, fa: list[float], fb: list[float]) -
     return WelchRead(**row)
 
 
+def _fids(cell: CellRead) -> list[float]:
+    return [t["fid"] for t in cell.tries if t["status"] == "succeeded" and t["fid"] is not None]
+
+
 def welch_tests(table: TableRead) -> list[WelchRead]:
-    """Every pair of the study's methods under each teacher, on the succeeded runs' FIDs."""
+    """Every pair of the study's methods under each teacher, on the succeeded runs' FIDs (a study without
+    axes; with axes, see `versus_baseline`)."""
+    if table.axes:
+        return []
     fids: dict[tuple[str, str], list[float]] = {}
     for cell in table.cells:
         fids[(cell.teacher, cell.method)] = [t["fid"] for t in cell.tries
@@ -136,6 +148,63 @@ def study_welch(session: Session, study_id: int) -> list[WelchRead]:
     return welch_tests(table_read(session, load_study(session, study_id)))
 
 
+def choose_baseline(table: TableRead, baseline: str | None) -> CellRead | None:
+    """The baseline cell named `baseline` (CellRead.key); with axes the first cell by default; 422 on
+    the query parameter for a key that is no cell of the study."""
+    if baseline is None:
+        return table.cells[0] if table.axes and table.cells else None
+    cell = next((c for c in table.cells if c.key == baseline), None)
+    if cell is None:
+        known = ", ".join(c.key for c in table.cells[:20]) + (", ..." if len(table.cells) > 20 else "")
+        raise RequestValidationError([{"type": "value_error", "loc": ("query", "baseline"), "input": baseline,
+                                       "msg": f"baseline: no cell {baseline!r} in this study; its cells: {known}"}])
+    return cell
+
+
+def versus_baseline(table: TableRead, base: CellRead | None) -> list[WelchRead]:
+    """Welch's t-test of every other cell against the baseline cell (succeeded runs' FIDs)."""
+    if base is None:
+        return []
+    rows = []
+    for c in table.cells:
+        if c.key == base.key:
+            continue
+        row = _welch_row(c.teacher, c.method, base.method, _fids(c), _fids(base))
+        rows.append(row.model_copy(update={"key_a": c.key, "key_b": base.key}))
+    return rows
+
+
+def panel_reads(study: Study, table: TableRead) -> list[PanelRead]:
+    """With axes: one grid per combination of axis values, the cells that stand in it and its best means."""
+    if not table.axes:
+        return []
+    out = []
+    for panel in aggregation.panels(study):
+        cells = [c for c in table.cells if aggregation.in_panel(c.axes, panel)]
+        best = {}
+        for t in table.teachers:
+            means = [c.mean for c in cells if c.teacher == t and c.mean is not None]
+            best[t] = [c.key for c in cells if c.teacher == t and means and c.mean == min(means)]
+        out.append(PanelRead(axes=panel, label=panel_label(panel), cells=[c.key for c in cells], best=best))
+    return out
+
+
+def heatmap_reads(table: TableRead) -> list[HeatmapRead]:
+    """With exactly two axes: per (teacher, method), the cells over rows = first axis x columns = second."""
+    if len(table.axes) != 2:
+        return []
+    (row_axis, rows), (col_axis, cols) = table.axes.items()
+    out = []
+    for t in table.teachers:
+        for m in table.methods:
+            mine = [c for c in table.cells if c.teacher == t and c.method == m]
+            grid = [[next((c.key for c in mine if aggregation.in_panel(c.axes, {row_axis: r, col_axis: v})), "")
+                     for v in cols] for r in rows]
+            out.append(HeatmapRead(teacher=t, method=m, row_axis=row_axis, col_axis=col_axis, rows=rows, cols=cols,
+                                   cells=grid))
+    return out
+
+
 def _run_read(job: Job, settings: Settings, threshold: float) -> RunRead:
     teacher = job.teacher.name if job.teacher else "?"
     fraction = (job.progress_step or 0) / job.progress_total if job.progress_total else None
@@ -145,11 +214,14 @@ def _run_read(job: Job, settings: Settings, threshold: float) -> RunRead:
                    mlflow_url=run_url(settings.mlflow_ui_url, job.mlflow_experiment_id, job.mlflow_run_id))
 
 
-def study_dashboard(session: Session, settings: Settings, study_id: int) -> DashboardRead:
-    """Everything the study dashboard shows, read in one transaction."""
+def study_dashboard(session: Session, settings: Settings, study_id: int, baseline: str | None = None
+                    ) -> DashboardRead:
+    """Everything the study dashboard shows, read in one transaction; `baseline`: the cell (key) every
+    other cell is tested against."""
     study = load_study(session, study_id)
     all_jobs = aggregation.study_jobs(session, study)
     table = table_read(session, study, all_jobs)
+    base = choose_baseline(table, baseline)
     jobs = [j for j in all_jobs if j.method is not None]
     sizes = dict(session.execute(select(Teacher.name, Teacher.parameters).where(Teacher.name.in_(study.teachers)))
                  .all())
@@ -164,6 +236,8 @@ def study_dashboard(session: Session, settings: Settings, study_id: int) -> Dash
                                        [j.mlflow_run_id or "" for j in tracked]),
         mlflow_search_filter=runs_filter(study.id),
         mlflow_cells=cell_links(settings.mlflow_ui_url, study.id, table, tracked),
+        panels=panel_reads(study, table), heatmaps=heatmap_reads(table), baseline=base.key if base else None,
+        versus_baseline=versus_baseline(table, base),
     )
 
 
@@ -174,8 +248,8 @@ def cell_links(ui_url: str, study_id: int, table: TableRead, tracked: list[Job])
     for cell in table.cells:
         jobs = [by_job[t["job_id"]] for t in cell.tries if t.get("job_id") in by_job]
         url = compare_url(ui_url, [j.mlflow_experiment_id or "" for j in jobs], [j.mlflow_run_id or "" for j in jobs])
-        links.append(MlflowCellLink(teacher=cell.teacher, method=cell.method, runs=len(jobs), url=url,
-                                    search_filter=runs_filter(study_id, cell.teacher, cell.method)))
+        links.append(MlflowCellLink(teacher=cell.teacher, method=cell.method, key=cell.key, runs=len(jobs), url=url,
+                                    search_filter=runs_filter(study_id, cell.teacher, cell.method, cell.axes)))
     return links
 
 

@@ -48,7 +48,7 @@ def end_job(s: Session, settings: Settings, job: Job, status: str, reason: str) 
             fail_waiting_on(s, settings, [teacher])
     if job.study is not None and job.teacher is not None and job.method is not None:
         s.flush()
-        aggregation.update_cell(s, job.study, job.teacher.name, job.method)
+        aggregation.update_cell(s, job.study, job.teacher.name, job.method, aggregation.job_axes(job.study, job))
 
 
 def fail_waiting_on(s: Session, settings: Settings, teachers: Iterable[Teacher]) -> None:
@@ -91,8 +91,10 @@ def requeue(session: Session, job: Job) -> None:
     job.finished_at, job.diverged_step, job.claimed_by = None, None, None
     if job.kind == "teacher" and job.output_teacher is not None:
         job.output_teacher.status, job.output_teacher.reason = "training", ""
-    if job.study_id is not None and job.teacher is not None:
+    if job.study is not None and job.teacher is not None:
         # The cell is no longer complete; it is recomputed when this seed ends again.
-        session.execute(delete(StudyCell).where(StudyCell.study_id == job.study_id,
-                                                StudyCell.teacher == job.teacher.name, StudyCell.method == job.method))
+        axes = aggregation.axes_text(aggregation.job_axes(job.study, job))
+        session.execute(delete(StudyCell).where(
+            StudyCell.study_id == job.study_id, StudyCell.teacher == job.teacher.name, StudyCell.method == job.method,
+            StudyCell.axes == axes))
     add_log(session, job.id, "retry requested: queued again (it resumes from its checkpoint)")

@@ -116,11 +116,12 @@ def test_a_crash_while_recomputing_a_study_rolls_every_cell_back(harness: Harnes
     real_update = aggregation.update_cell
     calls = []
 
-    def crash_on_second(session: Session, study: Study, teacher: str, method: str) -> StudyCell | None:
+    def crash_on_second(session: Session, study: Study, teacher: str, method: str,
+                        axes: dict | None = None) -> StudyCell | None:
         calls.append(method)
         if len(calls) == 2:
             raise RuntimeError("crash while recomputing")
-        return real_update(session, study, teacher, method)
+        return real_update(session, study, teacher, method, axes)
 
     monkeypatch.setattr(aggregation, "update_cell", crash_on_second)
     sessions = harness.app.state.sessionmaker

@@ -82,13 +82,16 @@ class FakeTracking:
     def __init__(self) -> None:
         self.ui_url = MLFLOW_UI
         self.study_runs: list[tuple[int, str, dict[str, Any]]] = []
+        self.study_axes: dict[int, dict[str, list[Any]]] = {}  # the axes each parent run was started with
         self.cell_logs: list[dict[str, Any]] = []
 
     def experiment_id(self) -> str:
         return "7"
 
-    def start_study_run(self, study_id: int, name: str, params: dict[str, Any]) -> tuple[str, str]:
+    def start_study_run(self, study_id: int, name: str, params: dict[str, Any],
+                        axes: dict[str, list[Any]] | None = None) -> tuple[str, str]:
         self.study_runs.append((study_id, name, dict(params)))
+        self.study_axes[study_id] = dict(axes or {})
         return "7", f"parent-{study_id}"
 
     def log_cells(self, run_id: str, cells: list[dict[str, Any]], *, tables: dict[str, str], complete: bool) -> None:

@@ -352,3 +352,78 @@ def test_the_queue_shows_jobs_waiting_for_a_worker_as_dispatched(tmp_path: Path,
         seen = len(asked)
         page.wait_for_timeout(4 * POLL_MS)
         assert len(asked) == seen, "the page of an ended job still polls"
+
+
+# --- study axes ---------------------------------------------------------------------------------------------
+
+
+def test_a_study_with_an_axis_from_the_form_to_its_grids_heatmap_and_baseline(tmp_path: Path, page: Any,
+                                                                                shots: Any) -> None:
+    runner = FakeRunner()
+    # FID 10 + 3 per seed, 5 more at coarse l2: two seeds give 11.50 ± 2.12 (15.50 at l2)
+    runner.plan = lambda spec: {"status": "succeeded", "fid": 10.0 + 3 * spec.seed + 5.0 * (spec.coarse == "l2")}
+    settings = _settings(tmp_path)
+    make_local_teacher(settings.teachers_dir, "tiny")
+    with LiveServer(create_app(settings, ThreadExecutor(runner), tracking=False, ui=install)) as server:
+        assert page.request.post(f"{server.url}/api/teachers", data={"source": "local", "name": "tiny"}).status == 201
+        # A bad axis value: its message names the axis, next to the axes field; nothing is stored.
+        _study_form(page, server.url, name="sweep")
+        page.click("#add-axis")
+        page.select_option("#axes-rows .axis-row:last-child .axis-name", "lr")
+        page.fill("#axes-rows .axis-row:last-child .axis-values", "0.01, 0")
+        page.click("button[type=submit]")
+        error = page.locator("#err-axes")
+        error.wait_for()
+        assert "axes.lr.1" in error.inner_text() and "greater than 0" in error.inner_text()
+        assert page.request.get(f"{server.url}/api/studies").json()["total"] == 0
+
+        # The axis coarse: outkd ignores it (2 seeds), the paper's method runs both values (4).
+        page.click("#axes-rows .axis-row:last-child .axis-remove")
+        page.click("#add-axis")
+        page.select_option("#axes-rows .axis-row:last-child .axis-name", "coarse")
+        page.fill("#axes-rows .axis-row:last-child .axis-values", "l1, l2")
+        assert "× 2 axis values = at most 8 jobs" in page.inner_text("#study-size")
+        shots(page, "axes-form")
+        page.click("button[type=submit]")
+        page.wait_for_url(re.compile(r"/studies/\d+$"))
+        study_id = int(page.url.rsplit("/", 1)[1])
+        study = page.request.get(f"{server.url}/api/studies/{study_id}").json()
+        assert study["axes"] == {"coarse": ["l1", "l2"]} and study["jobs"] == 2 + 4
+
+        # The dashboard: a Table-6 grid per axis value, the outkd cell in both; the main grid is replaced.
+        page.wait_for_function("() => document.querySelector('#study-status .badge')?.textContent === 'ended'")
+        page.wait_for_selector("#axes-card:not([hidden]) .axis-panel table tbody tr")
+        assert page.locator("#t6-card").is_hidden()
+        assert page.locator(".axis-panel h3").all_inner_texts() == ["coarse = l1", "coarse = l2"]
+        for label in ("coarse = l1", "coarse = l2"):
+            rows = page.locator(f"table[data-panel='{label}'] tbody tr")
+            assert [rows.nth(i).get_attribute("data-method") for i in range(rows.count())] == STUDY_METHODS
+        outkd = [page.locator(f"table[data-panel='{p}'] tr[data-method='outkd'] td.mean").inner_text()
+                 for p in ("coarse = l1", "coarse = l2")]
+        assert outkd[0] == outkd[1] == "11.50"
+
+        # Welch against a baseline chosen on the page: the p values are the API's for that baseline.
+        key = 'tiny/lift+place+featkd/{"coarse":"l1"}'
+        page.select_option("#baseline", key)
+        page.wait_for_function("() => location.search.includes('baseline=')")
+        api = page.request.get(f"{server.url}/api/studies/{study_id}/dashboard", params={"baseline": key}).json()
+        versus = {w["key_a"]: w for w in api["versus_baseline"]}
+        other = 'tiny/lift+place+featkd/{"coarse":"l2"}'
+        cell = page.locator(f"#versus-baseline tr[data-key='{other}'] td.pvalue")
+        page.wait_for_function("(k) => document.querySelectorAll('#versus-baseline tbody tr').length === 2 && "
+                               "![...document.querySelectorAll('#versus-baseline tr[data-key]')]"
+                               ".some(r => r.dataset.key === k)", arg=key)
+        assert cell.inner_text() == f"{versus[other]['pvalue']:.4f}"
+        shots(page, "axes-dashboard")
+
+        # Two axes: a heatmap of mean ± std per teacher and method.
+        body = {"name": "grid", "teachers": ["tiny"], "methods": ["lift"], "seeds": 2, "steps": 5,
+                "axes": {"coarse": ["l1", "l2"], "lr": [0.01, 0.001]}}
+        grid = page.request.post(f"{server.url}/api/studies", data=body).json()
+        page.goto(f"{server.url}/studies/{grid['id']}")
+        page.wait_for_function("() => document.querySelector('#study-status .badge')?.textContent === 'ended'")
+        heat = page.locator("table.heatmap[data-method='lift'] td.heat")
+        heat.first.wait_for()
+        assert heat.count() == 4 and heat.first.inner_text() == "11.50 ± 2.12"
+        assert "hsl(" in (heat.nth(1).get_attribute("style") or "")
+        shots(page, "axes-heatmap")

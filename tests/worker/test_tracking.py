@@ -3,6 +3,7 @@ parameters of teacher and distillation runs, and the dashboard's compare links c
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -176,7 +177,8 @@ def test_compare_links_select_exactly_a_cells_runs_and_the_compare_view_plots_te
                                 mlflow_parent_run_id=parent)
                 jobs.append(SimpleNamespace(id=job_id, mlflow_run_id=_open(spec, uri), mlflow_experiment_id=exp))
                 tries.append({"job_id": job_id, "seed": seed})
-            cells.append(SimpleNamespace(teacher=teacher, method=method, tries=tries))
+            cells.append(SimpleNamespace(teacher=teacher, method=method, tries=tries, key=f"{teacher}/{method}",
+                                         axes={}))
     for i, teacher in enumerate(teachers):
         _open(_teacher(200 + i, teacher, tmp_path, preset="tiny", study_id=3), uri)
     _open(_distill(300, "big", "outkd", 0, tmp_path, study_id=4, study_name="other"), uri)
@@ -205,3 +207,19 @@ def test_compare_links_select_exactly_a_cells_runs_and_the_compare_view_plots_te
     run = client.get_run(jobs[0].mlflow_run_id)
     assert run.info.run_name == "big · outkd · r0.9 · seed 0 · job 101"
     assert run.data.tags["mlflow.source.name"] == "liftplace distill"
+
+
+def test_a_study_parent_run_carries_its_axes_and_its_cells_their_values(store):
+    uri, tracking = store
+    axes = {"lr": [0.01, 0.001], "coarse": ["l1", "l2"]}
+    _, run_id = tracking.start_study_run(4, "sweep", {"teachers": "big"}, axes)
+    run = tracking.client.get_run(run_id)
+    assert json.loads(run.data.params["axes"]) == axes and run.data.params["teachers"] == "big"
+    assert run.data.params["axis.lr"] == "0.01,0.001" and run.data.params["axis.coarse"] == "l1,l2"
+    assert run.data.tags["axes"] == "lr,coarse" and run.data.tags["study_id"] == "4"
+    tracking.log_cells(run_id, [{"teacher": "big", "method": "lift", "axes": {"lr": 0.001, "coarse": "l2"},
+                                 "mean": 3.0, "std": 1.0, "collapses": 0, "n": 3}], tables={}, complete=True)
+    assert tracking.client.get_run(run_id).data.metrics["fid_mean/big/lift/lr:0.001/coarse:l2"] == 3.0
+    _, plain = tracking.start_study_run(5, "plain", {"teachers": "big"})  # no axes: no axis params or tag
+    data = tracking.client.get_run(plain).data
+    assert "axes" not in data.params and "axes" not in data.tags

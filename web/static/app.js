@@ -292,6 +292,9 @@
       const name = loc.find((p) => fieldWrap(form, p));
       let msg = item.msg || "invalid";
       msg = msg.replace(/^Value error, /, "");
+      // An axis value: name it (axes.lr.1), as the schema's own messages do not.
+      const path = (item.loc || []).slice(1).join(".");
+      if (name === "axes" && !msg.startsWith("axes.")) msg = `${path}: ${msg}`;
       if (name && markField(form, name, msg)) first = first || name;
       else loose.push((loc.join(".") ? loc.join(".") + ": " : "") + msg);
     }

@@ -75,19 +75,73 @@
         el("a", {href: "/teachers"}, "register or train one"), "."));
     }
 
-    // How many jobs the study will be: teachers x methods x seeds.
+    const axes = bindAxes(form);
+
+    // How many jobs the study will be: teachers x methods x seeds (x axis values: at most, as a method that
+    // ignores an option is not multiplied by its axis; the server counts exactly).
     const size = document.getElementById("study-size");
     function updateSize() {
       const body = LP.formBody(form);
       const seeds = typeof body.seeds === "number" ? body.seeds : Array.isArray(body.seeds) ? body.seeds.length : 0;
       const t = (body.teachers || []).length;
       const m = (body.methods || []).length;
-      size.textContent = `${t} teacher${t === 1 ? "" : "s"} × ${m} method${m === 1 ? "" : "s"} × ${seeds} seed${seeds === 1 ? "" : "s"} = ${t * m * seeds} jobs`;
+      const combos = Object.values(axes.values()).reduce((a, v) => a * v.length, 1);
+      const base = `${t} teacher${t === 1 ? "" : "s"} × ${m} method${m === 1 ? "" : "s"} × ${seeds} seed${seeds === 1 ? "" : "s"}`;
+      size.textContent = combos > 1 ? `${base} × ${combos} axis values = at most ${t * m * seeds * combos} jobs`
+                                    : `${base} = ${t * m * seeds} jobs`;
     }
     form.addEventListener("input", updateSize);
     form.addEventListener("change", updateSize);
     updateSize();
-    bindForm(form, {url: "/api/studies", onSuccess: (study) => { location.href = `/studies/${study.id}`; }});
+    bindForm(form, {url: "/api/studies", build: (body) => axes.build(body),
+                    onSuccess: (study) => { location.href = `/studies/${study.id}`; }});
+  }
+
+  // One typed value of an axis: numbers and true/false/none as JSON, anything else as text (the server checks).
+  function axisValue(text) {
+    const t = text.trim();
+    if (/^(true|false)$/i.test(t)) return t.toLowerCase() === "true";
+    if (/^(none|null)$/i.test(t)) return null;
+    if (t !== "" && !Number.isNaN(Number(t))) return Number(t);
+    return t;
+  }
+
+  // The axes rows of the study form: option -> comma-separated values; {} when none is filled in.
+  function bindAxes(form) {
+    const rows = document.getElementById("axes-rows");
+    const template = document.getElementById("axis-row");
+    function add() {
+      const row = template.content.firstElementChild.cloneNode(true);
+      const taken = new Set(Array.from(rows.querySelectorAll(".axis-name")).map((s) => s.value));
+      const select = row.querySelector(".axis-name");
+      const free = Array.from(select.options).find((o) => !taken.has(o.value));
+      if (free) select.value = free.value;
+      row.querySelector(".axis-remove").addEventListener("click", () => {
+        row.remove();
+        form.dispatchEvent(new Event("input"));
+      });
+      rows.append(row);
+      row.querySelector(".axis-values").focus();
+    }
+    document.getElementById("add-axis").addEventListener("click", add);
+    function values() {
+      const out = {};
+      for (const row of rows.querySelectorAll(".axis-row")) {
+        const text = row.querySelector(".axis-values").value;
+        if (!text.trim()) continue;
+        out[row.querySelector(".axis-name").value] = text.split(",").map(axisValue);
+      }
+      return out;
+    }
+    return {
+      values,
+      build(body) {
+        const axes = values();
+        if (Object.keys(axes).length) body.axes = axes;
+        else delete body.axes;
+        return body;
+      },
+    };
   }
 
   const page = document.body.dataset.page;

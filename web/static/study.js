@@ -279,11 +279,97 @@
     capacityPlot($("plot-paper"), points, p.methods, p.metric, "");
   }
 
+  // --- a study with axes: grids per axis value, heatmaps for two axes, Welch against a baseline ---------
+
+  const cellText = (c) => (c && c.mean !== null ? num(c.mean) + (c.std !== null ? ` ± ${num(c.std)}` : "") : "–");
+  const cellLabel = (c) => [c.teacher, c.method, ...Object.entries(c.axes).map(([a, v]) => `${a} = ${v}`)].join(" · ");
+
+  function panelGrid(d, panel, cells, nTries) {
+    const table = el("table", {class: "t6 compact", "data-panel": panel.label});
+    const byKey = new Map(panel.cells.map((k) => [k, cells.get(k)]));
+    const runs = new Map(d.runs.map((r) => [r.job_id, r]));
+    buildT6(table, {
+      groups: d.table.teachers.map((t) => ({key: t, label: t})),
+      methods: d.table.methods.filter((m) => panel.cells.some((k) => byKey.get(k).method === m)),
+      nTries, paperMethod: LP.data.paper_method,
+      cell(m, t) {
+        const c = [...byKey.values()].find((x) => x.method === m && x.teacher === t);
+        if (!c) return null;
+        return {tries: c.tries.map((x) => tryEntry(x, runs.get(x.job_id))), mean: c.mean, std: c.std,
+                best: (panel.best[t] || []).includes(c.key), meanTitle: cellLabel(c)};
+      },
+    });
+    return el("div", {class: "axis-panel"}, el("h3", {}, panel.label), el("div", {class: "table-wrap"}, table));
+  }
+
+  function heatmap(h, cells, lo, hi) {
+    const colour = (c) => {
+      if (!c || c.mean === null || hi <= lo) return null;
+      const f = (c.mean - lo) / (hi - lo);  // 0: the lowest mean FID (green) .. 1: the highest (red)
+      return `background: hsl(${Math.round(120 * (1 - f))}, 70%, 85%)`;
+    };
+    const head = el("tr", {}, el("th", {}, `${h.row_axis} \\ ${h.col_axis}`), ...h.cols.map((v) => el("th", {}, String(v))));
+    const rows = h.rows.map((r, i) => el("tr", {}, el("th", {}, String(r)), ...h.cells[i].map((k) => {
+      const c = cells.get(k);
+      return el("td", {class: "num heat", style: colour(c), title: c ? `${cellLabel(c)} · n ${c.n}` : "", "data-key": k},
+                cellText(c));
+    })));
+    return el("div", {class: "axis-panel"}, el("h3", {}, `${h.teacher} · ${h.method}`),
+              el("table", {class: "data heatmap", "data-method": h.method}, el("thead", {}, head), el("tbody", {}, rows)));
+  }
+
+  function renderAxes(d) {
+    const hasAxes = Object.keys(d.table.axes || {}).length > 0;
+    $("axes-card").hidden = $("baseline-card").hidden = !hasAxes;
+    $("t6-card").hidden = $("welch-card").hidden = hasAxes;
+    if (!hasAxes) return;
+    const cells = new Map(d.table.cells.map((c) => [c.key, c]));
+    const nTries = Math.max(d.study.seeds.length, ...d.table.cells.map((c) => c.tries.length));
+    const axes = Object.entries(d.table.axes).map(([a, v]) => `${a} ∈ {${v.join(", ")}}`).join(" × ");
+    $("axes-hint").textContent = `${axes} · ${d.study.cells_complete} of ${d.study.cells_total} cells complete`;
+    if (d.heatmaps.length) {
+      const means = d.table.cells.filter((c) => c.mean !== null).map((c) => c.mean);
+      replace($("axes-grids"), d.heatmaps.map((h) => heatmap(h, cells, Math.min(...means), Math.max(...means))));
+      $("axes-caption").textContent = "Mean FID ± sample std (ddof = 1) per cell; green: lowest, red: highest. " +
+        "A method that ignores an axis has one cell, repeated across it.";
+    } else {
+      replace($("axes-grids"), d.panels.map((p) => panelGrid(d, p, cells, nTries)));
+      $("axes-caption").textContent = "One Table-6 grid per axis value, best mean per teacher in bold; a method that " +
+        "ignores the axis stands in every grid with the same cell.";
+    }
+    const select = $("baseline");
+    const options = d.table.cells.map((c) => el("option", {value: c.key, selected: c.key === d.baseline}, cellLabel(c)));
+    replace(select, options);
+    const head = el("thead", {}, el("tr", {}, el("th", {}, "Cell"), el("th", {class: "num"}, "n / baseline n"),
+      el("th", {class: "num"}, "mean"), el("th", {class: "num"}, "baseline mean"), el("th", {class: "num"}, "t"),
+      el("th", {class: "num"}, "df"), el("th", {class: "num"}, "p")));
+    const rows = d.versus_baseline.map((w) => el("tr", {"data-key": w.key_a},
+      el("td", {class: "mono"}, cellLabel(cells.get(w.key_a))), el("td", {class: "num"}, `${w.n_a} / ${w.n_b}`),
+      el("td", {class: "num"}, num(w.mean_a)), el("td", {class: "num"}, num(w.mean_b)),
+      el("td", {class: "num"}, num(w.statistic, 3)), el("td", {class: "num"}, num(w.df, 2)),
+      el("td", {class: "num pvalue" + (w.pvalue !== null && w.pvalue < 0.05 ? " sig" : ""), title: w.reason || ""},
+         w.pvalue === null ? (w.reason || "") : w.pvalue < 1e-4 ? w.pvalue.toExponential(2) : w.pvalue.toFixed(4))));
+    replace($("versus-baseline"), head, el("tbody", {}, rows));
+  }
+
+  function baselineParam() {
+    return new URLSearchParams(location.search).get("baseline");
+  }
+
+  $("baseline").addEventListener("change", (event) => {
+    const url = new URL(location.href);
+    url.searchParams.set("baseline", event.target.value);
+    history.replaceState(null, "", url);
+    refresher.now();
+  });
+
   // --- polling ---------------------------------------------------------------------------------
 
   let paperShown = false;
   async function refresh() {
-    const r = await api("GET", `/api/studies/${studyId}/dashboard`);
+    const baseline = baselineParam();
+    const query = baseline ? `?baseline=${encodeURIComponent(baseline)}` : "";
+    const r = await api("GET", `/api/studies/${studyId}/dashboard${query}`);
     if (!r.ok) {
       replace($("study-sub"), r.status === 404 ? `Study ${studyId} does not exist.` : LP.errorText(r));
       return r.status !== 404;
@@ -294,11 +380,13 @@
     renderOurTable(d);
     renderPlots(d);
     renderWelch(d);
+    renderAxes(d);
     if (!paperShown) {
       paperShown = true;
       await renderPaper();
     }
-    return d.study.status !== "ended";  // an ended study no longer changes by itself
+    // an ended study no longer changes by itself (a new baseline refreshes at once)
+    return d.study.status !== "ended";
   }
 
   const refresher = poll(refresh, LP.data.poll_ms);
