@@ -239,7 +239,7 @@ class PrunedTeacherCreate(TrainOptions):
     seed: int = Field(defaults.SEED, ge=0, le=2**31 - 1)
 
 
-TeacherCreate = Annotated[LocalTeacherCreate | ShippedTeacherCreate | PresetTeacherCreate | PrunedTeacherCreate,
+TeacherCreate = Annotated[LocalTeacherCreate | PresetTeacherCreate | PrunedTeacherCreate | ShippedTeacherCreate,
                           Field(discriminator="source")]
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "shipped_teacher",
     "verify_teacher",
     "provenance",
+    "teacher_meta",
     "shipped_name_of",
     "resolve_reference",
     "sha256_file",
@@ -119,10 +120,16 @@ def shipped_teacher(name: str, root: Path | None = None) -> Path:
     return verify_teacher(base / name, name, root)
 
 
-def provenance(name: str, root: Path | None = None) -> dict[str, Any]:
-    """How teacher `name` was made (liftplace.json's "extra", checked first): command, commit, plan, FID, ..."""
+def teacher_meta(name: str, root: Path | None = None) -> dict[str, Any]:
+    """Teacher `name`'s liftplace.json (digests checked first): "parameters", "layout", "extra" (the provenance)."""
     folder = shipped_teacher(name, root)
-    return json.loads((folder / "liftplace.json").read_text()).get("extra", {})
+    return json.loads((folder / "liftplace.json").read_text())
+
+
+def provenance(name: str, root: Path | None = None) -> dict[str, Any]:
+    """How teacher `name` was made (liftplace.json's "extra", checked first): command, commit, plan, job options,
+    FID and its settings ("fid": value, metric, samples, sample_steps, seed), environment."""
+    return teacher_meta(name, root).get("extra", {})
 
 
 def shipped_name_of(path: str | Path) -> str | None:
