@@ -1,6 +1,6 @@
 """Train the stability presets' teachers and write them as shipped artifacts (liftplace/shipped/).
 
-    python scripts/ship_teachers.py            # one CPU thread; about a quarter of an hour on a laptop core
+    python scripts/ship_teachers.py            # one CPU thread; the provenance records how long it took
 
 Each teacher a preset marks as shipped (`TeacherPlan.shipped`: the `stability` teacher and its two
 pruned-and-retrained copies) is trained exactly as the service trains it: its plan's request body is
@@ -164,8 +164,12 @@ def _write(done: list[tuple[Any, Any, Any]], output: Path, origin: dict[str, Any
         if dest.exists():
             shutil.rmtree(dest)
         dest.mkdir(parents=True)
-        for file in MODEL_FILES[:2]:
-            shutil.copyfile(src / file, dest / file)
+        shutil.copyfile(src / MODEL_FILES[1], dest / MODEL_FILES[1])
+        # diffusers records where a config was read from (`_name_or_path`: the base teacher's folder, for a
+        # pruned one); that is this run's temporary folder, nothing a model needs, so it is left out
+        config = json.loads((src / MODEL_FILES[0]).read_text())
+        config.pop("_name_or_path", None)
+        (dest / MODEL_FILES[0]).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         meta = json.loads((src / MODEL_FILES[2]).read_text())
         meta["extra"] = _provenance(plan, spec, outcome, origin)
         (dest / MODEL_FILES[2]).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -54,6 +54,23 @@ def test_every_shipped_file_matches_its_digest_and_the_stability_presets_use_the
     assert total < MAX_BYTES, total
 
 
+def test_no_shipped_file_names_a_location_of_the_machine_that_made_it() -> None:
+    import json
+
+    def strings(value: object) -> list[str]:
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    for name in shipped_names():
+        for file in ("config.json", "liftplace.json"):
+            data = json.loads((SHIPPED_DIR / name / file).read_text())
+            assert "_name_or_path" not in data, (name, file)
+            assert not [s for s in strings(data) if s.startswith(("/", "~")) or ":\\" in s], (name, file)
+
+
 def test_the_package_data_includes_every_shipped_file() -> None:
     """pyproject's package-data globs cover the manifest and every teacher's files (an install ships them)."""
     import tomllib
