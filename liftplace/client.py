@@ -154,8 +154,8 @@ def ensure_dataset(client: ServiceClient, preset: Any, note: Callable[[str], Non
 
 def _check_source(client: ServiceClient, plan: Any, have: dict[str, Any], retrain: bool) -> None:
     """ServiceError when the service's teacher of this name is not what the plan asks for (shipped or trained)."""
-    wanted = plan.registered_source(retrain)
-    if (have["source"] == "shipped") == (wanted == "shipped"):
+    wanted, source = plan.registered_source(retrain), have.get("source")
+    if source is None or (source == "shipped") == (wanted == "shipped"):  # None: a record that does not say
         return
     if wanted == "shipped":
         hint = (f"the preset uses the teacher shipped with liftplace; run with --retrain to use this service's "
@@ -163,7 +163,7 @@ def _check_source(client: ServiceClient, plan: Any, have: dict[str, Any], retrai
     else:
         hint = ("the preset trains this teacher (--retrain, or a plan without a shipped teacher), but the service's "
                 "is the shipped one; use another service")
-    raise ServiceError(409, f"teacher {plan.name!r} exists with source {have['source']!r}: {hint}",
+    raise ServiceError(409, f"teacher {plan.name!r} exists with source {source!r}: {hint}",
                        client.base_url + "/api/teachers")
 
 
