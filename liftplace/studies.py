@@ -11,6 +11,8 @@ bodies of the service's API (``POST /api/datasets``, ``/api/teachers``, ``/api/s
 - ``stability``: the embedded stability study (digits, CPU): three teacher capacities (the
   largest and two pruned-and-retrained copies of it, as in the paper) x {outkd,
   outkd+featkd, lift+place+featkd} x 5 seeds, one fixed student (the largest teacher pruned at 0.9).
+  Its teachers are shipped with liftplace (`liftplace.shipped`) and registered, not trained, unless
+  ``--retrain`` (the same for the ablations, which use its largest teacher).
 - ``ablation-*``: the paper's ablations on the largest stability teacher: Table 8 (LIFT,
   PLACE, FeatKD), the PLACE group size K (Fig. 7), L1 vs L2 coarse, curriculum on/off.
 - ``celeba64``, ``cifar10``: the paper's pixel-space protocol on a GPU cluster, with a local
