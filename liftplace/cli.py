@@ -67,6 +67,21 @@ def _existing_dir(text: str) -> Path:
     return path
 
 
+def _model_dir(text: str) -> Path:
+    """A model folder, or ``shipped:NAME``: a teacher shipped with liftplace, its digests checked."""
+    from liftplace.shipped import SHIPPED_PREFIX, ShippedTeacherError, shipped_teacher
+
+    if text.startswith(SHIPPED_PREFIX):
+        try:
+            return shipped_teacher(text[len(SHIPPED_PREFIX):])
+        except ShippedTeacherError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return _existing_dir(text)
+
+
+_TEACHER_HELP = "diffusers model folder of the teacher, or shipped:NAME (a teacher shipped with liftplace)"
+
+
 # --- shared flag groups ----------------------------------------------------------------------
 
 
@@ -102,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in (_register_train_teacher, _register_prune, _register_distill, _register_sample,
-                     _register_others):
+                     _register_shipped, _register_others):
         register(sub)
     return parser
 
@@ -121,7 +136,7 @@ def _register_train_teacher(sub: argparse._SubParsersAction) -> None:
 def _register_prune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="make a student by Diff-Pruning a teacher", formatter_class=_HelpFormatter,
                        description="Structurally prune a teacher UNet with torch-pruning (Diff-Pruning).")
-    p.add_argument("--teacher", type=_existing_dir, required=True, help="diffusers model folder of the teacher")
+    p.add_argument("--teacher", type=_model_dir, required=True, help=_TEACHER_HELP)
     p.add_argument("--ratio", type=_ratio, default=defaults.STUDENT_RATIO,
                    help="fraction of each layer's channels removed, in (0, 1)")
     p.add_argument("--importance", choices=defaults.PRUNING_IMPORTANCES, default=defaults.PRUNING_IMPORTANCE,
@@ -136,7 +151,7 @@ def _register_distill(sub: argparse._SubParsersAction) -> None:
     methods_help = " ".join(f"{m.name}: {m.description}" for m in METHODS.values())
     p = sub.add_parser("distill", help="distill a teacher into a pruned student", formatter_class=_HelpFormatter,
                        description="Distill a frozen teacher into a student. Methods. " + methods_help)
-    p.add_argument("--teacher", type=_existing_dir, required=True, help="diffusers model folder of the teacher")
+    p.add_argument("--teacher", type=_model_dir, required=True, help=_TEACHER_HELP)
     p.add_argument("--method", choices=METHOD_NAMES, default=PAPER_METHOD, help="distillation method")
     p.add_argument("--student-ratio", type=_ratio, default=defaults.STUDENT_RATIO,
                    help="Diff-Pruning ratio that makes the student from the teacher, in (0, 1)")
@@ -173,7 +188,8 @@ def _register_distill(sub: argparse._SubParsersAction) -> None:
 def _register_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample a grid of images with DDIM", formatter_class=_HelpFormatter,
                        description="Generate images from a teacher or student folder with DDIM (eta = 0).")
-    p.add_argument("--model", type=_existing_dir, required=True, help="diffusers model folder")
+    p.add_argument("--model", type=_model_dir, required=True,
+                   help="diffusers model folder, or shipped:NAME (a teacher shipped with liftplace)")
     p.add_argument("--num-samples", type=_positive_int, default=defaults.GRID_SAMPLES, help="number of images")
     p.add_argument("--steps", type=_positive_int, default=defaults.DDIM_STEPS, help="DDIM steps")
     p.add_argument("--eta", type=_non_negative_float, default=defaults.DDIM_ETA, help="DDIM eta")
@@ -183,6 +199,33 @@ def _register_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", type=Path, required=True, help="PNG file for the grid (a .pt tensor is saved beside)")
     p.add_argument("--device", default=None, help="torch device; default cuda if available, else cpu")
     p.set_defaults(func=_cmd_sample)
+
+
+def _register_shipped(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("shipped", help="the teachers shipped with liftplace: digests checked, FID, provenance",
+                       formatter_class=_HelpFormatter,
+                       description="Check every shipped teacher's files against their sha256 digests and print "
+                                   "each with its size, FID and the command and commit that made it. Use one as "
+                                   "--teacher shipped:NAME; the stability presets register them.")
+    p.add_argument("--json", action="store_true", help="print every teacher's full provenance as JSON")
+    p.set_defaults(func=_cmd_shipped)
+
+
+def _cmd_shipped(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import json
+
+    from liftplace.shipped import shipped_names, teacher_meta
+
+    metas = {name: teacher_meta(name) for name in shipped_names()}  # ShippedTeacherError names a bad file
+    if args.json:
+        print(json.dumps(metas, indent=2, sort_keys=True))
+        return 0
+    for name, meta in metas.items():
+        made, fid = meta["extra"], meta["extra"]["fid"]
+        print(f"{name}: {meta['parameters']:,} parameters, {made['steps']} steps, {fid['metric']} {fid['value']:.2f} "
+              f"({fid['samples']} samples, {fid['sample_steps']} DDIM steps); made by `{made['command']}` at "
+              f"commit {made['commit'][:12]}")
+    return 0
 
 
 def _register_others(sub: argparse._SubParsersAction) -> None:

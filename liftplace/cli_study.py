@@ -2,10 +2,11 @@
 
     liftplace study list
     liftplace study show stability            # the request bodies it would submit
-    liftplace study run stability --api http://127.0.0.1:8000 [--name NAME] [--no-wait] [--wide]
+    liftplace study run stability --api http://127.0.0.1:8000 [--name NAME] [--no-wait] [--wide] [--retrain]
 
 `run` registers the preset's dataset and teachers (teachers that exist are reused by name;
-missing ones are trained by the service), submits one study per variant (a study name that
+teachers shipped with liftplace are registered from its files, `--retrain` trains them afresh
+instead; other missing ones are trained by the service), submits one study per variant (a study name that
 exists is followed, not submitted again), shows progress until every job has ended, then
 prints each study's table: one row per method, one column per teacher, mean ± std and the
 collapses per cell (`liftplace.tables`); `--wide` (or `--format md|csv|latex`) prints every
@@ -36,6 +37,8 @@ __all__ = ["register", "main", "print_tables"]
 
 _positive_float = number_type(float, "a positive number", lambda v: v > 0)
 TABLE_STYLES: tuple[str, ...] = ("text", "md", "csv", "latex")  # text: the compact table; others: every try
+RETRAIN_HELP = ("train the teachers shipped with liftplace afresh by their recipes (on this machine's CPU or GPU: "
+                "a different teacher) instead of registering the shipped files")
 
 
 def register(subparsers) -> None:
@@ -51,6 +54,7 @@ def register(subparsers) -> None:
     q = sub.add_parser("show", help="print the requests a preset submits (JSON)", formatter_class=fmt)
     q.add_argument("preset", choices=STUDY_PRESET_NAMES, help="study preset")
     q.add_argument("--name", default=None, help="study name (default: the preset's name)")
+    q.add_argument("--retrain", action="store_true", help=RETRAIN_HELP)
     q.set_defaults(func=_cmd_show)
 
     q = sub.add_parser("run", help="submit a preset to a service and follow it to its Table-6 grid",
@@ -60,6 +64,7 @@ def register(subparsers) -> None:
                    help=f"service URL (default: ${API_URL_ENV}, else {DEFAULT_API_URL})")
     q.add_argument("--name", default=None,
                    help="study name (default: the preset's name); an existing study of that name is reused")
+    q.add_argument("--retrain", action="store_true", help=RETRAIN_HELP)
     q.add_argument("--no-wait", action="store_true", help="submit and return without following")
     q.add_argument("--timeout", type=_positive_float, default=None, help="seconds to follow before giving up")
     q.add_argument("--connect-timeout", type=_positive_float, default=10.0,
@@ -84,7 +89,7 @@ def _cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(json.dumps({
         "label": preset.label,
         "dataset": preset.dataset_request(),
-        "teachers": [plan.request(preset.dataset) for plan in preset.teachers],
+        "teachers": preset.teacher_requests(retrain=args.retrain),
         "studies": preset.study_requests(args.name or preset.name),
     }, indent=2))
     return 0
@@ -117,7 +122,8 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(f"{preset.name}: {preset.description} ({preset.label})", flush=True)
     try:
         client.wait_ready(timeout=args.connect_timeout)
-        runs = submit_preset(client, preset, args.name, note=lambda line: print(line, flush=True))
+        runs = submit_preset(client, preset, args.name, note=lambda line: print(line, flush=True),
+                             retrain=args.retrain)
         if args.no_wait:
             return 0
         follow(client, runs, teachers=[t.name for t in preset.teachers], timeout=args.timeout)

@@ -152,25 +152,46 @@ def ensure_dataset(client: ServiceClient, preset: Any, note: Callable[[str], Non
         _say(note, f"registered dataset {body['name']!r}")
 
 
-def ensure_teachers(client: ServiceClient, preset: Any, note: Callable[[str], None] | None = None) -> list[str]:
+def _check_source(client: ServiceClient, plan: Any, have: dict[str, Any], retrain: bool) -> None:
+    """ServiceError when the service's teacher of this name is not what the plan asks for (shipped or trained)."""
+    wanted, source = plan.registered_source(retrain), have.get("source")
+    if source is None or (source == "shipped") == (wanted == "shipped"):  # None: a record that does not say
+        return
+    if wanted == "shipped":
+        hint = (f"the preset uses the teacher shipped with liftplace; run with --retrain to use this service's "
+                f"trained {plan.name!r}, or use a service without it")
+    else:
+        hint = ("the preset trains this teacher (--retrain, or a plan without a shipped teacher), but the service's "
+                "is the shipped one; use another service")
+    raise ServiceError(409, f"teacher {plan.name!r} exists with source {source!r}: {hint}",
+                       client.base_url + "/api/teachers")
+
+
+def ensure_teachers(client: ServiceClient, preset: Any, note: Callable[[str], None] | None = None, *,
+                    retrain: bool = False) -> list[str]:
     """Register (or queue the training of) every teacher of the preset that the service lacks.
 
-    Teachers are reused by name: one that exists is never trained again. A teacher whose
-    training failed raises ServiceError naming it (retry its job, or delete it). Returns the
-    names of the teachers queued for training now.
+    A teacher shipped with liftplace (`TeacherPlan.shipped`) is registered as such, unless `retrain`:
+    then it is trained by its plan like any other. Teachers are reused by name: one that exists is
+    never trained again, but a shipped teacher is never stood in for by a trained one of its name, nor
+    the other way round (ServiceError saying so). A teacher whose training failed raises ServiceError
+    naming it (retry its job, or delete it). Returns the names of the teachers queued for training now.
     """
     existing = {t["name"]: t for t in client.get("/api/teachers")}
     queued = []
     for plan in preset.teachers:
         have = existing.get(plan.name)
+        if have is not None:
+            _check_source(client, plan, have, retrain)
         if have is None:
-            created = client.post("/api/teachers", plan.request(preset.dataset))
+            created = client.post("/api/teachers", plan.request(preset.dataset, retrain=retrain))
             existing[plan.name] = created
             if created["status"] == "training":
                 queued.append(plan.name)
                 _say(note, f"teacher {plan.name!r}: training queued (job {created.get('job_id')})")
             else:
-                _say(note, f"teacher {plan.name!r}: registered ({created.get('parameters')} parameters)")
+                _say(note, f"teacher {plan.name!r}: registered ({created.get('source')}, "
+                           f"{created.get('parameters')} parameters)")
         elif have["status"] == "failed":
             raise ServiceError(409, f"teacher {plan.name!r} failed to train ({have.get('reason')}); retry job "
                                     f"{have.get('job_id')} first", client.base_url + "/api/teachers")
@@ -188,14 +209,15 @@ def find_study(client: ServiceClient, name: str, *, match_id: bool = False) -> d
 
 
 def submit_preset(client: ServiceClient, preset: Any, name: str | None = None,
-                  note: Callable[[str], None] | None = None) -> list[StudyRun]:
-    """Ensure the preset's dataset and teachers, then submit its studies (one per variant).
+                  note: Callable[[str], None] | None = None, *, retrain: bool = False) -> list[StudyRun]:
+    """Ensure the preset's dataset and teachers (`retrain`: train its shipped teachers afresh), then submit its
+    studies (one per variant).
 
     A study whose name already exists on the service is reused, not submitted again, so
     running the same command twice follows (or shows) the first run.
     """
     ensure_dataset(client, preset, note)
-    ensure_teachers(client, preset, note)
+    ensure_teachers(client, preset, note, retrain=retrain)
     runs = []
     for body in preset.study_requests(name or preset.name):
         found = find_study(client, body["name"])

@@ -83,11 +83,14 @@ def load_unet(path: str | Path, *, device: str | torch.device = "cpu") -> UNet2D
     """Load a UNet2DModel from a local diffusers directory (or its `unet/` subfolder).
 
     Pruned students saved by `save_unet` are rebuilt to their pruned widths first.
-    Nothing is downloaded: `path` must be a local folder.
+    Nothing is downloaded: `path` must be a local folder, or ``shipped:NAME`` for a teacher shipped
+    with liftplace; a shipped teacher's files are checked against their sha256 digests first
+    (`liftplace.shipped.ShippedTeacherError`, naming the file, when one differs).
     """
     from liftplace.pruning import apply_layout
+    from liftplace.shipped import resolve_reference
 
-    path = Path(path)
+    path = resolve_reference(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model: {path} is not a directory holding a diffusers model")
     if not (path / "config.json").is_file() and (path / "unet" / "config.json").is_file():

@@ -11,6 +11,8 @@ bodies of the service's API (``POST /api/datasets``, ``/api/teachers``, ``/api/s
 - ``stability``: the embedded stability study (digits, CPU): three teacher capacities (the
   largest and two pruned-and-retrained copies of it, as in the paper) x {outkd,
   outkd+featkd, lift+place+featkd} x 5 seeds, one fixed student (the largest teacher pruned at 0.9).
+  Its teachers are shipped with liftplace (`liftplace.shipped`) and registered, not trained, unless
+  ``--retrain`` (the same for the ablations, which use its largest teacher).
 - ``ablation-*``: the paper's ablations on the largest stability teacher: Table 8 (LIFT,
   PLACE, FeatKD), the PLACE group size K (Fig. 7), L1 vs L2 coarse, curriculum on/off; each
   one study (the last three sweep their option as a study axis).
@@ -46,7 +48,7 @@ __all__ = [
     "get_study_preset",
 ]
 
-TeacherSource = Literal["preset", "pruned", "local"]
+TeacherSource = Literal["preset", "pruned", "local"]  # how a plan makes its teacher
 
 # The three methods of the paper's Table 6 (its stability study).
 STABILITY_METHODS: tuple[str, ...] = ("outkd", "outkd+featkd", PAPER_METHOD)
@@ -72,6 +74,9 @@ class TeacherPlan:
     "pruned": prune teacher `base` at `prune_ratio` (fraction of channels removed) and retrain it;
     "local": register the diffusers folder `folder` (a sub-folder of the service's teachers root).
     `train` holds the TrainOptions of the training job (steps, lr, batch_size, resolution, ...).
+    `shipped`: the teacher shipped with liftplace (`liftplace.shipped`) that this very recipe
+    produced; the preset registers it instead of training (a teacher trained on another CPU differs,
+    see `liftplace.shipped`), unless asked to retrain (`request(..., retrain=True)`).
     """
 
     name: str
@@ -81,6 +86,7 @@ class TeacherPlan:
     prune_ratio: float | None = None
     folder: str | None = None
     train: Mapping[str, Any] = field(default_factory=_frozen)
+    shipped: str | None = None
 
     def __post_init__(self) -> None:
         needs = {"preset": ("preset",), "pruned": ("base", "prune_ratio"), "local": ("folder",)}
@@ -91,10 +97,27 @@ class TeacherPlan:
             raise ValueError(f"teacher {self.name!r}: source {self.source!r} needs {', '.join(missing)}")
         if self.source == "local" and self.train:
             raise ValueError(f"teacher {self.name!r}: a local teacher is not trained; `train` must be empty")
+        if self.source == "local" and self.shipped is not None:
+            raise ValueError(f"teacher {self.name!r}: `shipped` names the artifact of a training recipe; a local "
+                             "teacher has none")
         object.__setattr__(self, "train", _frozen(self.train))
 
-    def request(self, dataset: str) -> dict[str, Any]:
-        """The JSON body of ``POST /api/teachers`` for this teacher, trained on `dataset`."""
+    def uses_shipped(self, retrain: bool = False) -> bool:
+        """Whether the preset registers the shipped teacher (rather than training it or a local folder)."""
+        return self.shipped is not None and not retrain
+
+    def registered_source(self, retrain: bool = False) -> str:
+        """The teacher's `source` on the service once registered: "shipped", or this plan's own source."""
+        return "shipped" if self.uses_shipped(retrain) else self.source
+
+    def request(self, dataset: str, *, retrain: bool = False) -> dict[str, Any]:
+        """The JSON body of ``POST /api/teachers`` for this teacher, trained on `dataset`.
+
+        A plan with a shipped teacher registers it (``{"source": "shipped", ...}``); with `retrain`, or
+        without one, the body trains the teacher by its recipe.
+        """
+        if self.uses_shipped(retrain):
+            return {"source": "shipped", "name": self.name, "shipped": self.shipped}
         if self.source == "local":
             return {"source": "local", "name": self.name, "folder": self.folder}
         body: dict[str, Any] = {"source": self.source, "name": self.name, "dataset": dataset, **self.train}
@@ -221,9 +244,14 @@ class StudyPreset:
             body["resolution"] = self.options["resolution"]
         return body
 
-    def teacher_requests(self) -> list[dict[str, Any]]:
-        """The JSON bodies of ``POST /api/teachers``, bases first."""
-        return [t.request(self.dataset) for t in self.teachers]
+    def teacher_requests(self, *, retrain: bool = False) -> list[dict[str, Any]]:
+        """The JSON bodies of ``POST /api/teachers``, bases first (`retrain`: train the shipped ones afresh)."""
+        return [t.request(self.dataset, retrain=retrain) for t in self.teachers]
+
+    @property
+    def ships_teachers(self) -> bool:
+        """Whether some of its teachers are shipped with liftplace (``--retrain`` trains them instead)."""
+        return any(t.shipped is not None for t in self.teachers)
 
     @property
     def jobs(self) -> int:
@@ -281,17 +309,25 @@ def _pruned_name(base: str, ratio: float) -> str:
     return f"{base}-p{round(100 * ratio)}"
 
 
-def _capacity_teachers(largest: TeacherPlan, ratios: tuple[float, ...], train: Mapping[str, Any]
-                       ) -> tuple[TeacherPlan, ...]:
-    """The largest teacher and its pruned-and-retrained copies (the paper's capacity study)."""
-    pruned = tuple(TeacherPlan(_pruned_name(largest.name, r), "pruned", base=largest.name, prune_ratio=r, train=train)
-                   for r in ratios)
+def _capacity_teachers(largest: TeacherPlan, ratios: tuple[float, ...], train: Mapping[str, Any], *,
+                       shipped: bool = False) -> tuple[TeacherPlan, ...]:
+    """The largest teacher and its pruned-and-retrained copies (the paper's capacity study).
+
+    `shipped`: each copy is shipped with liftplace under its own name (as the largest must be too).
+    """
+    pruned = tuple(TeacherPlan(name, "pruned", base=largest.name, prune_ratio=r, train=train,
+                               shipped=name if shipped else None)
+                   for r in ratios for name in (_pruned_name(largest.name, r),))
     return (largest, *pruned)
 
 
+# The stability teachers are shipped with liftplace (`liftplace/shipped/`, made by
+# scripts/ship_teachers.py from exactly these plans): every preset that uses them registers those
+# files, so its students distil from the same teacher on every machine; `--retrain` trains them here.
 _STABILITY_LARGEST = TeacherPlan(STABILITY_TEACHER, "preset", preset=STABILITY_TEACHER_PRESET,
-                                 train=STABILITY_TEACHER_TRAIN)
-_STABILITY_TEACHERS = _capacity_teachers(_STABILITY_LARGEST, STABILITY_PRUNE_RATIOS, STABILITY_PRUNED_TRAIN)
+                                 train=STABILITY_TEACHER_TRAIN, shipped=STABILITY_TEACHER)
+_STABILITY_TEACHERS = _capacity_teachers(_STABILITY_LARGEST, STABILITY_PRUNE_RATIOS, STABILITY_PRUNED_TRAIN,
+                                         shipped=True)
 
 QUICK_TEACHER_PRESET: str = "digits-s"
 QUICK_TEACHER: str = "quick-digits-s"

@@ -63,9 +63,14 @@ def _finite_metrics(metrics: dict[str, Any] | None) -> dict[str, float]:
 
 
 def teacher_path(settings: Settings, teacher: Teacher) -> str:
-    """Where a worker finds the teacher: a folder under the teachers root, or a trained model."""
+    """Where a worker finds the teacher: a folder under the teachers root, a trained model, or ``shipped:NAME``
+    (a teacher shipped with liftplace: each worker loads its own installed copy, digests checked)."""
     if teacher.source == "local":
         return str(settings.teacher_folder(teacher.folder or teacher.name))
+    if teacher.source == "shipped":
+        from liftplace.shipped import SHIPPED_PREFIX
+
+        return SHIPPED_PREFIX + (teacher.folder or teacher.name)
     if not teacher.model_dir:
         raise ValueError(f"teacher {teacher.name!r} has no trained model yet")
     return teacher.model_dir

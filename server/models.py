@@ -33,7 +33,7 @@ JOB_STATUSES: tuple[str, ...] = ("queued", "dispatched", "running", "succeeded",
 TERMINAL_STATUSES: tuple[str, ...] = ("succeeded", "failed", "diverged", "cancelled")
 IN_FLIGHT_STATUSES: tuple[str, ...] = ("dispatched", "running")  # held by a dispatcher and its executor
 JOB_KINDS: tuple[str, ...] = ("distill", "teacher")
-TEACHER_SOURCES: tuple[str, ...] = ("local", "preset", "pruned")
+TEACHER_SOURCES: tuple[str, ...] = ("local", "preset", "pruned", "shipped")
 TEACHER_STATUSES: tuple[str, ...] = ("ready", "training", "failed")
 DATASET_KINDS: tuple[str, ...] = ("embedded", "folder")
 
@@ -100,7 +100,8 @@ class Dataset(Base):
 
 
 class Teacher(Base):
-    """A teacher by name: a local diffusers folder (ready at once) or trained by a teacher job."""
+    """A teacher by name: a local diffusers folder or one shipped with liftplace (ready at once), or trained by a
+    teacher job."""
 
     __tablename__ = "teachers"
     __table_args__ = (
@@ -112,7 +113,8 @@ class Teacher(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True)
     source: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
-    folder: Mapped[str | None] = mapped_column(String(255))  # local: a sub-folder name of the teachers root
+    # local: a sub-folder name of the teachers root; shipped: the shipped teacher's name (liftplace.shipped)
+    folder: Mapped[str | None] = mapped_column(String(255))
     model_dir: Mapped[str | None] = mapped_column(Text)  # trained: where the teacher job saved it
     preset: Mapped[str | None] = mapped_column(String(64))
     base_teacher_id: Mapped[int | None] = mapped_column(ForeignKey("teachers.id"))

@@ -250,6 +250,15 @@ class LocalTeacherCreate(_Strict):
     folder: Name | None = Field(None, description="sub-folder of the teachers root; default: the name")
 
 
+class ShippedTeacherCreate(_Strict):
+    """Register a teacher shipped with liftplace (`liftplace.shipped`), its file digests checked."""
+
+    source: Literal["shipped"]
+    name: Name
+    shipped: Name | None = Field(None, description="a teacher shipped with liftplace (liftplace/shipped/: "
+                                 "its manifest.json lists them); default: the name")
+
+
 class PresetTeacherCreate(TrainOptions):
     """Queue the training of a fresh teacher of a preset architecture."""
 
@@ -270,7 +279,7 @@ class PrunedTeacherCreate(TrainOptions):
     seed: int = Field(defaults.SEED, ge=0, le=2**31 - 1)
 
 
-TeacherCreate = Annotated[LocalTeacherCreate | PresetTeacherCreate | PrunedTeacherCreate,
+TeacherCreate = Annotated[LocalTeacherCreate | PresetTeacherCreate | PrunedTeacherCreate | ShippedTeacherCreate,
                           Field(discriminator="source")]
 
 

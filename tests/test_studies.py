@@ -45,8 +45,9 @@ def test_the_named_presets_exist_and_unknown_names_are_refused() -> None:
 def test_every_request_body_validates_against_the_api_schemas(preset: StudyPreset) -> None:
     from server.services.studies import method_combos
 
-    teachers = [TEACHER.validate_python(body) for body in preset.teacher_requests()]
-    assert [t.name for t in teachers] == [t.name for t in preset.teachers]
+    for retrain in (False, True):  # the shipped teachers registered, or trained afresh (--retrain)
+        teachers = [TEACHER.validate_python(body) for body in preset.teacher_requests(retrain=retrain)]
+        assert [t.name for t in teachers] == [t.name for t in preset.teachers]
     studies = [StudyCreate.model_validate(body) for body in preset.study_requests("run1")]
     assert len(studies) == len(preset.variants)
     jobs = 0
@@ -134,6 +135,29 @@ def test_a_variant_axis_over_an_option_a_method_ignores_does_not_multiply_its_jo
     assert variant.jobs_per_teacher_seed() == 2 + 4
     with pytest.raises(ValueError, match="axes.featkd_layers"):
         StudyVariant("", ("outkd",), axes={"featkd_layers": ("blocks",)})
+
+
+def test_the_stability_teachers_are_shipped_and_retrain_trains_them_by_the_same_recipe() -> None:
+    from liftplace.studies import STABILITY_PRUNED_TRAIN, STABILITY_TEACHER, STABILITY_TEACHER_TRAIN
+
+    stability = STUDY_PRESETS["stability"]
+    assert stability.ships_teachers
+    assert stability.teacher_requests() == [{"source": "shipped", "name": t.name, "shipped": t.name}
+                                            for t in stability.teachers]
+    trained = stability.teacher_requests(retrain=True)
+    assert trained[0] == {"source": "preset", "name": STABILITY_TEACHER, "dataset": "digits", "preset": "digits-s",
+                          **STABILITY_TEACHER_TRAIN}
+    assert [(b["source"], b["base_teacher"], b["prune_ratio"]) for b in trained[1:]] == [
+        ("pruned", STABILITY_TEACHER, 0.5), ("pruned", STABILITY_TEACHER, 0.7)]
+    assert all({k: b[k] for k in STABILITY_PRUNED_TRAIN} == dict(STABILITY_PRUNED_TRAIN) for b in trained[1:])
+    for name in EXPECTED:  # the ablations use the shipped largest teacher too
+        if name.startswith("ablation-"):
+            assert STUDY_PRESETS[name].teacher_requests()[0]["source"] == "shipped"
+    for name in ("quick", "smoke", "celeba64", "cifar10"):  # nothing shipped: retrain changes nothing
+        p = STUDY_PRESETS[name]
+        assert not p.ships_teachers and p.teacher_requests() == p.teacher_requests(retrain=True)
+    with pytest.raises(ValueError, match="`shipped` names the artifact of a training recipe"):
+        TeacherPlan("x", "local", folder="x", shipped="x")
 
 
 def test_the_gpu_presets_follow_the_papers_protocol() -> None:

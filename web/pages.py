@@ -21,6 +21,7 @@ from fastapi.templating import Jinja2Templates
 
 from liftplace.methods import AXIS_OPTIONS, METHOD_NAMES, PAPER_METHOD
 from liftplace.presets import TEACHER_PRESETS
+from liftplace.shipped import shipped_names
 from server.auth import authenticated
 from server.models import JOB_KINDS, JOB_STATUSES
 from server.schemas import (
@@ -29,6 +30,7 @@ from server.schemas import (
     LocalTeacherCreate,
     PresetTeacherCreate,
     PrunedTeacherCreate,
+    ShippedTeacherCreate,
     StudyCreate,
 )
 from server.settings import Settings
@@ -153,6 +155,7 @@ def teachers_page(request: Request) -> Response:
     return render(
         request, "teachers.html", "teachers", title="Teachers", train_fields=train,
         local=specs(LocalTeacherCreate, ("name", "folder")),
+        shipped=specs(ShippedTeacherCreate, ("name", "shipped")), shipped_names=shipped_names(),
         preset=specs(PresetTeacherCreate, ("name", "preset", "dataset", *train)),
         pruned=specs(PrunedTeacherCreate, ("name", "base_teacher", "prune_ratio", "importance", "dataset", *train)),
         presets=list(TEACHER_PRESETS.values()),

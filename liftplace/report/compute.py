@@ -112,7 +112,7 @@ class TeacherRow:
     """A study's teacher: where it came from, its size, and its FID (on its training job's samples)."""
 
     name: str
-    source: str  # "preset", "pruned", "local", or "?" when the service does not list it
+    source: str  # "preset", "pruned", "local", "shipped", or "?" when the service does not list it
     preset: str | None
     base_teacher: str | None
     prune_ratio: float | None
@@ -126,7 +126,10 @@ class TeacherRow:
 
 def teacher_row(name: str, record: Mapping[str, Any], job: Mapping[str, Any], rvr: RealVsReal | None,
                 job_defaults: Mapping[str, Any]) -> TeacherRow:
-    """One teacher from its service record and its training job ({} for a teacher without one)."""
+    """One teacher from its service record and its training job ({} for a teacher without one; a teacher
+    shipped with liftplace takes its steps and FID from its provenance, `liftplace.shipped`)."""
+    if record.get("source") == "shipped" and not job:
+        job = _shipped_job(record.get("folder") or name)
     fid = job.get("fid")
     options = job_options(job.get("options", {}), job_defaults)
     return TeacherRow(name=name, source=record.get("source", "?"), preset=record.get("preset"),
@@ -134,6 +137,16 @@ def teacher_row(name: str, record: Mapping[str, Any], job: Mapping[str, Any], rv
                       parameters=record.get("parameters"), steps=job.get("steps"), fid=fid,
                       fid_samples=options["fid_samples"], sample_steps=options["sample_steps"],
                       fid_ratio=fid / rvr.halves if rvr and fid else None)
+
+
+def _shipped_job(name: str) -> dict[str, Any]:
+    """A shipped teacher's training as a job record: steps, FID and the FID's samples and DDIM steps."""
+    from liftplace.shipped import provenance
+
+    made = provenance(name)
+    fid = made["fid"]
+    return {"steps": made["steps"], "fid": fid["value"],
+            "options": {"fid_samples": fid["samples"], "sample_steps": fid["sample_steps"]}}
 
 
 def largest_teacher(teachers: Sequence[str], parameters: Mapping[str, int | None]) -> str:

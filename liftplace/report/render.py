@@ -91,6 +91,9 @@ def _teacher_source(row: TeacherRow) -> str:
         return f"preset `{row.preset}`"
     if row.source == "pruned":
         return f"pruned {row.prune_ratio} of {row.base_teacher}, retrained"
+    if row.source == "shipped":
+        made = f"preset `{row.preset}`" if row.prune_ratio is None else f"pruned {row.prune_ratio}, retrained"
+        return f"shipped with liftplace ({made})"
     return row.source
 
 
@@ -305,8 +308,9 @@ def reproduction_lines(study: str, rows: Sequence[ReproductionRow]) -> list[str]
 
 
 def _teacher_plan(t: Any) -> str:
-    return {"preset": f"preset `{t.preset}`", "local": f"local folder `{t.folder}`",
+    made = {"preset": f"preset `{t.preset}`", "local": f"local folder `{t.folder}`",
             "pruned": f"`{t.base}` pruned at {t.prune_ratio}, retrained"}[t.source]
+    return made + (f"; shipped as `{t.shipped}` (`--retrain`: trained afresh)" if t.shipped else "")
 
 
 def preset_lines(name: str, preset: Any, requests: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -1,6 +1,8 @@
 """Teachers: register a local diffusers folder, or queue the training of a teacher.
 
 - source "local": a sub-folder of LIFTPLACE_TEACHERS_DIR, checked to load as a UNet; ready at once.
+- source "shipped": a teacher shipped with liftplace (`liftplace.shipped`), its file digests checked;
+  ready at once. Jobs get it as ``shipped:NAME`` and every worker loads (and checks) its own copy.
 - source "preset": a fresh teacher of a liftplace preset trained on a registered dataset.
 - source "pruned": another teacher pruned at `prune_ratio` and retrained (the paper's smaller
   teachers). It waits for its base teacher if that one is still training.
@@ -17,12 +19,13 @@ from sqlalchemy.orm import Session, selectinload
 
 from liftplace.models import LIFTPLACE_META_FILE
 from server.errors import Conflict, NotFound
-from server.models import Job, Teacher
+from server.models import Dataset, Job, Teacher
 from server.schemas import (
     TRAIN_OPTION_FIELDS,
     LocalTeacherCreate,
     PresetTeacherCreate,
     PrunedTeacherCreate,
+    ShippedTeacherCreate,
     TeacherCreate,
     TeacherRead,
     invalid,
@@ -90,6 +93,27 @@ def _local_parameters(settings: Settings, body: LocalTeacherCreate) -> tuple[str
         raise invalid(field, f"{field}: {folder!r} does not load as a UNet2DModel: {exc}", folder) from None
 
 
+def _shipped(session: Session, body: ShippedTeacherCreate) -> Teacher:
+    """A ready teacher for a shipped one (digests checked; its size, recipe and dataset from its provenance)."""
+    from liftplace.shipped import ShippedTeacherError, teacher_meta
+
+    name = body.shipped or body.name
+    field = "shipped" if body.shipped else "name"
+    try:
+        meta = teacher_meta(name)
+    except ShippedTeacherError as exc:
+        raise invalid(field, f"{field}: {exc}", name) from None
+    made = meta.get("extra", {})
+    job, base = made.get("job", {}), made.get("base_teacher")
+    return Teacher(
+        name=body.name, source="shipped", status="ready", folder=name, parameters=meta.get("parameters"),
+        preset=job.get("preset"), prune_ratio=job.get("prune_ratio"),
+        # the teacher it was pruned from and the dataset it learnt, when this service knows them by those names
+        base_teacher=session.scalar(select(Teacher).where(Teacher.name == base)) if base else None,
+        dataset=session.scalar(select(Dataset).where(Dataset.name == job.get("dataset_name"))),
+    )
+
+
 def _check_preset(body: PresetTeacherCreate, size: int) -> None:
     from liftplace.presets import TEACHER_PRESETS
 
@@ -121,13 +145,16 @@ def _training(session: Session, settings: Settings, body: PresetTeacherCreate | 
 
 
 def create_teacher(session: Session, settings: Settings, body: TeacherCreate) -> TeacherRead:
-    """Register a local teacher (ready), or a teacher in training and its job (flushed, not committed)."""
+    """Register a local or shipped teacher (ready), or a teacher in training and its job (flushed, not committed)."""
     taken = f"name: a teacher named {body.name!r} already exists"
     if session.scalar(select(Teacher.id).where(Teacher.name == body.name)) is not None:
         raise Conflict(taken)
     if isinstance(body, LocalTeacherCreate):
         folder, parameters = _local_parameters(settings, body)
         teacher = Teacher(name=body.name, source="local", status="ready", folder=folder, parameters=parameters)
+        session.add(teacher)
+    elif isinstance(body, ShippedTeacherCreate):
+        teacher = _shipped(session, body)
         session.add(teacher)
     else:
         teacher = _training(session, settings, body)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from tests.server.server_testkit import Harness, make_local_teacher
@@ -214,3 +217,42 @@ def test_jobs_waiting_for_their_students_teacher_fail_with_it(harness: Harness) 
     r = c.post(f"/api/jobs/{job['id']}/retry")
     assert r.status_code == 409 and "'bad-big' failed to train" in r.json()["detail"]
     assert bad["status"] == "training"
+
+
+def test_shipped_teachers_are_registered_with_their_digests_checked(harness: Harness, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from liftplace import shipped
+
+    c = harness.client
+    r = c.post("/api/teachers", json={"source": "shipped", "name": "stability-digits-s"})
+    assert r.status_code == 201, r.text
+    t = r.json()
+    assert (t["source"], t["status"], t["folder"], t["preset"], t["job_id"], t["dataset"]) == (
+        "shipped", "ready", "stability-digits-s", "digits-s", None, "digits")
+    assert t["parameters"] == shipped.teacher_meta("stability-digits-s")["parameters"]
+    r = c.post("/api/teachers", json={"source": "shipped", "name": "small", "shipped": "stability-digits-s-p70"})
+    assert r.status_code == 201, r.text
+    assert (r.json()["base_teacher"], r.json()["prune_ratio"], r.json()["folder"]) == (
+        "stability-digits-s", 0.7, "stability-digits-s-p70")
+    cases = [({"name": "ghost"}, "name", "no shipped teacher 'ghost'"),
+             ({"name": "x", "shipped": "ghost"}, "shipped", "no shipped teacher 'ghost'"),
+             ({"name": "x", "shipped": "../etc"}, "shipped", "path separator"),
+             ({"name": "x", "folder": "t-small"}, "folder", "Extra inputs")]
+    for change, field, message in cases:
+        r = c.post("/api/teachers", json={"source": "shipped", **change})
+        assert r.status_code == 422, (change, r.text)
+        assert any(field in e["loc"] and message in e["msg"] for e in r.json()["detail"]), (change, r.text)
+    # a damaged install is refused, naming the file
+    shutil.copyfile(shipped.SHIPPED_DIR / shipped.MANIFEST_FILE, tmp_path / shipped.MANIFEST_FILE)
+    shutil.copytree(shipped.SHIPPED_DIR / "stability-digits-s-p50", tmp_path / "stability-digits-s-p50")
+    (tmp_path / "stability-digits-s-p50" / "config.json").write_text("{}")
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path)
+    r = c.post("/api/teachers", json={"source": "shipped", "name": "stability-digits-s-p50"})
+    assert r.status_code == 422 and "file config.json has sha256" in r.json()["detail"][0]["msg"], r.text
+    monkeypatch.undo()
+    # a distillation job gets the teacher as shipped:NAME: each worker loads (and checks) its own copy
+    job = harness.submit(teacher="small", method="outkd", student_teacher="stability-digits-s")
+    harness.wait_status(job["id"], "succeeded")
+    spec = harness.runner.specs_of(job["id"])[0]
+    assert (spec.teacher_path, spec.student_teacher_path) == ("shipped:stability-digits-s-p70",
+                                                              "shipped:stability-digits-s")

@@ -150,3 +150,41 @@ def test_study_show_and_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_study.main(["study", "show", "quick"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["studies"][0]["name"] == "quick" and shown["teachers"]
+
+
+def test_a_preset_registers_its_shipped_teachers_and_never_mixes_them_with_trained_ones(
+        live_service: tuple[str, FakeRunner], capsys: pytest.CaptureFixture[str]) -> None:
+    url, runner = live_service
+    client = ServiceClient(url, token="")
+    assert cli_study.main(["study", "run", "stability", "--api", url, "--no-wait"]) == 0
+    out = capsys.readouterr().out
+    preset = get_study_preset("stability")
+    assert all(f"teacher {t.name!r}: registered (shipped, " in out for t in preset.teachers), out
+    listed = {t["name"]: t for t in client.get("/api/teachers")}
+    assert all(listed[t.name]["source"] == "shipped" and listed[t.name]["status"] == "ready" for t in preset.teachers)
+    assert "teacher" not in [s.kind for s in runner.specs]  # nothing trained
+    notes: list[str] = []
+    assert ensure_teachers(client, preset, notes.append) == [] and all("reusing" in n for n in notes)
+    with pytest.raises(ServiceError, match="is the shipped one"):
+        ensure_teachers(client, preset, retrain=True)
+
+
+def test_cli_study_run_retrain_trains_the_shipped_teachers_by_their_recipe(
+        live_service: tuple[str, FakeRunner], capsys: pytest.CaptureFixture[str]) -> None:
+    url, runner = live_service
+    argv = ["study", "run", "ablation-coarse", "--api", url, "--no-wait"]
+    assert cli_study.main([*argv, "--retrain"]) == 0
+    assert "'stability-digits-s': training queued" in capsys.readouterr().out
+    teachers = ServiceClient(url, token="").get("/api/teachers")
+    assert [(t["name"], t["source"], t["preset"]) for t in teachers] == [("stability-digits-s", "preset", "digits-s")]
+    plan = get_study_preset("ablation-coarse").teachers[0]
+    job = ServiceClient(url, token="").get(f"/api/jobs/{teachers[0]['job_id']}")
+    assert job["kind"] == "teacher" and job["steps"] == plan.train["steps"]
+    assert {k: job["options"][k] for k in plan.train if k != "steps"} == {k: v for k, v in plan.train.items()
+                                                                            if k != "steps"}
+    # without --retrain the same service's trained teacher is not taken for the shipped one
+    assert cli_study.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "exists with source 'preset'" in err and "--retrain" in err
+    assert cli_study.main(["study", "show", "ablation-coarse", "--retrain"]) == 0
+    assert json.loads(capsys.readouterr().out)["teachers"][0]["source"] == "preset"

@@ -98,8 +98,9 @@ def test_forms_carry_the_api_defaults_and_limits(harness: Harness) -> None:
     html = harness.client.get("/studies/new").text
     assert "0 &lt; x &lt; 1" in html  # the ratio's bounds, from the schema
     teachers = _parse(harness.client.get("/teachers").text)
-    assert {"f-preset-name", "f-pruned-prune_ratio", "f-local-folder"} <= set(teachers.inputs)
+    assert {"f-preset-name", "f-pruned-prune_ratio", "f-local-folder", "f-shipped-shipped"} <= set(teachers.inputs)
     html = harness.client.get("/teachers").text
+    assert 'data-source-kind="shipped"' in html and "stability-digits-s-p70" in html  # the shipped ones named
     default = JobCreate.model_fields["lr_schedule"].default
     for prefix in ("preset", "pruned"):  # a teacher's training takes the same schedules as a job's
         assert teachers.inputs[f"f-{prefix}-lr_schedule"]["data-kind"] == "choice"

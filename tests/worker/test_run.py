@@ -308,3 +308,17 @@ def test_a_student_pruned_from_another_teacher(tmp_path, mlflow_store, teacher_d
     assert own.status == same.status == "succeeded"
     assert own.parameters == same.parameters == from_small
     assert own.fid == pytest.approx(same.fid, rel=1e-6)
+
+
+def test_a_distillation_from_a_shipped_teacher_loads_it_by_reference(tmp_path, mlflow_store):
+    """The service hands a shipped teacher as shipped:NAME; the worker loads its own copy (digests checked)."""
+    uri, _ = mlflow_store
+    name = "stability-digits-s-p70"
+    outcome = run_job(_spec(tmp_path, uri, job_id=106, teacher_path=f"shipped:{name}", teacher_name=name,
+                            resolution=8, steps=2, fid_samples=0, sample_steps=2))
+    assert outcome.status == "succeeded", outcome.reason
+    from liftplace.shipped import teacher_meta
+
+    assert outcome.metrics["teacher_parameters"] == teacher_meta(name)["parameters"]
+    outcome = run_job(_spec(tmp_path, uri, job_id=107, teacher_path="shipped:nope", steps=2, fid_samples=0))
+    assert outcome.status == "failed" and "no shipped teacher 'nope'" in outcome.reason

@@ -14,7 +14,7 @@
                  progress(fraction, `#${job.id} ${job.status === "running" ? Math.round(fraction * 100) + "%" : job.status}`, job.status));
     }
     const from = t.source === "pruned" ? `${t.base_teacher} at ${t.prune_ratio}` : t.source === "preset" ? `preset ${t.preset}`
-      : t.folder ? `folder ${t.folder}` : "";
+      : t.source === "shipped" ? `shipped ${t.folder}` : t.folder ? `folder ${t.folder}` : "";
     return el("tr", {"data-teacher": t.name},
       el("td", {class: "mono"}, t.name),
       el("td", {}, badge(t.status, t.reason || null)),
