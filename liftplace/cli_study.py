@@ -114,6 +114,25 @@ def print_tables(client: ServiceClient, study_ids: Sequence[int], label: str, fm
             if axes:
                 print(f"### {panel_label(axes)}\n")
             print(compact_table(table, seeds=len(study["seeds"])))
+        print(teacher_fid_lines(client, study["teachers"]))
+
+
+def teacher_fid_lines(client: ServiceClient, names: Sequence[str]) -> str:
+    """The teachers' own FIDs, one line each with the samples and DDIM steps it was measured with (a
+    trained teacher's from its training job, a shipped one's from its provenance), to read the students against."""
+    from liftplace import defaults
+    from liftplace.report.compute import teacher_row
+    from liftplace.report.data import ReportSource, fetch_teachers
+
+    unset = {"fid_samples": defaults.FID_SAMPLES, "sample_steps": defaults.DDIM_STEPS}
+    teachers = fetch_teachers(ReportSource(client), list(names))
+    rows = [teacher_row(t.name, t.record, t.job, None, unset) for t in teachers]
+    width = max((len(r.name) for r in rows), default=0)
+    lines = ["Teachers' own FID:"]
+    for r in rows:
+        fid = "no FID" if r.fid is None else f"{r.fid:.2f} ({r.fid_samples} samples, {r.sample_steps} DDIM steps)"
+        lines.append(f"  {r.name.ljust(width)}  {fid}")
+    return "\n".join(lines) + "\n"
 
 
 def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

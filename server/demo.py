@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `demo` subcommand (the liftplace.commands entry point)."""
     from liftplace.cli import _HelpFormatter
+    from liftplace.cli_study import RETRAIN_HELP
     from liftplace.studies import STUDY_PRESET_NAMES
 
     p = subparsers.add_parser(
@@ -61,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="port of the MLflow server (a free one is taken when it is busy)")
     p.add_argument("--exit-when-done", action="store_true",
                    help="stop everything once the table is printed, instead of serving until Ctrl-C")
+    p.add_argument("--retrain", action="store_true", help=RETRAIN_HELP)
     p.set_defaults(func=_cmd_demo)
 
 
@@ -223,13 +225,14 @@ def _start_services(stack: ExitStack, data_dir: Path, port: int, mlflow_port: in
     return _Services(api_url, mlflow_url, client)
 
 
-def _run_study(services: _Services, preset: StudyPreset, name: str | None, started: float) -> None:
+def _run_study(services: _Services, preset: StudyPreset, name: str | None, started: float, *,
+               retrain: bool = False) -> None:
     """Submit the preset (its teachers first), follow it, print its table and where to look next."""
     from liftplace.cli_study import print_tables
     from liftplace.client import follow, submit_preset
 
     client, api_url = services.client, services.api_url
-    runs = submit_preset(client, preset, name, note=_say)
+    runs = submit_preset(client, preset, name, note=_say, retrain=retrain)
     for run in runs:
         _say(f"dashboard: {api_url}/studies/{run.study_id}")
     _say(f"queue:     {api_url}/queue")
@@ -252,7 +255,8 @@ def _cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser | None =
     with ExitStack() as stack:  # stops what has started, in reverse order, on every way out
         stack.callback(_say, "demo stopped")
         try:
-            _run_study(_start_services(stack, data_dir, port, mlflow_port), preset, args.name, started)
+            _run_study(_start_services(stack, data_dir, port, mlflow_port), preset, args.name, started,
+                       retrain=args.retrain)
             if not args.exit_when_done:
                 _say("serving until Ctrl-C ...")
                 while True:

@@ -85,21 +85,31 @@ def test_images_fit_the_architectures_and_every_group_size_divides_them(preset: 
 
 
 def test_the_embedded_studies_have_the_papers_shape() -> None:
-    for name in ("quick", "stability"):
-        p = STUDY_PRESETS[name]
-        assert not p.needs_gpu and p.dataset == "digits" and p.student_ratio == 0.9 and len(p.seeds) == 5
-        assert [v.methods for v in p.variants] == [STABILITY_METHODS] and p.jobs == 45
-        largest, *smaller = p.teachers
-        assert largest.source == "preset" and len(smaller) >= 2
-        assert all(t.source == "pruned" and t.base == largest.name for t in smaller)  # as in the paper
-    assert STUDY_PRESETS["quick"].label.startswith("quick run") and "not a reproduction" in STUDY_PRESETS["quick"].label
-    # the quick preset really is shorter, everywhere
+    s = STUDY_PRESETS["stability"]
+    assert not s.needs_gpu and s.dataset == "digits" and s.student_ratio == 0.9 and len(s.seeds) == 5
+    assert [v.methods for v in s.variants] == [STABILITY_METHODS] and s.jobs == 45
+    largest, *smaller = s.teachers
+    assert largest.source == "preset" and len(smaller) >= 2
+    assert all(t.source == "pruned" and t.base == largest.name for t in smaller)  # as in the paper
+
+
+def test_the_quick_preset_is_a_shorter_study_of_the_shipped_teachers_with_a_larger_student() -> None:
+    from liftplace.studies import QUICK_STUDENT_RATIO, STABILITY_TEACHER
+
     q, s = STUDY_PRESETS["quick"], STUDY_PRESETS["stability"]
-    for key in ("steps", "fid_samples", "sample_steps"):
+    assert q.label.startswith("quick run") and "not a reproduction" in q.label
+    assert f"ratio {QUICK_STUDENT_RATIO}" in q.label and f"ratio {QUICK_STUDENT_RATIO}" in q.description
+    # the two largest stability teachers, shipped: nothing to train before the students
+    assert q.teachers == s.teachers[:2] and q.ships_teachers
+    assert all(body["source"] == "shipped" for body in q.teacher_requests())
+    # one fixed student, pruned from the largest teacher, larger than the stability study's and smaller
+    # than every teacher of the study (the smallest is pruned at 0.5)
+    assert q.options["student_teacher"] == STABILITY_TEACHER
+    assert s.student_ratio > q.student_ratio > max(t.prune_ratio or 0 for t in q.teachers)
+    assert [v.methods for v in q.variants] == [STABILITY_METHODS] and len(q.seeds) == 5 and q.jobs == 30
+    for key in ("steps", "fid_samples", "sample_steps"):  # shorter, everywhere
         assert q.options[key] < s.options[key], key
-    assert all(tq.train["steps"] < ts.train["steps"] for tq, ts in zip(q.teachers, s.teachers, strict=True))
-    # the teacher names of different presets never collide on one server, except a shared teacher
-    assert not {t.name for t in q.teachers} & {t.name for t in s.teachers}
+    assert q.options["lr_schedule"] == "cosine"
 
 
 def test_the_ablations_vary_one_thing_on_the_largest_stability_teacher() -> None:
@@ -153,7 +163,7 @@ def test_the_stability_teachers_are_shipped_and_retrain_trains_them_by_the_same_
     for name in EXPECTED:  # the ablations use the shipped largest teacher too
         if name.startswith("ablation-"):
             assert STUDY_PRESETS[name].teacher_requests()[0]["source"] == "shipped"
-    for name in ("quick", "smoke", "celeba64", "cifar10"):  # nothing shipped: retrain changes nothing
+    for name in ("smoke", "celeba64", "cifar10"):  # nothing shipped: retrain changes nothing
         p = STUDY_PRESETS[name]
         assert not p.ships_teachers and p.teacher_requests() == p.teacher_requests(retrain=True)
     with pytest.raises(ValueError, match="`shipped` names the artifact of a training recipe"):

@@ -137,6 +137,8 @@ def test_demo_runs_a_study_to_its_table_and_ctrl_c_stops_everything(tmp_path: Pa
         rows = [line.split()[0] for line in grid]
         assert "outkd" in rows and "lift+place+featkd" in rows and max(len(line) for line in grid) <= 120
         assert "smoke test: checks the pipeline only" in out  # the label goes with the numbers
+        # the teacher's own FID beside the students', with how it was measured
+        assert re.search(r"Teachers' own FID:\n  smoke-tiny\s+[\d.]+ \(\d+ samples, \d+ DDIM steps\)", table)
     finally:
         demo.kill()
 
