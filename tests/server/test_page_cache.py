@@ -4,6 +4,7 @@ cache's bounds; migration 0007's triggers up and down."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -189,3 +190,17 @@ def test_the_revision_triggers_migrate_up_and_down(db_url: str) -> None:
         assert _revision(engine) == (1 if postgres else 3)
     finally:
         engine.dispose()
+
+
+def test_every_table_a_page_reads_bumps_the_revision() -> None:
+    """A page reads its jobs joined to teachers and the dataset (`_ROWS`) and checks its study: 0007's triggers
+    cover each of those tables (a join to a table without them would go stale in the cache)."""
+    from sqlalchemy.sql.util import find_tables
+
+    from server.services.jobs import _ROWS
+
+    revision = importlib.import_module("server.migrations.versions.0007_list_revision")
+    read = {getattr(t, "original", t).name for t in find_tables(_ROWS, include_aliases=True)
+            if hasattr(getattr(t, "original", t), "name")}
+    assert read == {"jobs", "teachers", "datasets"}
+    assert read | {"studies"} <= set(revision.TABLES)
