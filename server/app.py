@@ -23,6 +23,7 @@ from server.db import make_engine, make_sessionmaker, run_migrations
 from server.dispatcher import Dispatcher
 from server.executors import Executor, RayExecutor
 from server.middleware import BodySizeLimit
+from server.page_cache import PageCache
 from server.services.datasets import ensure_embedded_datasets
 from server.settings import Settings
 from server.tracking import Tracking
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
     app.state.executor = executor
     app.state.dispatcher = dispatcher
     app.state.tracking = tracking or None
+    app.state.page_cache = PageCache()  # pages of jobs by database revision (server.page_cache)
     for module in (jobs, studies, teachers, datasets, artifacts):
         app.include_router(module.router)
     app.include_router(auth.router)

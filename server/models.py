@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -255,6 +256,20 @@ class StudyCell(Base):
     computed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     study: Mapped[Study] = relationship(back_populates="cells")
+
+
+class Revision(Base):
+    """A shard of the revision of what a page of jobs shows: the sum of `value` over the shards.
+
+    Only the database's triggers write it (migration 0007): every transaction that writes jobs,
+    teachers, datasets or studies adds at least 1. A page cached with the revision it was read at
+    is current while the sum is unchanged (server.services.jobs.list_jobs_encoded).
+    """
+
+    __tablename__ = "revisions"
+
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    value: Mapped[int] = mapped_column(BigInteger)
 
 
 class IdempotencyKey(Base):

@@ -22,7 +22,8 @@ async def create_job(body: JobCreate, settings: SettingsDep, request: Request,
     return answer
 
 
-@router.get("", dependencies=READ, response_model=Page[JobRead], summary="List jobs (newest first)")
+@router.get("", dependencies=READ, response_model=Page[JobRead], summary="List jobs (newest first)",
+            responses={304: {"description": "the page is unchanged since the ETag given in If-None-Match"}})
 async def list_jobs(
     request: Request,
     settings: SettingsDep,
@@ -31,9 +32,12 @@ async def list_jobs(
     kind: str | None = Query(None, pattern="^(distill|teacher)$"),
     limit: int = Query(50, ge=1, le=500),
     offset: Offset = 0,
-) -> Page[JobRead]:
-    return await read(request, jobs.list_jobs, settings, status=status, study=study, kind=kind, limit=limit,
-                      offset=offset)
+) -> Response:
+    # The answer is built and encoded by the service (or found in the app's page cache, by database
+    # revision), so it goes out as bytes; `response_model` still documents it.
+    page = await read(request, jobs.list_jobs_encoded, settings, request.app.state.page_cache, status=status,
+                      study=study, kind=kind, limit=limit, offset=offset)
+    return page.response(request.headers.get("if-none-match"))
 
 
 @router.get("/{job_id}", dependencies=READ, response_model=JobRead,

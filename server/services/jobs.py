@@ -12,7 +12,8 @@ from sqlalchemy import ColumnElement, Select, func, insert, select
 from sqlalchemy.orm import Session
 
 from server.errors import Conflict, NotFound
-from server.models import Dataset, Job, JobLog, Study, Teacher
+from server.models import Dataset, Job, JobLog, Revision, Study, Teacher
+from server.page_cache import Encoded, PageCache
 from server.schemas import JobCreate, JobRead, LogsRead, Page
 from server.services import lifecycle
 from server.services.checks import (
@@ -101,6 +102,31 @@ def list_jobs(session: Session, settings: Settings, *, status: str | None = None
     # One validation for the whole page (in pydantic's core), not one per row.
     return Page[JobRead].model_validate({"items": [_fields(dict(r), settings) for r in rows], "total": total,
                                          "limit": limit, "offset": offset})
+
+
+def list_jobs_encoded(session: Session, settings: Settings, cache: PageCache, *, status: str | None = None,
+                      study: int | None = None, kind: str | None = None, limit: int = 50,
+                      offset: int = 0) -> Encoded:
+    """`list_jobs`'s answer as JSON bytes, from `cache` when the database is still at the revision it
+    was built at (one primary-key sum), else built, encoded once and kept.
+
+    The revision is read first, in the transaction that then reads the page. On SQLite that
+    transaction is one snapshot: the page is exactly the revision's. On PostgreSQL (read committed:
+    a snapshot per statement) the page is at least as new as the revision: a write committed in
+    between bumped the revision, so every read that starts after it reads a newer revision and
+    misses this entry; only reads that raced that write may get it, and they get the newer rows.
+    A revision never pairs with an older page. Nothing in a page depends on the clock, and the
+    settings it shows are part of the key.
+    """
+    revision = session.scalar(select(func.sum(Revision.value)))
+    key = (status, study, kind, limit, offset, settings.max_attempts, settings.mlflow_ui_url)
+    if revision is not None and (hit := cache.get(revision, key)) is not None:
+        return hit
+    page = list_jobs(session, settings, status=status, study=study, kind=kind, limit=limit, offset=offset)
+    encoded = Encoded.of(page.__pydantic_serializer__.to_json(page))
+    if revision is not None:  # None: no revisions table rows (a database not migrated by us): never cached
+        cache.put(revision, key, encoded)
+    return encoded
 
 
 def job_logs(session: Session, job_id: int, *, offset: int = 0, limit: int = 1000) -> LogsRead:
