@@ -142,7 +142,7 @@ def _revision(engine: Engine) -> int:
 
 def test_the_revision_triggers_migrate_up_and_down(db_url: str) -> None:
     """0007: every write to jobs, teachers, datasets or studies bumps the revision (on PostgreSQL once per
-    transaction, at its commit); going back to 0006 drops the counter and its triggers, and writes still work."""
+    transaction, at its commit); going back to 0007 drops the counter and its triggers, and writes still work."""
     engine = make_engine(db_url)
     cfg = alembic_config()
     postgres = engine.dialect.name == "postgresql"
@@ -178,7 +178,7 @@ def test_the_revision_triggers_migrate_up_and_down(db_url: str) -> None:
 
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0006")
+            command.downgrade(cfg, "0007")
         assert "revisions" not in inspect(engine).get_table_names()
         with engine.begin() as conn:
             conn.execute(NEW_JOB)
@@ -199,7 +199,7 @@ def test_every_table_a_page_reads_bumps_the_revision() -> None:
 
     from server.services.jobs import _ROWS
 
-    revision = importlib.import_module("server.migrations.versions.0007_list_revision")
+    revision = importlib.import_module("server.migrations.versions.0008_list_revision")
     read = {getattr(t, "original", t).name for t in find_tables(_ROWS, include_aliases=True)
             if hasattr(getattr(t, "original", t), "name")}
     assert read == {"jobs", "teachers", "datasets"}

@@ -14,8 +14,8 @@ replica, the CLI, a SQL console) changes the revision in the same transaction as
   every committed writing transaction adds at least 1 to it, and snapshots see committed
   transactions in one order, so two reads of the same sum saw the same writes.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-02
 """
 
@@ -24,8 +24,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
