@@ -330,15 +330,14 @@ _STABILITY_TEACHERS = _capacity_teachers(_STABILITY_LARGEST, STABILITY_PRUNE_RAT
                                          shipped=True)
 
 # The quick demo: the two largest shipped stability teachers (no teacher to train), a larger student
-# than the stability study's (ratio 0.6, about 16% of the largest teacher's parameters, against 1%
-# at 0.9) and a short cosine schedule at a rate suited to it. Measured on the 2-core machine of
-# docs/results.md ("The quick demo"): at ratio 0.9 no rate brings the paper's method below the
-# digits collapse threshold within a few hundred steps (84-117 after 300-400 steps), and lr 1e-2,
-# right for 4,000 steps, is too high for 250 (72-87 at ratio 0.7 against 24-33 at lr 3e-3).
+# than the stability study's (ratio 0.6: 171,634 parameters, 15% of the largest teacher's, against
+# 10,801 at 0.9) and a short cosine schedule at a rate suited to it. The calibration behind it is in
+# docs/results.md (section 4): within a few hundred steps the paper's method stays above the digits
+# collapse threshold at ratio 0.9 whatever the rate, and lr 1e-2 (right for 4,000 steps) is too high.
 QUICK_TEACHERS: tuple[TeacherPlan, ...] = _STABILITY_TEACHERS[:2]
 QUICK_STUDENT_RATIO: float = 0.6
 QUICK_OPTIONS: Mapping[str, Any] = _frozen({
-    "steps": 250,
+    "steps": 200,
     "lr": 3e-3,
     "lr_schedule": "cosine",
     "batch_size": 64,
