@@ -1,7 +1,7 @@
 """Print the pinned requirements of liftplace (core + the given extras), one per line, from pyproject.toml.
 
-The Dockerfile installs these first, in their own layer, so that changing the code does not
-reinstall torch. Every requirement must be pinned with ``==``; anything else is an error.
+deploy/lock.sh resolves these (with their dependencies, to hashes) into deploy/requirements.lock,
+which the Dockerfile installs. Every requirement must be pinned with ``==``; anything else is an error.
 
 Ray is also listed with its ``default`` extra at the same pinned version: without it,
 ``ray start --head`` runs no dashboard (the "minimal" install has no HTTP server).

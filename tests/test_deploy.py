@@ -32,6 +32,8 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 PYPROJECT = ROOT / "pyproject.toml"
 REQUIREMENTS_SCRIPT = ROOT / "deploy" / "requirements.py"
+LOCK_FILE = ROOT / "deploy" / "requirements.lock"
+LOCK_SCRIPT = ROOT / "deploy" / "lock.sh"
 
 SERVICES = ("postgres", "mlflow", "ray-head", "ray-worker", "api")
 LIFTPLACE_IMAGE_SERVICES = ("mlflow", "ray-head", "ray-worker", "api")  # built from ./Dockerfile
@@ -795,14 +797,15 @@ def test_every_base_image_is_pinned():
             f"FROM {image}: pin a tag (not latest) or a digest"
 
 
-def test_the_base_image_cuda_matches_torchs_cuda_build():
-    torch = pytest.importorskip("torch")
-    if torch.version.cuda is None:
-        pytest.skip("a CPU build of torch is installed here")
-    image = expand_args(docker_instructions("FROM")[-1].split()[0])
-    m = re.match(r"nvidia/cuda:(\d+\.\d+)\.\d+-", image)
-    assert m, f"{image}: not an nvidia/cuda base image"
-    assert m[1] == torch.version.cuda, f"base CUDA {m[1]}, torch=={torch.__version__} is built for {torch.version.cuda}"
+def test_the_image_asks_the_driver_for_the_cuda_of_the_locked_torch():
+    # No CUDA base image: torch's nvidia-* wheels carry CUDA; the NVIDIA Container Toolkit injects the driver
+    # with these capabilities and refuses a driver older than NVIDIA_REQUIRE_CUDA.
+    runtime = lock()["nvidia-cuda-runtime"][0]
+    cuda = ".".join(runtime.split(".")[:2])
+    assert docker_env().get("NVIDIA_REQUIRE_CUDA") == f"cuda>={cuda}", \
+        f"NVIDIA_REQUIRE_CUDA={docker_env().get('NVIDIA_REQUIRE_CUDA')!r}, the lock's CUDA runtime is {runtime}"
+    assert {"compute", "utility"} <= set(docker_env().get("NVIDIA_DRIVER_CAPABILITIES", "").split(","))
+    assert re.search(r"\+cu\d+|^\d", lock()["torch"][0])
 
 
 def test_the_image_runs_as_a_non_root_user():
@@ -834,7 +837,6 @@ def test_the_default_command_serves_the_api_on_all_interfaces():
 def test_the_package_is_installed_with_the_platform_extra():
     runs = [expand_args(r) for r in docker_instructions("RUN")]
     assert any(re.search(r"pip install\b[^&]*\[platform\]", r) for r in runs)
-    assert any("requirements.py" in r and "platform" in r for r in runs)
 
 
 def _pip_install_args(run: str) -> list[list[str]]:
@@ -866,13 +868,82 @@ def test_every_pip_install_is_pinned_and_agrees_with_pyproject():
             assert version == pins()[_norm(name)], f"Dockerfile {name}=={version}, pyproject {pins()[_norm(name)]}"
 
 
-def test_the_python_version_satisfies_requires_python():
+def base_python() -> str:
+    """The Python patch release of the base image (``FROM python:X.Y.Z-...``)."""
+    (image,) = [expand_args(a.split()[0]) for a in docker_instructions("FROM")]
+    m = re.fullmatch(r"python:(\d+\.\d+\.\d+)-slim-[a-z]+", image)
+    assert m, f"FROM {image}: expected the official python:X.Y.Z-slim-<debian> image (Python pinned to the patch)"
+    return m[1]
+
+
+def test_the_python_version_is_pinned_to_the_patch_and_satisfies_requires_python():
     from packaging.specifiers import SpecifierSet
 
-    python = docker_args().get("PYTHON", "")
-    m = re.fullmatch(r"python(\d+\.\d+)", python)
-    assert m, f"ARG PYTHON={python!r}"
-    assert f"{m[1]}.0" in SpecifierSet(pyproject()["project"]["requires-python"])
+    assert base_python() in SpecifierSet(pyproject()["project"]["requires-python"])
+
+
+@cache
+def lock_text() -> str:
+    return LOCK_FILE.read_text()
+
+
+@cache
+def lock() -> dict[str, tuple[str, list[str]]]:
+    """Normalised name -> (version, sha256 hashes) of deploy/requirements.lock (pip's hash-checking format)."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    entries = re.split(r"\n(?=\S)", "\n".join(line for line in lock_text().splitlines()
+                                             if line.strip() and not line.lstrip().startswith("#")))
+    for entry in entries:
+        words = entry.replace("\\\n", " ").split()
+        m = re.fullmatch(r"([A-Za-z0-9._-]+)==([^\s;]+)", words[0])
+        assert m, f"deploy/requirements.lock: {words[0]!r} is not pinned with =="
+        assert all(w.startswith("--hash=sha256:") for w in words[1:]), f"{words[0]}: {words[1:]}"
+        hashes = [w.removeprefix("--hash=sha256:") for w in words[1:]]
+        assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), f"{words[0]}: no sha256 hash"
+        assert _norm(m[1]) not in out, f"{m[1]} twice in the lock"
+        out[_norm(m[1])] = (m[2], hashes)
+    return out
+
+
+def test_the_lock_has_a_hash_for_every_package_and_every_pin_of_pyproject():
+    locked = lock()
+    assert len(locked) > 100, "the lock holds the whole dependency tree, not only the direct pins"
+    project = pyproject()["project"]
+    for req in project["dependencies"] + project["optional-dependencies"]["platform"]:
+        name, version = re.match(r"^\s*([A-Za-z0-9._-]+)(?:\[[^\]]*\])?\s*==\s*([^\s;,]+)", req).groups()
+        assert _norm(name) in locked, f"deploy/requirements.lock lacks {name} (pyproject: {req}); run deploy/lock.sh"
+        assert locked[_norm(name)][0] == version, \
+            f"{name}: {locked[_norm(name)][0]} in the lock, {version} in pyproject; run deploy/lock.sh"
+    for tool in re.search(r'^BUILD_TOOLS="([^"]*)"', LOCK_SCRIPT.read_text(), re.M)[1].split():
+        name, version = tool.split("==")
+        assert locked.get(_norm(name), ("",))[0] == version, f"the build tool {tool} is not in the lock"
+    # ray[default]'s own requirements (the dashboard's HTTP server)
+    assert {"aiohttp", "aiohttp-cors", "prometheus-client"} <= set(locked)
+
+
+def test_the_lock_was_made_by_the_script_for_the_images_python():
+    script = LOCK_SCRIPT.read_text()
+    uv = re.search(r"^UV_VERSION=(\S+)$", script, re.M)[1]
+    header = lock_text().split("\n\n", 1)[0]
+    assert "deploy/lock.sh" in header and f"uv {uv}" in header and f"Python {base_python()}," in header, \
+        f"deploy/requirements.lock was not made by deploy/lock.sh for Python {base_python()}: run the script"
+    assert "--generate-hashes" in script and "--python-version" in script
+    # the script reads the Python from the Dockerfile itself: one place to change it
+    sed = re.search(r"sed -n '(s/[^']*)'", script)[1]
+    pattern = sed.split("/")[1].replace("\\(", "(").replace("\\)", ")")
+    froms = [line for line in DOCKERFILE.read_text().splitlines() if re.match(pattern, line)]
+    assert len(froms) == 1 and base_python() in froms[0]
+
+
+def test_the_dockerfile_installs_the_lock_with_hashes_and_nothing_else():
+    copies = {src: dest for args in docker_instructions("COPY") for src, dest in [args.split()[-2:]]}
+    assert "deploy/requirements.lock" in copies, "the Dockerfile does not copy deploy/requirements.lock"
+    installs = [args for run in (expand_args(r) for r in docker_instructions("RUN")) for args in _pip_install_args(run)]
+    locked = [a for a in installs if "-r" in a and a[a.index("-r") + 1] == copies["deploy/requirements.lock"]]
+    assert locked and {"--require-hashes", "--no-deps"} <= set(locked[0]), installs
+    for args in installs:
+        if args is not locked[0]:
+            assert "--no-deps" in args, f"pip install {shlex.join(args)} may fetch packages outside the lock"
 
 
 def test_the_requirements_script_lists_the_pyproject_pins():
