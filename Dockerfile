@@ -43,12 +43,13 @@ RUN pip install --no-build-isolation --no-deps "/tmp/liftplace-src[platform]" \
  && rm -rf /tmp/liftplace-src \
  && liftplace serve --help > /dev/null
 
-# A non-root user owns the data dir (job outputs, caches) and the MLflow artifact store; a named volume
-# mounted there starts with this ownership. Teachers, datasets and weights are mounted read-only.
+# A non-root user owns the data dir (job outputs, caches), the MLflow artifact store and MLflow's user
+# store (basic auth); a named volume mounted there starts with this ownership. Teachers, datasets and
+# weights are mounted read-only.
 RUN groupadd --gid ${GID} liftplace \
  && useradd --uid ${UID} --gid ${GID} --create-home --shell /bin/bash liftplace \
- && mkdir -p /data /mlartifacts /teachers /datasets /weights \
- && chown liftplace:liftplace /data /mlartifacts
+ && mkdir -p /data /mlartifacts /mlflow-auth /teachers /datasets /weights \
+ && chown liftplace:liftplace /data /mlartifacts /mlflow-auth
 USER liftplace
 WORKDIR /home/liftplace
 
@@ -58,8 +59,9 @@ ENV LIFTPLACE_DATA_DIR=/data \
     LIFTPLACE_CACHE_DIR=/data/cache
 
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/api/status' % os.environ.get('LIFTPLACE_PORT', '8000'), timeout=5)"]
+# Readiness (503 when the database, the dispatcher or Ray is broken); /api/status answers while the process lives.
+HEALTHCHECK --interval=30s --timeout=25s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/api/ready' % os.environ.get('LIFTPLACE_PORT', '8000'), timeout=20)"]
 
 # The API on all interfaces of the container (port LIFTPLACE_PORT, default 8000). It has no
 # authentication of its own: publish it on a trusted network or behind a proxy (docs/deploy.md).
