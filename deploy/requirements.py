@@ -1,10 +1,11 @@
 """Print the pinned requirements of liftplace (core + the given extras), one per line, from pyproject.toml.
 
-The Dockerfile installs these first, in their own layer, so that changing the code does not
-reinstall torch. Every requirement must be pinned with ``==``; anything else is an error.
+deploy/lock.sh resolves these (with their dependencies, to hashes) into deploy/requirements.lock,
+which the Dockerfile installs. Every requirement must be pinned with ``==``; anything else is an error.
 
-Ray is also listed with its ``default`` extra at the same pinned version: without it,
-``ray start --head`` runs no dashboard (the "minimal" install has no HTTP server).
+Two packages are also listed with an extra the image needs, at the same pinned version: Ray with
+``default`` (without it, ``ray start --head`` runs no dashboard: the "minimal" install has no HTTP
+server), MLflow with ``auth`` (Flask-WTF: the basic-auth app of the compose file's MLflow server).
 
 Usage: python deploy/requirements.py [pyproject.toml] [extra ...]   (default extra: platform)
 """
@@ -17,7 +18,7 @@ import tomllib
 from pathlib import Path
 
 PIN = re.compile(r"^(?P<name>[A-Za-z0-9._-]+)(?P<extras>\[[^\]]*\])?==(?P<version>[^\s;,]+)$")
-RAY_EXTRA = "default"
+IMAGE_EXTRAS = {"ray": "default", "mlflow": "auth"}  # distribution -> the extra the image adds
 
 
 def pinned_requirements(pyproject: Path, extras: list[str]) -> list[str]:
@@ -34,8 +35,9 @@ def pinned_requirements(pyproject: Path, extras: list[str]) -> list[str]:
     for r in list(out):
         m = PIN.match(r)
         assert m is not None
-        if m["name"].lower() == "ray" and RAY_EXTRA not in (m["extras"] or ""):
-            out.append(f"ray[{RAY_EXTRA}]=={m['version']}")
+        extra = IMAGE_EXTRAS.get(m["name"].lower())
+        if extra is not None and extra not in (m["extras"] or ""):
+            out.append(f"{m['name']}[{extra}]=={m['version']}")
     return out
 
 

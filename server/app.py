@@ -18,13 +18,14 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 
 from server import auth, errors
-from server.api import artifacts, datasets, jobs, studies, teachers
+from server.api import artifacts, datasets, jobs, ready, studies, teachers
 from server.db import make_engine, make_sessionmaker, run_migrations
 from server.dispatcher import Dispatcher
 from server.executors import Executor, RayExecutor
 from server.middleware import BodySizeLimit
 from server.page_cache import PageCache
 from server.services.datasets import ensure_embedded_datasets
+from server.services.readiness import Readiness
 from server.settings import Settings
 from server.tracking import Tracking
 
@@ -81,7 +82,8 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
     app.state.dispatcher = dispatcher
     app.state.tracking = tracking or None
     app.state.page_cache = PageCache()  # pages of jobs by database revision (server.page_cache)
-    for module in (jobs, studies, teachers, datasets, artifacts):
+    app.state.readiness = Readiness(settings, engine, dispatcher, executor)
+    for module in (jobs, studies, teachers, datasets, artifacts, ready):
         app.include_router(module.router)
     app.include_router(auth.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -134,6 +134,7 @@ class Dispatcher:
         self.instance_id = f"{socket.gethostname()[:32]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.executor_description: str | None = None
         self.error: str | None = None  # the last error of a round, for /api/status
+        self.last_round_at: float | None = None  # time.monotonic() when the thread last ended a round (ready check)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -153,6 +154,7 @@ class Dispatcher:
         if self.running:
             return
         self._stop.clear()
+        self.last_round_at = time.monotonic()  # the first round is measured from the start
         self._thread = threading.Thread(target=self._loop, name="liftplace-dispatcher", daemon=True)
         self._thread.start()
 
@@ -166,6 +168,11 @@ class Dispatcher:
     def wake(self) -> None:
         """Run the next round now (a job was submitted or cancelled)."""
         self._wake.set()
+
+    @property
+    def started(self) -> bool:
+        """Whether the executor is started (and jobs left by an earlier server recovered)."""
+        return self._started
 
     def start_executor(self) -> None:
         """Start the executor and recover jobs an earlier server left running (idempotent)."""
@@ -195,6 +202,7 @@ class Dispatcher:
                 self.error = f"{type(exc).__name__}: {exc}"
                 if not self._started:
                     self._stop.wait(START_RETRY_S)
+            self.last_round_at = time.monotonic()
             self._wake.wait(self.settings.poll_interval)
             self._wake.clear()
 

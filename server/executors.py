@@ -71,6 +71,13 @@ class Executor(Protocol):
         """Ask a job to stop; it ends as "cancelled" (in `finished()`)."""
         ...
 
+    def health(self) -> dict[str, Any]:
+        """What the readiness check reports about the backend; raises (with the reason) when it is broken.
+
+        Called from a request thread, not the dispatcher's; a call may block (it is bounded by the caller).
+        """
+        ...
+
     def release(self, job_id: int) -> None:
         """Forget a finished job's progress, logs and cancel flag."""
         ...
@@ -244,6 +251,11 @@ class ThreadExecutor:
         if future is not None:
             future.cancel()  # succeeds only while it waits for a thread
 
+    def health(self) -> dict[str, Any]:
+        if self._pool is None:
+            raise RuntimeError("the in-process executor is not started")
+        return {"threads": self.max_workers, "active": len(self.active())}
+
     def release(self, job_id: int) -> None:
         self.store.clear(job_id)
 
@@ -283,16 +295,44 @@ class RayExecutor:
         self._cancel_at: dict[int, float] = {}  # job_id -> when a cancel was asked for
         self._killed: set[int] = set()
         self._owns_ray = False
+        self.versions: Any = None  # worker.cluster.NodeVersionCheck, once started
 
     def start(self) -> str:
         import ray
 
+        from worker.cluster import NodeVersionCheck
         from worker.ray_tasks import get_progress_store, init_ray
 
         self._owns_ray = not ray.is_initialized()  # a Ray started before us (a notebook, a test) is left running
         description = init_ray(self.address, num_cpus=self.num_cpus, num_gpus=self.num_gpus)
         self._store = get_progress_store()
+        self.versions = NodeVersionCheck()
+        if self.address:  # a cluster: every node's Ray and Python against ours, mismatches logged by node
+            self.versions.refresh()
         return description
+
+    def health(self) -> dict[str, Any]:
+        """The cluster as the GCS sees it now (a round trip), and every alive node's versions against ours.
+
+        Raises when Ray is not connected or the GCS does not answer. Nodes are probed once each (cached by id).
+        """
+        import ray
+
+        from worker.cluster import describe
+
+        if self.versions is None or not ray.is_initialized():
+            raise RuntimeError("not connected to Ray" + (f" (RAY_ADDRESS={self.address})" if self.address else ""))
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        self.versions.refresh(nodes)
+        gpus = sum(float(n.get("Resources", {}).get("GPU", 0.0)) for n in nodes)
+        ours = self.versions.ours
+
+        def detailed(found: list[Any]) -> list[dict[str, Any]]:
+            return [{**n.as_dict(), "detail": describe(n, ours)} for n in found]
+
+        return {"nodes": len(nodes), "gpus": gpus, "ray_version": ours[0], "python_version": ours[1],
+                "version_mismatches": detailed(self.versions.mismatches()),
+                "versions_unknown": detailed(self.versions.unverified())}
 
     def shutdown(self) -> None:
         from worker.ray_tasks import shutdown_ray

@@ -23,6 +23,9 @@ MAX_ATTEMPTS: int = 3
 DEFAULT_PORT: int = 8000
 MAX_BODY_BYTES: int = 1024 * 1024  # a study request is a few hundred bytes; 1 MiB is generous
 IDEMPOTENCY_HOURS: float = 24.0  # how long a retried POST with the same Idempotency-Key is recognised
+# A round makes bounded calls (Ray answers within 60 s each, MLflow retries for 30 s): five minutes
+# without one ending means the dispatcher thread is stuck.
+DISPATCHER_STALL_S: float = 300.0
 
 
 def _env(name: str) -> AliasChoices:
@@ -62,6 +65,8 @@ class Settings(BaseSettings):
     cancel_grace: float = Field(default=30.0, ge=0, description="seconds a running job gets to stop by itself "
                                 "after a cancel before Ray kills it")
     dispatch: bool = Field(default=True, description="run the dispatcher thread with the app")
+    dispatcher_stall_s: float = Field(default=DISPATCHER_STALL_S, gt=0, description="seconds without an ended "
+                                      "dispatcher round after which GET /api/ready reports it stuck (503)")
     migrate: bool = Field(default=True, description="apply Alembic migrations at start-up")
     api_token: SecretStr | None = Field(default=None, description="the token every write (and, with auth_reads, "
                                         "every read) must present, as 'Authorization: Bearer <token>' or the login "

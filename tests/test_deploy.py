@@ -27,11 +27,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+WORKER_COMPOSE_FILE = ROOT / "docker-compose.worker.yml"  # a GPU host that joins the head's cluster
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 PYPROJECT = ROOT / "pyproject.toml"
 REQUIREMENTS_SCRIPT = ROOT / "deploy" / "requirements.py"
+LOCK_FILE = ROOT / "deploy" / "requirements.lock"
+LOCK_SCRIPT = ROOT / "deploy" / "lock.sh"
 
 SERVICES = ("postgres", "mlflow", "ray-head", "ray-worker", "api")
 LIFTPLACE_IMAGE_SERVICES = ("mlflow", "ray-head", "ray-worker", "api")  # built from ./Dockerfile
@@ -41,6 +44,11 @@ THIRD_PARTY_ENV = {
     "RAY_AUTH_MODE": "ray",
     "RAY_AUTH_TOKEN": "ray",
     "MLFLOW_SERVER_ALLOWED_HOSTS": "mlflow",
+    "MLFLOW_AUTH_CONFIG_PATH": "mlflow",
+    "MLFLOW_AUTH_ADMIN_PASSWORD": "mlflow",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": "mlflow",
+    "MLFLOW_TRACKING_USERNAME": "mlflow",
+    "MLFLOW_TRACKING_PASSWORD": "mlflow",
     "POSTGRES_USER": "postgres",
     "POSTGRES_PASSWORD": "postgres",
     "POSTGRES_DB": "postgres",
@@ -54,12 +62,12 @@ PAPER_METHODS = {"outkd", "outkd+featkd", "lift+place+featkd"}
 
 
 @cache
-def compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE_FILE.read_text())
+def compose(file: Path = COMPOSE_FILE) -> dict[str, Any]:
+    return yaml.safe_load(file.read_text())
 
 
-def service(name: str) -> dict[str, Any]:
-    return compose()["services"][name]
+def service(name: str, file: Path = COMPOSE_FILE) -> dict[str, Any]:
+    return compose(file)["services"][name]
 
 
 _INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}")
@@ -79,13 +87,14 @@ def interpolate(text: str) -> str:
     return _INTERPOLATION.sub(sub, text.replace("$$", "\0")).replace("\0", "$")
 
 
-def compose_variables() -> set[str]:
-    """Names interpolated in docker-compose.yml (``${NAME...}``), read by docker compose."""
-    return {m["name"] for m in _INTERPOLATION.finditer(COMPOSE_FILE.read_text().replace("$$", ""))}
+def compose_variables(file: Path | None = None) -> set[str]:
+    """Names interpolated in the compose files (``${NAME...}``), read by docker compose."""
+    files = (COMPOSE_FILE, WORKER_COMPOSE_FILE) if file is None else (file,)
+    return {m["name"] for f in files for m in _INTERPOLATION.finditer(f.read_text().replace("$$", ""))}
 
 
-def env(name: str) -> dict[str, str]:
-    raw = service(name).get("environment") or {}
+def env(name: str, file: Path = COMPOSE_FILE) -> dict[str, str]:
+    raw = service(name, file).get("environment") or {}
     if isinstance(raw, list):
         raw = dict(item.split("=", 1) if "=" in item else (item, "") for item in raw)
     return {k: interpolate(str(v)) for k, v in raw.items()}
@@ -104,10 +113,10 @@ def ports(name: str) -> list[tuple[str | None, int]]:
     return out
 
 
-def volumes(name: str) -> list[tuple[str, str, bool]]:
+def volumes(name: str, file: Path = COMPOSE_FILE) -> list[tuple[str, str, bool]]:
     """(source, target, read_only) of a service's mounts."""
     out = []
-    for v in service(name).get("volumes") or []:
+    for v in service(name, file).get("volumes") or []:
         if isinstance(v, dict):
             out.append((str(v.get("source", "")), v["target"], bool(v.get("read_only", False))))
             continue
@@ -143,8 +152,8 @@ def command_steps(cmd: Any) -> list[list[str]]:
     return [words]
 
 
-def healthcheck_steps(name: str) -> list[list[str]]:
-    test = service(name)["healthcheck"]["test"]
+def healthcheck_steps(name: str, file: Path = COMPOSE_FILE) -> list[list[str]]:
+    test = service(name, file)["healthcheck"]["test"]
     if isinstance(test, str):
         return _split_shell(interpolate(test))
     kind, *rest = test
@@ -154,8 +163,8 @@ def healthcheck_steps(name: str) -> list[list[str]]:
     return [[interpolate(str(w)) for w in rest]]
 
 
-def steps_of(name: str, executable: str) -> list[list[str]]:
-    return [s for s in command_steps(service(name).get("command") or []) if s[0] == executable]
+def steps_of(name: str, executable: str, file: Path = COMPOSE_FILE) -> list[list[str]]:
+    return [s for s in command_steps(service(name, file).get("command") or []) if s[0] == executable]
 
 
 @cache
@@ -493,40 +502,127 @@ def test_the_api_port_is_the_port_it_serves_on():
     assert ns.command == "serve"
     port = ns.port or int(env("api").get("LIFTPLACE_PORT", DEFAULT_PORT))
     host = ns.host or env("api").get("LIFTPLACE_HOST", "127.0.0.1")
-    assert host == "0.0.0.0", "the API must listen on all of the container's interfaces to be reachable"
-    assert {target for _, target in ports("api")} == {port}
-    assert any(f"127.0.0.1:{port}/api/status" in " ".join(s) for s in healthcheck_steps("api"))
+    # on the host network: it listens on PUBLISH_ADDR itself, by default this host only
+    assert service("api")["network_mode"] == "host" and not service("api").get("ports")
+    assert host == "127.0.0.1", "the API has no authentication by default: this host only unless PUBLISH_ADDR says"
+    assert any(f"{host}:{port}/api/ready" in " ".join(s) for s in healthcheck_steps("api"))
     assert docker_instructions("EXPOSE") == [str(port)]
 
 
-def test_mlflow_port_and_uris_agree():
+NODE_IP = "<NODE_IP>"  # the required ${NODE_IP:?...}: this host's address on the cluster network
+
+
+def test_mlflow_is_published_on_the_cluster_network_only_behind_basic_auth():
     (step,) = steps_of("mlflow", "mlflow")
     params = parse_mlflow(step[1:])
     port = params["port"]
+    assert params["app_name"] == "basic-auth", "MLflow is published for the workers: only with its basic-auth app"
     assert params["host"] == "0.0.0.0"
-    assert {target for _, target in ports("mlflow")} == {port}
+    (published,) = [interpolate(str(p)) for p in service("mlflow")["ports"]]
+    assert published == f"{NODE_IP}:{port}:{port}", "MLflow is published on NODE_IP, where the workers reach it"
     assert any(f"127.0.0.1:{port}/health" in " ".join(s) for s in healthcheck_steps("mlflow"))
-    assert env("api")["MLFLOW_TRACKING_URI"] == f"http://mlflow:{port}"
-    (published, _), = ports("mlflow")
+    # the API hands its tracking URI to every job: an address every GPU host reaches
+    assert env("api")["MLFLOW_TRACKING_URI"] == f"http://{NODE_IP}:{port}"
     ui = env("api")["MLFLOW_UI_URL"]
-    assert ui.rstrip("/").endswith(f":{published}"), f"MLFLOW_UI_URL {ui} is not where MLflow is published"
+    assert ui.rstrip("/").endswith(f":{port}"), f"MLFLOW_UI_URL {ui} is not where MLflow is published"
     allowed = env("mlflow")["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
-    assert f"mlflow:{port}" in allowed, "MLflow refuses the Host header mlflow:PORT the API and workers send"
+    assert f"{NODE_IP}:{port}" in allowed, "MLflow refuses the Host header NODE_IP:PORT the API and workers send"
+    assert {"localhost:*", "127.0.0.1:*"} <= set(allowed), "a browser through a tunnel sends localhost:PORT"
+
+
+def test_mlflow_basic_auth_is_configured_and_the_clients_log_in():
+    import configparser
+
+    mlflow = env("mlflow")
+    assert mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"] == "<MLFLOW_PASSWORD>"
+    assert mlflow["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "<MLFLOW_SECRET_KEY>"
+    source, target, read_only = mount_of("mlflow", mlflow["MLFLOW_AUTH_CONFIG_PATH"])
+    assert read_only and (ROOT / source).is_file()
+    ini = configparser.ConfigParser()
+    ini.read(ROOT / source)
+    auth = ini["mlflow"]
+    assert not auth.get("admin_password"), "no password in the repository: it comes from MLFLOW_PASSWORD"
+    assert auth["default_permission"] in {"READ", "NO_PERMISSIONS"}
+    m = re.fullmatch(r"sqlite:///(/.+)/[^/]+\.db", auth["database_uri"])
+    assert m, f"basic_auth.ini: the user store {auth['database_uri']} is not a SQLite file at an absolute path"
+    store, _, store_ro = mount_of("mlflow", m[1])
+    (step,) = steps_of("mlflow", "mlflow")
+    artifacts = parse_mlflow(step[1:])["artifacts_destination"]
+    assert store in compose()["volumes"] and not store_ro and store != mount_of("mlflow", artifacts)[0], \
+        "the user store needs a volume of its own (clients can read whatever lies under the artifact store)"
+    assert m[1] in re.search(r"mkdir -p ([^&]*)", " ".join(docker_instructions("RUN")))[1], \
+        f"the image does not create {m[1]} for the non-root user"
+    for name, file in (("api", COMPOSE_FILE), ("ray-worker", COMPOSE_FILE), ("ray-worker", WORKER_COMPOSE_FILE)):
+        e = env(name, file)
+        assert e.get("MLFLOW_TRACKING_USERNAME") == auth["admin_username"], f"{file.name} {name}: MLflow user"
+        assert e.get("MLFLOW_TRACKING_PASSWORD") == "<MLFLOW_PASSWORD>", f"{file.name} {name}: MLflow password"
+
+
+# The services of the compose files that are Ray nodes, and the file each is in.
+RAY_NODES = (("ray-head", COMPOSE_FILE), ("api", COMPOSE_FILE), ("ray-worker", COMPOSE_FILE),
+             ("ray-worker", WORKER_COMPOSE_FILE))
+PORT_FLAGS = ("port", "node_manager_port", "object_manager_port", "runtime_env_agent_port",
+              "dashboard_agent_grpc_port", "dashboard_agent_listen_port", "metrics_export_port",
+              "ray_client_server_port", "dashboard_port")
+
+
+def ray_start(name: str, file: Path = COMPOSE_FILE) -> dict[str, Any]:
+    (start,) = steps_of(name, "ray", file)
+    return parse_ray(start[1:])
+
+
+def ray_ports(name: str, file: Path = COMPOSE_FILE) -> set[int]:
+    """Every TCP port a Ray node of the compose files listens on (its worker port range included)."""
+    p = ray_start(name, file)
+    out = {int(p[f]) for f in PORT_FLAGS if p.get(f) is not None and (f not in ("port", "ray_client_server_port",
+                                                                                "dashboard_port") or p["head"])}
+    return out | set(range(int(p["min_worker_port"]), int(p["max_worker_port"]) + 1))
 
 
 def test_ray_addresses_agree():
-    (head,) = steps_of("ray-head", "ray")
-    params = parse_ray(head[1:])
+    params = ray_start("ray-head")
     assert params["head"] and params["block"]
-    address = f"ray-head:{params['port']}"
+    assert params["port"] != 6379, "6379 is Redis's port: on the host network a Redis there would clash"
+    address = f"{NODE_IP}:{params['port']}"
     assert env("api")["RAY_ADDRESS"] == address
     for name in ("ray-worker", "api"):
-        (start,) = steps_of(name, "ray")
-        assert parse_ray(start[1:])["address"] == address, f"{name} joins another address"
-    (worker,) = steps_of("ray-worker", "ray")
-    assert parse_ray(worker[1:])["block"], "the worker's ray start must block (the container's main process)"
-    assert params["dashboard_host"] == "0.0.0.0"
-    assert {target for _, target in ports("ray-head")} == {params["dashboard_port"]}
+        assert ray_start(name)["address"] == address, f"{name} joins another address"
+    assert ray_start("ray-worker", WORKER_COMPOSE_FILE)["address"] == "<RAY_HEAD_ADDRESS>"
+    for name, file in RAY_NODES:
+        assert ray_start(name, file)["node_ip_address"] == NODE_IP, f"{file.name} {name}: --node-ip-address"
+    assert ray_start("ray-worker")["block"] and ray_start("ray-worker", WORKER_COMPOSE_FILE)["block"], \
+        "the worker's ray start must block (the container's main process)"
+    assert params["dashboard_host"] == "127.0.0.1", "the dashboard listens on PUBLISH_ADDR, by default this host only"
+
+
+def test_ray_nodes_are_on_the_host_network_with_fixed_ports_that_do_not_clash():
+    for name, file in RAY_NODES:
+        s = service(name, file)
+        assert s.get("network_mode") == "host", f"{file.name} {name}: Ray needs the host network across hosts"
+        assert not s.get("ports"), f"{file.name} {name}: no port mapping on the host network"
+        p = ray_start(name, file)
+        for flag in PORT_FLAGS[1:7] + ("min_worker_port", "max_worker_port"):
+            assert p.get(flag), f"{file.name} {name}: --{flag.replace('_', '-')} not fixed (a firewall needs it)"
+    head_host = [ray_ports(name) for name, file in RAY_NODES if file == COMPOSE_FILE]
+    for i, a in enumerate(head_host):
+        for b in head_host[i + 1:]:
+            assert not a & b, f"two Ray nodes on the head host share ports {sorted(a & b)[:5]}"
+    assert ray_ports("ray-worker") == ray_ports("ray-worker", WORKER_COMPOSE_FILE), \
+        "a GPU worker listens on the same ports on every host (one firewall rule)"
+    for name, file in RAY_NODES:
+        assert not ray_ports(name, file) & {5000, 5432, 8000}, f"{name}: a Ray port clashes with MLflow/Postgres/API"
+
+
+def test_the_docs_list_every_ray_port():
+    ports_doc = "\n".join(" | ".join(row) for row in doc_tables().get("Ports", []))
+    assert ports_doc, "docs/deploy.md has no 'Ports' table"
+    for name, file in RAY_NODES:
+        p = ray_start(name, file)
+        for flag in PORT_FLAGS:
+            if p.get(flag) is not None and (p["head"] or flag not in ("port", "ray_client_server_port",
+                                                                     "dashboard_port")):
+                assert str(p[flag]) in ports_doc, f"docs/deploy.md 'Ports' lacks {name}'s {flag}={p[flag]}"
+        assert f"{p['min_worker_port']}-{p['max_worker_port']}" in ports_doc, f"{name}'s worker ports"
 
 
 def test_the_api_container_is_a_ray_node_without_resources():
@@ -559,12 +655,15 @@ def test_third_party_env_vars_are_the_tools_own():
     assert "`RAY_AUTH_TOKEN` environment variable" in (Path(ray.__file__).parent / "exceptions.py").read_text()
     assert mlflow_env.MLFLOW_SERVER_ALLOWED_HOSTS.name == "MLFLOW_SERVER_ALLOWED_HOSTS"
     used = {var for name in SERVICES for var in env(name)}
+    for var, tool in THIRD_PARTY_ENV.items():
+        if tool == "mlflow" and var != "MLFLOW_SERVER_ALLOWED_HOSTS":
+            assert getattr(mlflow_env, var).name == var, f"{var} is not one of MLflow's variables"
     assert {v for v, tool in THIRD_PARTY_ENV.items() if tool != "postgres"} <= used
 
 
 def test_ray_token_authentication_on_every_ray_process():
-    for name in ("ray-head", "ray-worker", "api"):
-        e = env(name)
+    for name, file in RAY_NODES:
+        e = env(name, file)
         assert e.get("RAY_AUTH_MODE") == "token", f"{name}: Ray without token authentication"
         assert e.get("RAY_AUTH_TOKEN") == "<RAY_AUTH_TOKEN>", f"{name}: the token must come from RAY_AUTH_TOKEN"
 
@@ -606,10 +705,14 @@ def test_the_databases_agree():
     app = make_url(env("api")["DATABASE_URL"])
     (step,) = steps_of("mlflow", "mlflow")
     tracking = make_url(parse_mlflow(step[1:])["backend_store_uri"])
-    for url in (app, tracking):
+    # the API is on the host network: PostgreSQL's port published on this host's loopback only
+    (published,) = [interpolate(str(p)) for p in service("postgres")["ports"]]
+    assert published == f"127.0.0.1:{app.port}:5432", "PostgreSQL is published for the API, on 127.0.0.1 only"
+    for url, host in ((app, "127.0.0.1"), (tracking, "postgres")):
         assert url.drivername == "postgresql+psycopg" and "psycopg" in platform_pins()
-        assert (url.username, url.password, url.host) == (pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"], "postgres")
+        assert (url.username, url.password, url.host) == (pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"], host)
         url.get_dialect()  # the driver is installed
+    assert pg["POSTGRES_PASSWORD"] == "<POSTGRES_PASSWORD>", "the database password is required, never defaulted"
     assert app.database == pg["POSTGRES_DB"]
     assert tracking.database != app.database, "MLflow's tables go into a database of their own"
     source, target, read_only = mount_of("postgres", "/docker-entrypoint-initdb.d")
@@ -621,15 +724,52 @@ def test_the_databases_agree():
 # --- compose: GPUs, scaling, mounts ---------------------------------------------------------------
 
 
-def test_the_ray_worker_reserves_nvidia_gpus_and_can_be_scaled():
-    w = service("ray-worker")
-    assert "container_name" not in w, "a fixed container name prevents --scale ray-worker=N"
-    assert all(host is None for host, _ in ports("ray-worker")), "a fixed host port prevents --scale"
-    devices = w["deploy"]["resources"]["reservations"]["devices"]
-    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])
-               and (d.get("count") == "all" or isinstance(d.get("count"), int)) for d in devices), devices
+def test_the_ray_workers_reserve_the_hosts_nvidia_gpus():
+    for file in (COMPOSE_FILE, WORKER_COMPOSE_FILE):
+        w = service("ray-worker", file)
+        devices = w["deploy"]["resources"]["reservations"]["devices"]
+        assert any(d.get("driver") == "nvidia" and {"gpu", "compute", "utility"} <= set(d.get("capabilities", []))
+                   and d.get("count") == "all" for d in devices), devices
     for name in ("api", "ray-head", "mlflow"):
         assert "deploy" not in service(name), f"{name} reserves devices: only ray-worker runs jobs"
+
+
+# Variables that hold secrets; each is required (${NAME:?...}) wherever a compose file uses it.
+SECRETS = {"RAY_AUTH_TOKEN", "POSTGRES_PASSWORD", "MLFLOW_PASSWORD", "MLFLOW_SECRET_KEY"}
+
+
+def test_secrets_are_required_never_defaulted():
+    for file in (COMPOSE_FILE, WORKER_COMPOSE_FILE):
+        for m in _INTERPOLATION.finditer(file.read_text()):
+            name, op = m["name"], m["op"] or ""
+            if re.search(r"PASSWORD|TOKEN|SECRET", name) and name != "LIFTPLACE_API_TOKEN":
+                assert name in SECRETS and op == ":?", f"{file.name}: ${{{name}{op}...}}: a secret must be required"
+            if name in ("NODE_IP", "RAY_HEAD_ADDRESS"):
+                assert op == ":?", f"{file.name}: {name} has no sensible default: required"
+    # the one optional secret: no API token means no authentication, and the API stays on 127.0.0.1
+    assert env("api")["LIFTPLACE_API_TOKEN"] == "" and serve_args().host == "127.0.0.1"
+    assert SECRETS <= compose_variables()
+
+
+def test_the_worker_file_starts_one_gpu_worker_like_the_heads():
+    (name,) = compose(WORKER_COMPOSE_FILE)["services"]
+    assert name == "ray-worker"
+    head, other = service("ray-worker"), service("ray-worker", WORKER_COMPOSE_FILE)
+    assert (other["image"], other["build"]) == (head["image"], head["build"]), "the same image, built alike"
+    assert set(env("ray-worker", WORKER_COMPOSE_FILE)) == set(env("ray-worker"))
+    assert {v: e for v, e in env("ray-worker", WORKER_COMPOSE_FILE).items() if not v.startswith("RAY_")} == \
+        {v: e for v, e in env("ray-worker").items() if not v.startswith("RAY_")}
+    assert [(t, ro) for _, t, ro in volumes("ray-worker", WORKER_COMPOSE_FILE)] == \
+        [(t, ro) for _, t, ro in volumes("ray-worker")]
+    data = env("api")["LIFTPLACE_DATA_DIR"]
+    assert mount_of("ray-worker", data)[0] == "liftplace-data" and \
+        volumes("ray-worker", WORKER_COMPOSE_FILE)[0][:2] == ("<HOST_DATA_DIR>", data), \
+        "another host's worker mounts the shared data folder (HOST_DATA_DIR, required) where the API's is"
+    assert not other.get("depends_on") and "DATABASE_URL" not in env("ray-worker", WORKER_COMPOSE_FILE), \
+        "a worker never uses the database"
+    assert healthcheck_steps("ray-worker", WORKER_COMPOSE_FILE)[0][:2] == ["ray", "status"]
+    for step in command_steps(other["command"]) + healthcheck_steps("ray-worker", WORKER_COMPOSE_FILE):
+        check_step(step)
 
 
 def test_the_ray_head_runs_no_jobs():
@@ -729,9 +869,10 @@ def test_every_compose_variable_and_environment_entry_is_documented():
         assert not missing, f"{name} sets undocumented variables {missing}"
 
 
-def test_the_docs_explain_up_and_scaling():
+def test_the_docs_explain_up_and_joining_gpu_hosts():
     text = deploy_doc()
-    assert "docker compose up" in text and "--scale ray-worker=" in text
+    assert "docker compose up" in text and "docker compose -f docker-compose.worker.yml up" in text
+    assert "--scale ray-worker" not in text, "on the host network two workers on one host would clash"
 
 
 # --- docs/deploy.md: the API requests -------------------------------------------------------------
@@ -795,14 +936,15 @@ def test_every_base_image_is_pinned():
             f"FROM {image}: pin a tag (not latest) or a digest"
 
 
-def test_the_base_image_cuda_matches_torchs_cuda_build():
-    torch = pytest.importorskip("torch")
-    if torch.version.cuda is None:
-        pytest.skip("a CPU build of torch is installed here")
-    image = expand_args(docker_instructions("FROM")[-1].split()[0])
-    m = re.match(r"nvidia/cuda:(\d+\.\d+)\.\d+-", image)
-    assert m, f"{image}: not an nvidia/cuda base image"
-    assert m[1] == torch.version.cuda, f"base CUDA {m[1]}, torch=={torch.__version__} is built for {torch.version.cuda}"
+def test_the_image_asks_the_driver_for_the_cuda_of_the_locked_torch():
+    # No CUDA base image: torch's nvidia-* wheels carry CUDA; the NVIDIA Container Toolkit injects the driver
+    # with these capabilities and refuses a driver older than NVIDIA_REQUIRE_CUDA.
+    runtime = lock()["nvidia-cuda-runtime"][0]
+    cuda = ".".join(runtime.split(".")[:2])
+    assert docker_env().get("NVIDIA_REQUIRE_CUDA") == f"cuda>={cuda}", \
+        f"NVIDIA_REQUIRE_CUDA={docker_env().get('NVIDIA_REQUIRE_CUDA')!r}, the lock's CUDA runtime is {runtime}"
+    assert {"compute", "utility"} <= set(docker_env().get("NVIDIA_DRIVER_CAPABILITIES", "").split(","))
+    assert re.search(r"\+cu\d+|^\d", lock()["torch"][0])
 
 
 def test_the_image_runs_as_a_non_root_user():
@@ -815,12 +957,12 @@ def test_the_image_runs_as_a_non_root_user():
     assert m and int(m[1]) != 0, f"user {user!r} is not created with a non-zero uid"
 
 
-def test_the_healthcheck_asks_the_api_status():
+def test_the_healthcheck_asks_the_api_readiness():
     from server.settings import DEFAULT_PORT
 
     (hc,) = docker_instructions("HEALTHCHECK")
-    assert "/api/status" in hc
-    assert f"'{DEFAULT_PORT}'" in hc or f":{DEFAULT_PORT}/api/status" in hc
+    assert "/api/ready" in hc
+    assert f"'{DEFAULT_PORT}'" in hc or f":{DEFAULT_PORT}/api/ready" in hc
     cmd = json.loads(hc[hc.index("CMD") + 3:].strip())
     check_step(cmd)
 
@@ -834,7 +976,6 @@ def test_the_default_command_serves_the_api_on_all_interfaces():
 def test_the_package_is_installed_with_the_platform_extra():
     runs = [expand_args(r) for r in docker_instructions("RUN")]
     assert any(re.search(r"pip install\b[^&]*\[platform\]", r) for r in runs)
-    assert any("requirements.py" in r and "platform" in r for r in runs)
 
 
 def _pip_install_args(run: str) -> list[list[str]]:
@@ -866,13 +1007,82 @@ def test_every_pip_install_is_pinned_and_agrees_with_pyproject():
             assert version == pins()[_norm(name)], f"Dockerfile {name}=={version}, pyproject {pins()[_norm(name)]}"
 
 
-def test_the_python_version_satisfies_requires_python():
+def base_python() -> str:
+    """The Python patch release of the base image (``FROM python:X.Y.Z-...``)."""
+    (image,) = [expand_args(a.split()[0]) for a in docker_instructions("FROM")]
+    m = re.fullmatch(r"python:(\d+\.\d+\.\d+)-slim-[a-z]+", image)
+    assert m, f"FROM {image}: expected the official python:X.Y.Z-slim-<debian> image (Python pinned to the patch)"
+    return m[1]
+
+
+def test_the_python_version_is_pinned_to_the_patch_and_satisfies_requires_python():
     from packaging.specifiers import SpecifierSet
 
-    python = docker_args().get("PYTHON", "")
-    m = re.fullmatch(r"python(\d+\.\d+)", python)
-    assert m, f"ARG PYTHON={python!r}"
-    assert f"{m[1]}.0" in SpecifierSet(pyproject()["project"]["requires-python"])
+    assert base_python() in SpecifierSet(pyproject()["project"]["requires-python"])
+
+
+@cache
+def lock_text() -> str:
+    return LOCK_FILE.read_text()
+
+
+@cache
+def lock() -> dict[str, tuple[str, list[str]]]:
+    """Normalised name -> (version, sha256 hashes) of deploy/requirements.lock (pip's hash-checking format)."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    entries = re.split(r"\n(?=\S)", "\n".join(line for line in lock_text().splitlines()
+                                             if line.strip() and not line.lstrip().startswith("#")))
+    for entry in entries:
+        words = entry.replace("\\\n", " ").split()
+        m = re.fullmatch(r"([A-Za-z0-9._-]+)==([^\s;]+)", words[0])
+        assert m, f"deploy/requirements.lock: {words[0]!r} is not pinned with =="
+        assert all(w.startswith("--hash=sha256:") for w in words[1:]), f"{words[0]}: {words[1:]}"
+        hashes = [w.removeprefix("--hash=sha256:") for w in words[1:]]
+        assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), f"{words[0]}: no sha256 hash"
+        assert _norm(m[1]) not in out, f"{m[1]} twice in the lock"
+        out[_norm(m[1])] = (m[2], hashes)
+    return out
+
+
+def test_the_lock_has_a_hash_for_every_package_and_every_pin_of_pyproject():
+    locked = lock()
+    assert len(locked) > 100, "the lock holds the whole dependency tree, not only the direct pins"
+    project = pyproject()["project"]
+    for req in project["dependencies"] + project["optional-dependencies"]["platform"]:
+        name, version = re.match(r"^\s*([A-Za-z0-9._-]+)(?:\[[^\]]*\])?\s*==\s*([^\s;,]+)", req).groups()
+        assert _norm(name) in locked, f"deploy/requirements.lock lacks {name} (pyproject: {req}); run deploy/lock.sh"
+        assert locked[_norm(name)][0] == version, \
+            f"{name}: {locked[_norm(name)][0]} in the lock, {version} in pyproject; run deploy/lock.sh"
+    for tool in re.search(r'^BUILD_TOOLS="([^"]*)"', LOCK_SCRIPT.read_text(), re.M)[1].split():
+        name, version = tool.split("==")
+        assert locked.get(_norm(name), ("",))[0] == version, f"the build tool {tool} is not in the lock"
+    # ray[default]'s own requirements (the dashboard's HTTP server), mlflow[auth]'s (the basic-auth app)
+    assert {"aiohttp", "aiohttp-cors", "prometheus-client", "flask-wtf"} <= set(locked)
+
+
+def test_the_lock_was_made_by_the_script_for_the_images_python():
+    script = LOCK_SCRIPT.read_text()
+    uv = re.search(r"^UV_VERSION=(\S+)$", script, re.M)[1]
+    header = lock_text().split("\n\n", 1)[0]
+    assert "deploy/lock.sh" in header and f"uv {uv}" in header and f"Python {base_python()}," in header, \
+        f"deploy/requirements.lock was not made by deploy/lock.sh for Python {base_python()}: run the script"
+    assert "--generate-hashes" in script and "--python-version" in script
+    # the script reads the Python from the Dockerfile itself: one place to change it
+    sed = re.search(r"sed -n '(s/[^']*)'", script)[1]
+    pattern = sed.split("/")[1].replace("\\(", "(").replace("\\)", ")")
+    froms = [line for line in DOCKERFILE.read_text().splitlines() if re.match(pattern, line)]
+    assert len(froms) == 1 and base_python() in froms[0]
+
+
+def test_the_dockerfile_installs_the_lock_with_hashes_and_nothing_else():
+    copies = {src: dest for args in docker_instructions("COPY") for src, dest in [args.split()[-2:]]}
+    assert "deploy/requirements.lock" in copies, "the Dockerfile does not copy deploy/requirements.lock"
+    installs = [args for run in (expand_args(r) for r in docker_instructions("RUN")) for args in _pip_install_args(run)]
+    locked = [a for a in installs if "-r" in a and a[a.index("-r") + 1] == copies["deploy/requirements.lock"]]
+    assert locked and {"--require-hashes", "--no-deps"} <= set(locked[0]), installs
+    for args in installs:
+        if args is not locked[0]:
+            assert "--no-deps" in args, f"pip install {shlex.join(args)} may fetch packages outside the lock"
 
 
 def test_the_requirements_script_lists_the_pyproject_pins():
@@ -883,6 +1093,7 @@ def test_the_requirements_script_lists_the_pyproject_pins():
     assert reqs[:len(expected)] == expected
     assert all("==" in r for r in reqs)
     assert f"ray[default]=={pins()['ray']}" in reqs, "the Ray dashboard needs ray[default] at the pinned version"
+    assert f"mlflow[auth]=={pins()['mlflow']}" in reqs, "MLflow's basic-auth app needs mlflow[auth] (Flask-WTF)"
 
 
 def test_the_dockerignore_keeps_secrets_and_host_data_out_and_the_sources_in():
@@ -895,7 +1106,7 @@ def test_the_dockerignore_keeps_secrets_and_host_data_out_and_the_sources_in():
         return any(fnmatch.fnmatch(p, pat) for p in prefixes for pat in patterns if not pat.startswith("!"))
 
     host_dirs = {src.removeprefix("./") for name in SERVICES for src, _, _ in volumes(name)
-                 if src.startswith("./") and "deploy/postgres" not in src}
+                 if src.startswith("./") and not src.startswith(("./deploy/postgres", "./deploy/mlflow"))}
     assert host_dirs, "no host folders mounted"
     for path in (".git", ".venv", ".env", *host_dirs):
         assert excluded(path), f".dockerignore: {path} would be sent to the build"

@@ -30,8 +30,8 @@ from web import install
 TOKEN = "s3cret-token-for-tests"
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 # Open whatever the settings: signing in and out, the auth state, the health check, the schema and docs.
-ALWAYS_OPEN = {"/api/auth/login", "/api/auth/logout", "/api/auth/status", "/api/status", "/openapi.json", "/docs",
-               "/docs/oauth2-redirect", "/redoc", "/login"}
+ALWAYS_OPEN = {"/api/auth/login", "/api/auth/logout", "/api/auth/status", "/api/status", "/api/ready", "/openapi.json",
+               "/docs", "/docs/oauth2-redirect", "/redoc", "/login"}
 STATIC = ("/static",)  # our JS/CSS and plotly.min.js: code, no data
 
 
@@ -138,6 +138,7 @@ def test_reads_need_the_token_when_asked(make_harness) -> None:
         for _, path in reads(h.app):
             assert h.client.get(path, headers=bearer).status_code != 401, path
         assert h.client.get("/api/status").status_code == 200  # the health check stays open
+        assert h.client.get("/api/ready").status_code == 200  # and so does the readiness check
 
 
 def test_login_sets_an_http_only_strict_cookie_that_authenticates(make_harness) -> None:
