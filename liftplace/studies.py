@@ -337,7 +337,7 @@ _STABILITY_TEACHERS = _capacity_teachers(_STABILITY_LARGEST, STABILITY_PRUNE_RAT
 QUICK_TEACHERS: tuple[TeacherPlan, ...] = _STABILITY_TEACHERS[:2]
 QUICK_STUDENT_RATIO: float = 0.6
 QUICK_OPTIONS: Mapping[str, Any] = _frozen({
-    "steps": 200,
+    "steps": 150,
     "lr": 3e-3,
     "lr_schedule": "cosine",
     "batch_size": 64,
