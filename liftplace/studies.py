@@ -6,8 +6,9 @@ and seeds it runs, and the distillation options every job shares. It is turned i
 bodies of the service's API (``POST /api/datasets``, ``/api/teachers``, ``/api/studies``);
 ``liftplace study run PRESET --api URL`` submits them in order.
 
-- ``quick``: the stability study's shape with short training, for the one-command demo. Its
-  results are a smoke test of the pipeline, never a reproduction.
+- ``quick``: a short study for the one-command demo: the two largest shipped stability teachers
+  x the stability methods x 5 seeds, a larger student (ratio 0.6) trained for a few hundred
+  steps, so that its students learn within minutes on a CPU. Never a reproduction.
 - ``stability``: the embedded stability study (digits, CPU): three teacher capacities (the
   largest and two pruned-and-retrained copies of it, as in the paper) x {outkd,
   outkd+featkd, lift+place+featkd} x 5 seeds, one fixed student (the largest teacher pruned at 0.9).
