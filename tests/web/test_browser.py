@@ -401,6 +401,14 @@ def test_a_study_with_an_axis_from_the_form_to_its_grids_heatmap_and_baseline(tm
         outkd = [page.locator(f"table[data-panel='{p}'] tr[data-method='outkd'] td.mean").inner_text()
                  for p in ("coarse = l1", "coarse = l2")]
         assert outkd[0] == outkd[1] == "11.50"
+        # The plots keep the axis values apart: one series per cell (outkd's once), never one per method.
+        series = ["outkd", "lift+place+featkd · coarse=l1", "lift+place+featkd · coarse=l2"]
+        for plot_id in ("plot-seeds", "plot-capacity"):
+            page.wait_for_function("(id) => (document.getElementById(id).data || []).length === 3", arg=plot_id)
+            names = page.evaluate("(id) => document.getElementById(id).data.map((t) => t.name)", plot_id)
+            assert names == series, (plot_id, names)
+        points = page.evaluate("() => document.getElementById('plot-seeds').data.map((t) => t.y.length)")
+        assert points == [2, 2, 2]  # each try in exactly one series
 
         # Welch against a baseline chosen on the page: the p values are the API's for that baseline.
         key = 'tiny/lift+place+featkd/{"coarse":"l1"}'

@@ -109,22 +109,51 @@
 
   // --- plots -----------------------------------------------------------------------------------
 
+  // A cell's series on the plots: its method and, in a study with axes, the axis values it uses, so that
+  // the tries of different axis values never share a box or a line (a cell that ignores an axis is one series).
+  function seriesName(c) {
+    const parts = Object.entries(c.axes || {}).map(([k, v]) => `${k}=${v}`);
+    return parts.length ? `${c.method} · ${parts.join(", ")}` : c.method;
+  }
+
+  // {names (in method order), method (series -> method), of (job id -> series), symbol (series -> marker)}
+  function plotSeries(d) {
+    const names = [], method = new Map(), of = new Map(), symbol = new Map();
+    const symbols = ["circle", "diamond", "square", "triangle-up", "cross", "x", "star", "hexagon"];
+    for (const m of d.table.methods) {
+      let i = 0;
+      for (const c of d.table.cells.filter((x) => x.method === m)) {
+        const s = seriesName(c);
+        if (!method.has(s)) {
+          names.push(s);
+          method.set(s, m);
+          symbol.set(s, symbols[i++ % symbols.length]);
+        }
+        for (const t of c.tries) of.set(t.job_id, s);
+      }
+    }
+    return {names, method, of, symbol};
+  }
+
   function seedPlot(d) {
     const labels = new Map(d.teachers.map((t) => [t.name, `${t.name} (${t.label})`]));
+    const series = plotSeries(d);
     const traces = [];
-    for (const m of d.table.methods) {
-      const runs = d.runs.filter((r) => r.method === m);
+    for (const s of series.names) {
+      const m = series.method.get(s);
+      const runs = d.runs.filter((r) => (series.of.get(r.job_id) ?? r.method) === s);
       const ok = runs.filter((r) => r.status === "succeeded" && r.fid !== null);
       const diverged = runs.filter((r) => r.status === "diverged").length;
       if (!ok.length && !diverged) continue;
       traces.push({
-        type: "box", name: m + (diverged ? ` (${diverged} div.)` : ""), legendgroup: m,
+        type: "box", name: s + (diverged ? ` (${diverged} div.)` : ""), legendgroup: s,
         x: ok.map((r) => labels.get(r.teacher) || r.teacher), y: ok.map((r) => r.fid),
         text: ok.map((r) => `seed ${r.seed} · job #${r.job_id}`),
         boxpoints: "all", jitter: 0.45, pointpos: 0, marker: {color: methodColor(m), size: 7, opacity: 0.85,
+          symbol: series.symbol.get(s),
           line: {color: ok.map((r) => (r.collapse ? "#cf222e" : "#ffffff")), width: ok.map((r) => (r.collapse ? 2 : 0.5))}},
         line: {color: methodColor(m), width: 1.2}, fillcolor: "rgba(0,0,0,0)",
-        hovertemplate: "%{text}<br>FID %{y:.2f}<extra>" + m + "</extra>",
+        hovertemplate: "%{text}<br>FID %{y:.2f}<extra>" + s + "</extra>",
       });
     }
     if (!traces.length) {
@@ -137,7 +166,8 @@
   }
 
   // points: [{method, x (parameters), y (mean), std, label (teacher), size (its size as text)}]
-  function capacityPlot(node, points, methods, metric, empty) {
+  // `methods`: the series, in order; `methodOf`: a series' method (its colour), when series are not methods.
+  function capacityPlot(node, points, methods, metric, empty, methodOf = (m) => m, symbolOf = () => "circle") {
     const traces = [];
     for (const m of methods) {
       const pts = points.filter((p) => p.method === m && p.x && p.y !== null && p.y !== undefined)
@@ -146,7 +176,8 @@
       traces.push({
         type: "scatter", mode: "lines+markers", name: m, x: pts.map((p) => p.x), y: pts.map((p) => p.y),
         error_y: {type: "data", array: pts.map((p) => p.std || 0), visible: true, thickness: 1.2, width: 4},
-        text: pts.map((p) => p.label), marker: {color: methodColor(m), size: 8}, line: {color: methodColor(m), width: 2},
+        text: pts.map((p) => p.label), marker: {color: methodColor(methodOf(m)), size: 8, symbol: symbolOf(m)},
+        line: {color: methodColor(methodOf(m)), width: 2},
         hovertemplate: "%{text}: %{x:.3s} parameters<br>mean %{y:.2f} ± %{error_y.array:.2f}<extra>" + m + "</extra>",
       });
     }
@@ -172,10 +203,12 @@
     lastPlotKey = key;
     seedPlot(d);
     const sizes = new Map(d.teachers.map((t) => [t.name, t]));
-    const points = d.table.cells.map((c) => ({method: c.method, x: sizes.get(c.teacher)?.parameters, y: c.mean,
+    const series = plotSeries(d);
+    const points = d.table.cells.map((c) => ({method: seriesName(c), x: sizes.get(c.teacher)?.parameters, y: c.mean,
                                               std: c.std, label: c.teacher, size: sizes.get(c.teacher)?.label}));
-    capacityPlot($("plot-capacity"), points, d.table.methods, d.table.metric || "FID",
-                 "Appears as cells get a mean (teachers of known size).");
+    capacityPlot($("plot-capacity"), points, series.names, d.table.metric || "FID",
+                 "Appears as cells get a mean (teachers of known size).", (s) => series.method.get(s) || s,
+                 (s) => series.symbol.get(s) || "circle");
   }
 
   // --- Welch's t-tests -------------------------------------------------------------------------
