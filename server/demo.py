@@ -1,7 +1,8 @@
 """`liftplace demo`: the whole product on one machine, with one command.
 
 Starts an MLflow tracking server (with its UI), a local Ray, and the API with the web UI, all on
-127.0.0.1; makes sure the preset's teachers exist (trained by the service on first use and
+127.0.0.1; makes sure the preset's teachers exist (those shipped with liftplace are registered,
+others are trained by the service on first use; `--retrain` trains the shipped ones too; all are
 reused afterwards); submits the preset's stability study (default: "quick"); prints the
 dashboard and MLflow URLs; follows the study with a progress bar and prints its Table-6 grid.
 It then keeps serving until Ctrl-C (or exits with --exit-when-done). Ctrl-C stops every
