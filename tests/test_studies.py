@@ -224,7 +224,15 @@ def test_the_results_page_is_consistent_with_the_code() -> None:
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
     for figure in figures:
         assert (root / "docs" / figure).is_file(), figure
-    named = re.findall(r"liftplace study run ([\w-]+)", page) + re.findall(r"--(?:ablation|preset) ([\w-]+)", page)
+    from liftplace.presets import TEACHER_PRESETS
+
+    # `train-teacher --preset` names an architecture preset; every other --preset a study preset
+    architectures = [m for line in page.splitlines() if "train-teacher" in line
+                     for m in re.findall(r"--preset ([\w-]+)", line)]
+    assert all(a in TEACHER_PRESETS for a in architectures), architectures
+    study_lines = "\n".join(line for line in page.splitlines() if "train-teacher" not in line)
+    named = (re.findall(r"liftplace study run ([\w-]+)", page)
+             + re.findall(r"--(?:ablation|preset) ([\w-]+)", study_lines))
     for preset in named:
         assert preset in STUDY_PRESETS, preset
     commands = re.findall(r"results_report\.py((?:[^\n`]|\\\n)*)", page)
