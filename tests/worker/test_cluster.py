@@ -12,19 +12,8 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from worker.cluster import NodeVersionCheck, NodeVersions, describe, own_versions, probe_nodes  # noqa: E402
-from worker.ray_tasks import init_ray, shutdown_ray  # noqa: E402
 
 OURS = ("2.60.0", "3.11.18")
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """An embedded Ray on 127.0.0.1, free ports chosen by Ray (never Redis's 6379)."""
-    already = ray.is_initialized()
-    description = init_ray(num_cpus=1, num_gpus=0)
-    yield description
-    if not already:
-        shutdown_ray()
 
 
 def test_every_node_of_a_real_ray_runs_our_versions(local_ray: str) -> None:

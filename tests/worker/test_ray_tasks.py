@@ -17,20 +17,10 @@ from worker.ray_tasks import (  # noqa: E402
     get_progress_store,
     init_ray,
     job_options,
-    shutdown_ray,
 )
 from worker.spec import JobOutcome, JobSpec  # noqa: E402
 
 TIMEOUT_S = 240
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    already = ray.is_initialized()
-    description = init_ray(num_cpus=2, num_gpus=0)
-    yield description
-    if not already:
-        shutdown_ray()
 
 
 @pytest.fixture(scope="module")
