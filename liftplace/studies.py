@@ -305,6 +305,11 @@ ABLATION_OPTIONS: Mapping[str, Any] = _frozen({
     "featkd_layers": "blocks",  # as measured (see STABILITY_OPTIONS)
 })
 
+# The regime map: the learning rate (the stability study's 1e-2 and ten times less) crossed with the
+# coarse distance (the authors' DDPM default L1, and the L2 their DiT path hard-codes), against OutKD.
+REGIME_METHODS: tuple[str, ...] = ("outkd", PAPER_METHOD)
+REGIME_AXES: Mapping[str, tuple[Any, ...]] = _frozen({"lr": (1e-3, 1e-2), "coarse": defaults.COARSE_DISTANCES})
+
 
 def _pruned_name(base: str, ratio: float) -> str:
     return f"{base}-p{round(100 * ratio)}"
@@ -329,6 +334,13 @@ _STABILITY_LARGEST = TeacherPlan(STABILITY_TEACHER, "preset", preset=STABILITY_T
                                  train=STABILITY_TEACHER_TRAIN, shipped=STABILITY_TEACHER)
 _STABILITY_TEACHERS = _capacity_teachers(_STABILITY_LARGEST, STABILITY_PRUNE_RATIOS, STABILITY_PRUNED_TRAIN,
                                          shipped=True)
+
+# The teacher-seed spread: the largest stability teacher's recipe trained again with other seeds (on
+# this machine: these teachers are not shipped), to see whether "method A beats B" holds across teachers.
+TEACHER_SEEDS: tuple[int, ...] = (0, 1, 2)
+_SEEDED_TEACHERS: tuple[TeacherPlan, ...] = (_STABILITY_LARGEST, *(
+    TeacherPlan(f"{STABILITY_TEACHER}-seed{s}", "preset", preset=STABILITY_TEACHER_PRESET,
+                train={**STABILITY_TEACHER_TRAIN, "seed": s}) for s in TEACHER_SEEDS[1:]))
 
 # The quick demo: the two largest shipped stability teachers (no teacher to train), a larger student
 # than the stability study's (ratio 0.6: 171,634 parameters, 15% of the largest teacher's, against
@@ -448,6 +460,37 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
         _ablation("ablation-curriculum", "The adaptive coarse-to-fine weight w on and off (w = 1) with "
                   f"{PAPER_METHOD}.",
                   (StudyVariant("", (PAPER_METHOD,), axes={"curriculum": (True, False)}),)),
+        StudyPreset(
+            name="regime-map",
+            description="Where does the paper's method beat OutKD at embedded scale? The largest stability "
+                        f"teacher, the stability study's student and budget, {_braced(REGIME_METHODS)} x lr "
+                        f"{_braced(tuple(map(str, REGIME_AXES['lr'])))} x coarse distance "
+                        f"{_braced(REGIME_AXES['coarse'])} "
+                        "(OutKD has no coarse term: one cell per lr) x 5 seeds.",
+            label=EMBEDDED_LABEL,
+            dataset="digits",
+            dataset_folder=None,
+            teachers=(_STABILITY_LARGEST,),
+            variants=(StudyVariant("", REGIME_METHODS, axes=REGIME_AXES),),
+            seeds=SEEDS,
+            student_ratio=defaults.STUDENT_RATIO,
+            options=STABILITY_OPTIONS,
+        ),
+        StudyPreset(
+            name="teacher-seeds",
+            description="How much of the answer is the teacher's: the largest stability teacher (shipped, seed 0) "
+                        f"and the same recipe trained with seeds {_braced(tuple(map(str, TEACHER_SEEDS[1:])))} x "
+                        f"{_braced(STABILITY_METHODS)} x student seed 0, at the stability study's budget; each "
+                        "student is pruned from its own teacher.",
+            label=EMBEDDED_LABEL,
+            dataset="digits",
+            dataset_folder=None,
+            teachers=_SEEDED_TEACHERS,
+            variants=(StudyVariant("", STABILITY_METHODS),),
+            seeds=(0,),
+            student_ratio=defaults.STUDENT_RATIO,
+            options=_frozen({k: v for k, v in STABILITY_OPTIONS.items() if k != "student_teacher"}),
+        ),
         StudyPreset(
             name="smoke",
             description="A plumbing check in about a minute: the test-sized teacher and a pruned copy x "

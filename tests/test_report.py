@@ -464,3 +464,52 @@ def test_the_report_modules_import_neither_torch_nor_the_service() -> None:
         imported |= {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
         banned = {m for m in imported if m.split(".")[0] in ("torch", "server", "worker", "web", "matplotlib")}
         assert not banned, (module.name, banned)
+
+
+class _FakeRegimeSource(FakeSource):
+    """The one study of regime-map: outkd per lr (it has no coarse term), ours per lr and coarse distance."""
+
+    OUTKD = {0.001: [30.0, 32.0, 31.0, 29.0, 33.0], 0.01: [12.0, 14.0, 13.0, 11.0, 15.0]}
+    OURS_FIDS = {(0.001, "l1"): [20.0, 21.0, 20.5, 19.5, 21.5],  # lower mean and std than outkd: the direction
+                 (0.001, "l2"): [28.0, 36.0, 25.0, 34.0, 30.0],  # lower mean, higher std, not significant
+                 (0.01, "l1"): [18.0, 19.0, 20.0, 17.0, 21.0],  # significantly worse
+                 (0.01, "l2"): [12.0, 14.0, 13.0, 11.0, "running"]}  # not complete: no verdict
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.teacher_records = [{"name": "t", "parameters": 1_000_000, "source": "preset", "preset": "digits-s",
+                                 "job_id": None}]
+        cells = [{**_cell("t", "outkd", f), "axes": {"lr": lr}} for lr, f in self.OUTKD.items()]
+        cells += [{**_cell("t", OURS, f), "axes": {"lr": lr, "coarse": c}} for (lr, c), f in self.OURS_FIDS.items()]
+        table = {**_table(cells, ["outkd", OURS]), "axes": {"lr": [0.001, 0.01], "coarse": ["l1", "l2"]}}
+        self.add("regime-map", table, dataset="faces", resolution=8)
+
+
+def test_the_regime_map_compares_the_paper_method_with_outkd_in_every_cell_of_the_axes(tmp_path: Path) -> None:
+    s = sections.ablation_section(_FakeRegimeSource(), "regime-map", tmp_path / "r.png", "regime-map", _ctx())
+    rows = {(r.variant, r.other): r for r in s.numbers["regime"]}
+    assert set(rows) == {(f"lr = {lr}, coarse = {c}", "outkd") for lr in (0.001, 0.01) for c in ("l1", "l2")}
+    src = _FakeRegimeSource
+    for (lr, c), fids in src.OURS_FIDS.items():  # each against the outkd cell of its own lr, whatever its coarse
+        row = rows[(f"lr = {lr}, coarse = {c}", "outkd")]
+        ok = [f for f in fids if not isinstance(f, str)]
+        expected = welch_t_test(ok, src.OUTKD[lr])
+        assert (row.t, row.p, row.mean_other) == (expected.statistic, expected.pvalue, statistics.mean(src.OUTKD[lr]))
+    best, noisy, worse, running = (rows[(f"lr = {v}", "outkd")] for v in
+                                   ("0.001, coarse = l1", "0.001, coarse = l2", "0.01, coarse = l1",
+                                    "0.01, coarse = l2"))
+    assert best.complete and best.direction and best.wins and not best.loses
+    assert noisy.complete and not noisy.direction and not noisy.wins and not noisy.loses
+    assert worse.complete and not worse.direction and worse.loses and not worse.wins
+    assert not running.complete and not (running.direction or running.wins or running.loses)
+    text = s.markdown
+    assert f"**Where does `{OURS}` win?**" in text and "(3 of 4 comparisons complete)" in text
+    assert f"- the paper's direction appears in: lr = 0.001, coarse = l1 against `outkd` (p = {best.p:.4f});" in text
+    assert f"- it has a significantly higher mean in: lr = 0.01, coarse = l1 against `outkd` (p = {worse.p:.4f})." \
+        in text
+    regime = text.split("**Where does")[1]
+    line = next(x for x in regime.splitlines() if x.startswith("| lr = 0.01, coarse = l2 | t | outkd |"))
+    assert line.endswith("| … | … |")
+    # an ablation of one method has no such table
+    assert "Where does" not in sections.ablation_section(_FakeAblationSource(), "ablation-group-size",
+                                                         tmp_path / "k.png", "k", _ctx()).markdown

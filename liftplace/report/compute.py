@@ -373,3 +373,46 @@ def ablation_rows(variants: Sequence[Any], tables: Sequence[Mapping[str, Any]], 
                                     c["mean"], c["std"], c.get("collapses", 0), w.statistic if w else None,
                                     w.pvalue if w else None))
     return rows
+
+
+# --- the regime map: the paper's method against the others in every variant --------------------------------
+
+
+@dataclass(frozen=True)
+class RegimeRow:
+    """The paper's method against another method in one variant (a combination of axis values) of a study.
+
+    `direction`: the paper's direction, a lower mean **and** a lower seed std; `wins` / `loses`: its mean FID
+    is lower / higher with p < SIGNIFICANCE. None of them is set before both cells have all their seeds ended.
+    """
+
+    variant: str
+    teacher: str
+    other: str
+    mean_ours: float | None
+    std_ours: float | None
+    mean_other: float | None
+    std_other: float | None
+    t: float | None
+    p: float | None
+    complete: bool
+    direction: bool
+    wins: bool
+    loses: bool
+
+
+def regime_rows(variants: Sequence[Any], tables: Sequence[Mapping[str, Any]]) -> list[RegimeRow]:
+    """For each variant with the paper's method and another one (`compared_methods`), teacher by teacher,
+    the paper's method against each other method of that variant's table (Welch's t-test, ours first)."""
+    rows = []
+    for variant, table in zip(variants, tables, strict=True):
+        for c in compare_methods(table, table["teachers"]) if compared_methods(table["methods"]) else []:
+            ours = find_cell(table, c.teacher, PAPER_METHOD) or {}
+            theirs = find_cell(table, c.teacher, c.other) or {}
+            complete = bool(ours.get("complete")) and bool(theirs.get("complete"))
+            significant = complete and c.p is not None and c.p < SIGNIFICANCE
+            rows.append(RegimeRow(
+                variant.suffix, c.teacher, c.other, c.mean_ours, ours.get("std"), c.mean_other, theirs.get("std"),
+                c.t, c.p, complete, complete and c.lower_mean and c.lower_std, significant and c.lower_mean,
+                significant and not c.lower_mean))
+    return rows

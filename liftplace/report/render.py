@@ -20,6 +20,7 @@ from liftplace.report.compute import (
     MethodComparison,
     PreviousCell,
     RealVsReal,
+    RegimeRow,
     SameCell,
     StudentRow,
     TeacherRow,
@@ -254,6 +255,35 @@ def ablation_table(rows: Sequence[AblationRow], seeds: Sequence[int], reference:
                      + f" | {fmt(r.mean)} | {fmt(r.std)} | {r.collapses} | {fmt(r.t)} | {fmt(r.p, 4)} |")
     if any(t["status"] in ("queued", "running") for r in rows for t in r.tries):
         lines.append("\n(… : still queued or running.)")
+    return lines
+
+
+def regime_table(rows: Sequence[RegimeRow], metric: str) -> list[str]:
+    """Where the paper's method beats the others: one row per variant and compared method, then a summary."""
+    if not rows:
+        return []
+    lines = [f"\n**Where does `{PAPER_METHOD}` win?** ({metric}, lower is better) In every variant, the paper's "
+             "method against each other method of that variant, same teacher: mean ± sample std over the "
+             "succeeded seeds, the difference of the means (ours − theirs), and Welch's t-test (negative t: ours "
+             "lower). *Direction*: the paper's claim, a lower mean **and** a lower seed std; *significant*: "
+             f"p < {SIGNIFICANCE}.\n",
+             "| variant | teacher | other method | ours | theirs | ours − theirs | t | p | direction | significant |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        diff = r.mean_ours - r.mean_other if r.mean_ours is not None and r.mean_other is not None else None
+        sig = ("ours lower" if r.wins else "theirs lower" if r.loses else "no") if r.complete else "…"
+        lines.append(f"| {r.variant} | {r.teacher} | {r.other} | {fmt(r.mean_ours)} ± {fmt(r.std_ours)} | "
+                     f"{fmt(r.mean_other)} ± {fmt(r.std_other)} | {fmt(diff)} | {fmt(r.t)} | {fmt(r.p, 4)} | "
+                     f"{('yes' if r.direction else 'no') if r.complete else '…'} | {sig} |")
+    done = [r for r in rows if r.complete]
+
+    def named(subset: Sequence[RegimeRow]) -> str:
+        return "; ".join(f"{r.variant} against `{r.other}` (p = {fmt(r.p, 4)})" for r in subset) or "none"
+
+    lines += [f"\nComputed from the rows above ({len(done)} of {len(rows)} comparisons complete):",
+              f"- the paper's direction appears in: {named([r for r in done if r.direction])};",
+              f"- `{PAPER_METHOD}` has a significantly lower mean in: {named([r for r in done if r.wins])};",
+              f"- it has a significantly higher mean in: {named([r for r in done if r.loses])}."]
     return lines
 
 

@@ -193,7 +193,8 @@ def ablation_section(source: ReportSource, preset_name: str, figure: Path, secti
     axis (or, for a preset of several studies, one study per variant).
 
     The reference is the variant whose options are the job spec's defaults (else the first); every other
-    row gets Welch's t-test against the reference's row of the same teacher and method.
+    row gets Welch's t-test against the reference's row of the same teacher and method. Where a variant
+    holds the paper's method and another (a regime map), they are also compared within it (`regime_rows`).
     """
     from liftplace.studies import get_study_preset
 
@@ -206,10 +207,12 @@ def ablation_section(source: ReportSource, preset_name: str, figure: Path, secti
     varied = sorted({k for v in variants for k in v.options})
     teachers, rvr = _teachers(source, studies[0], ctx)
     rows = compute.ablation_rows(variants, tables, reference)
+    regime = compute.regime_rows(variants, tables)
     seeds, metric = studies[0]["seeds"], compute.metric_label(tables[0])
     lines = [*render.ablation_header(preset, studies, span, len(jobs), varied),
              *render.teacher_table(teachers, rvr, metric),
-             *render.ablation_table(rows, seeds, reference.suffix, metric, compute.collapse_threshold_of(tables[0]))]
+             *render.ablation_table(rows, seeds, reference.suffix, metric, compute.collapse_threshold_of(tables[0])),
+             *render.regime_table(regime, metric)]
     figures.ablation_plot(_ablation_points(rows, variants, tables), figure,
                           f"{preset.name}: student FID per variant ({len(seeds)} seeds)", metric)
     command = f"{SCRIPT} --api URL --ablation {preset.name} --section {section}"
@@ -220,7 +223,7 @@ def ablation_section(source: ReportSource, preset_name: str, figure: Path, secti
     return Section("\n".join(lines), {
         "kind": "ablation", "command": command, "preset": preset.name, "reference": reference.suffix,
         "varied": varied, "studies": studies, "job_span": span, "teachers": teachers, "real_vs_real": rvr,
-        "metric": metric, "rows": rows})
+        "metric": metric, "rows": rows, "regime": regime})
 
 
 def _ablation_points(rows: list[compute.AblationRow], variants: Any, tables: list[dict[str, Any]]
