@@ -513,3 +513,25 @@ def test_the_regime_map_compares_the_paper_method_with_outkd_in_every_cell_of_th
     # an ablation of one method has no such table
     assert "Where does" not in sections.ablation_section(_FakeAblationSource(), "ablation-group-size",
                                                          tmp_path / "k.png", "k", _ctx()).markdown
+
+
+def test_teachers_of_one_recipe_get_the_spread_across_teachers_instead_of_a_capacity_plot(tmp_path: Path) -> None:
+    source = FakeSource()
+    source.teacher_records = [{"name": f"s{i}", "parameters": 1_000_000, "source": "preset", "preset": "digits-s",
+                               "job_id": None} for i in range(3)]
+    fids = {"s0": {"outkd": 10.0, "outkd+featkd": 11.0, OURS: 14.0},
+            "s1": {"outkd": 15.0, "outkd+featkd": 12.0, OURS: 13.0},
+            "s2": {"outkd": 11.0, "outkd+featkd": 9.0, OURS: 12.0}}
+    source.add("seeds", _table([_cell(t, m, [f]) for t, row in fids.items() for m, f in row.items()]))
+    figure = tmp_path / "seeds.png"
+    s = sections.study_section(source, sections.StudyRequest("seeds"), figure, _ctx(tmp_path / "r.md", tmp_path))
+    rows = {r.method: r for r in s.numbers["teacher_spread"]["rows"]}
+    ours = [fids[t][OURS] for t in fids]
+    assert rows[OURS].per_teacher == {t: fids[t][OURS] for t in fids}
+    assert (rows[OURS].mean, rows[OURS].std) == (statistics.mean(ours), statistics.stdev(ours))
+    assert f"| {OURS} | 14.00 | 13.00 | 12.00 | 13.00 | 1.00 |" in s.markdown
+    orders = {o.other: (o.lower, o.compared) for o in s.numbers["teacher_spread"]["orders"]}
+    assert orders == {"outkd": (1, 3), "outkd+featkd": (0, 3)}
+    assert f"- `{OURS}` has the lower mean FID than `outkd` under 1 of 3 teachers." in s.markdown
+    assert not figure.exists() and "capacity gap" not in s.markdown  # one size: no capacity plot
+    assert not compute.same_recipe(["big", "small"], PARAMS) and not compute.same_recipe(["s0"], {"s0": 1})

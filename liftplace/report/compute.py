@@ -416,3 +416,51 @@ def regime_rows(variants: Sequence[Any], tables: Sequence[Mapping[str, Any]]) ->
                 c.t, c.p, complete, complete and c.lower_mean and c.lower_std, significant and c.lower_mean,
                 significant and not c.lower_mean))
     return rows
+
+
+# --- teachers of one recipe: how much of the answer is the teacher's -------------------------------------
+
+
+@dataclass(frozen=True)
+class TeacherSpreadRow:
+    """One method across teachers of the same recipe (trained with different seeds): the cell mean FID per
+    teacher, and their mean and sample std over the teachers."""
+
+    method: str
+    per_teacher: dict[str, float | None]
+    mean: float | None
+    std: float | None  # ddof = 1, over the teachers with a result
+
+
+@dataclass(frozen=True)
+class TeacherSpreadOrder:
+    """The paper's method against another, teacher by teacher: under how many teachers its mean is lower."""
+
+    other: str
+    lower: int  # teachers under which the paper's method has the lower mean FID
+    compared: int  # teachers with a result for both
+
+
+def same_recipe(teachers: Sequence[str], parameters: Mapping[str, int | None]) -> bool:
+    """Whether the teachers are copies of one architecture (the same parameter count), not capacities."""
+    sizes = {parameters.get(t) for t in teachers}
+    return len(teachers) > 1 and len(sizes) == 1 and None not in sizes
+
+
+def teacher_spread(table: Mapping[str, Any], teachers: Sequence[str]
+                   ) -> tuple[list[TeacherSpreadRow], list[TeacherSpreadOrder]]:
+    """Each method's cell mean per teacher and its spread over the teachers; the paper's method against the
+    others (`compared_methods`) teacher by teacher."""
+    rows = []
+    for method in table["methods"]:
+        per = {t: (find_cell(table, t, method) or {}).get("mean") for t in teachers}
+        got = [v for v in per.values() if v is not None]
+        rows.append(TeacherSpreadRow(method, per, statistics.mean(got) if got else None,
+                                     statistics.stdev(got) if len(got) > 1 else None))
+    means = {r.method: r.per_teacher for r in rows}
+    orders = []
+    for other in compared_methods(table["methods"]):
+        both = [t for t in teachers if means[PAPER_METHOD][t] is not None and means[other][t] is not None]
+        orders.append(TeacherSpreadOrder(other, sum(means[PAPER_METHOD][t] < means[other][t] for t in both),
+                                         len(both)))
+    return rows, orders

@@ -24,6 +24,8 @@ from liftplace.report.compute import (
     SameCell,
     StudentRow,
     TeacherRow,
+    TeacherSpreadOrder,
+    TeacherSpreadRow,
     Verdict,
     find_cell,
 )
@@ -182,6 +184,22 @@ def verdict_lines(v: Verdict) -> list[str]:
                      f"largest teacher) **{'appears' if v.appears else 'does not appear'}**"
                      + (f"; the mean differences are {'all' if v.significant else 'not all'} significant at "
                         f"p < {SIGNIFICANCE}" if v.appears else "") + ".")
+    return lines
+
+
+def teacher_spread_lines(rows: Sequence[TeacherSpreadRow], orders: Sequence[TeacherSpreadOrder],
+                         teachers: Sequence[str], metric: str) -> list[str]:
+    """Each method across teachers of one recipe, and under how many of them the paper's method is ahead."""
+    lines = [f"\n**Across the teachers** ({metric}; teachers of one recipe, trained with different seeds): each "
+             "method's cell mean under each teacher, and their mean ± sample std over the teachers.\n",
+             "| method | " + " | ".join(teachers) + " | mean over teachers | std over teachers |",
+             "|---|" + "---:|" * (len(teachers) + 2)]
+    for r in rows:
+        lines.append(f"| {r.method} | " + " | ".join(fmt(r.per_teacher[t]) for t in teachers)
+                     + f" | {fmt(r.mean)} | {fmt(r.std)} |")
+    for o in orders:
+        lines.append(f"- `{PAPER_METHOD}` has the lower mean FID than `{o.other}` under {o.lower} of "
+                     f"{o.compared} teachers.")
     return lines
 
 
