@@ -2,7 +2,8 @@
 
     liftplace study list
     liftplace study show stability            # the request bodies it would submit
-    liftplace study run stability --api http://127.0.0.1:8000 [--name NAME] [--no-wait] [--wide] [--retrain]
+    liftplace study run stability --api http://127.0.0.1:8000 [--name NAME] [--seeds 0 1] [--no-wait] [--wide]
+                                                              [--retrain]
 
 `run` registers the preset's dataset and teachers (teachers that exist are reused by name;
 teachers shipped with liftplace are registered from its files, `--retrain` trains them afresh
@@ -16,6 +17,7 @@ try instead, the paper's Table-6 layout. Ctrl-C stops following; the jobs go on 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -30,13 +32,16 @@ from liftplace.client import (
     follow,
     submit_preset,
 )
-from liftplace.studies import STUDY_PRESET_NAMES, STUDY_PRESETS, get_study_preset
+from liftplace.studies import STUDY_PRESET_NAMES, STUDY_PRESETS, StudyPreset, get_study_preset
 from liftplace.tables import compact_table, panel_label, tables_from_service
 
 __all__ = ["register", "main", "print_tables"]
 
 _positive_float = number_type(float, "a positive number", lambda v: v > 0)
 TABLE_STYLES: tuple[str, ...] = ("text", "md", "csv", "latex")  # text: the compact table; others: every try
+_seed = number_type(int, "a seed (an integer >= 0)", lambda v: v >= 0)
+SEEDS_HELP = ("student seeds instead of the preset's (e.g. --seeds 0 1: a subset of its cells, to check them on "
+              "another machine with results_report.py --previous)")
 RETRAIN_HELP = ("train the teachers shipped with liftplace afresh by their recipes (on this machine's CPU or GPU: "
                 "a different teacher) instead of registering the shipped files")
 
@@ -55,6 +60,7 @@ def register(subparsers) -> None:
     q.add_argument("preset", choices=STUDY_PRESET_NAMES, help="study preset")
     q.add_argument("--name", default=None, help="study name (default: the preset's name)")
     q.add_argument("--retrain", action="store_true", help=RETRAIN_HELP)
+    q.add_argument("--seeds", type=_seed, nargs="+", default=None, help=SEEDS_HELP)
     q.set_defaults(func=_cmd_show)
 
     q = sub.add_parser("run", help="submit a preset to a service and follow it to its Table-6 grid",
@@ -65,6 +71,7 @@ def register(subparsers) -> None:
     q.add_argument("--name", default=None,
                    help="study name (default: the preset's name); an existing study of that name is reused")
     q.add_argument("--retrain", action="store_true", help=RETRAIN_HELP)
+    q.add_argument("--seeds", type=_seed, nargs="+", default=None, help=SEEDS_HELP)
     q.add_argument("--no-wait", action="store_true", help="submit and return without following")
     q.add_argument("--timeout", type=_positive_float, default=None, help="seconds to follow before giving up")
     q.add_argument("--connect-timeout", type=_positive_float, default=10.0,
@@ -84,8 +91,14 @@ def _cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def _cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _preset(args: argparse.Namespace) -> StudyPreset:
+    """The preset named on the command line, with the seeds of `--seeds` when given."""
     preset = get_study_preset(args.preset)
+    return preset if args.seeds is None else dataclasses.replace(preset, seeds=tuple(dict.fromkeys(args.seeds)))
+
+
+def _cmd_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    preset = _preset(args)
     print(json.dumps({
         "label": preset.label,
         "dataset": preset.dataset_request(),
@@ -136,7 +149,7 @@ def teacher_fid_lines(client: ServiceClient, names: Sequence[str]) -> str:
 
 
 def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    preset = get_study_preset(args.preset)
+    preset = _preset(args)
     client = ServiceClient(args.api)
     print(f"{preset.name}: {preset.description} ({preset.label})", flush=True)
     try:

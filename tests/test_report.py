@@ -334,7 +334,13 @@ def test_previous_reads_a_sections_numbers_as_an_earlier_commit_has_them(tmp_pat
     (row,) = compute.previous_cells(_table([lift]), earlier)
     (line,) = [r for r in render.previous_lines("HEAD", "s", [row]) if r.startswith("| big")]
     assert line.startswith("| big | lift | 40.00 ± 5.00 | 15.00 ± 7.07 |")
-    assert line.endswith("| no |")  # 25 apart: more than either std
+    assert line.endswith("| 0, 1 | 15.00 | 26.50 | 4.10 | 0.0658 | no |")  # seed 0: 36.5 vs 10, more than 7.07
+    # a re-run of some seeds (another machine): seed by seed against the earlier cell's std
+    (row,) = compute.previous_cells(_table([_cell("big", "lift", [14.0], seeds=[1])]), earlier)
+    assert (row.seeds_in_both, row.mean_there_same_seeds, row.largest_seed_difference) == ((1,), 20.0, 6.0)
+    assert row.within_spread and row.t is None and row.std_here is None  # 6 < 7.07; one seed: no test
+    (row,) = compute.previous_cells(_table([_cell("big", OURS, [9.0], seeds=[4])]), earlier)
+    assert row.seeds_in_both == () and row.largest_seed_difference is None and not row.within_spread
     # end to end: the study's section compares with its own sidecar at HEAD
     source = FakeSource()
     source.add("s", _table([lift, _cell("big", "outkd", [5.0, 6.0])]), dataset="faces")

@@ -305,33 +305,46 @@ def same_cells(table: Mapping[str, Any], other: Mapping[str, Any]) -> list[SameC
 
 @dataclass(frozen=True)
 class PreviousCell:
-    """A cell against the same cell of an earlier run of the section (its JSON sidecar at a commit)."""
+    """A cell against the same cell of an earlier run of the section (its JSON sidecar at a commit), which may
+    have run other seeds (e.g. a re-run of seeds 0 and 1 on another machine).
+
+    `within_spread`: every seed run on both sides differs by less than the earlier cell's seed std (with no
+    seed in common: the means differ by less than the larger of the two stds).
+    """
 
     teacher: str
     method: str
     mean_here: float
     std_here: float | None
-    mean_there: float
+    mean_there: float  # over all of the earlier cell's succeeded seeds
     std_there: float
-    t: float | None
+    seeds_in_both: tuple[int, ...]
+    mean_there_same_seeds: float | None  # the earlier cell's mean over `seeds_in_both`
+    largest_seed_difference: float | None  # the largest |FID here − FID there| over `seeds_in_both`
+    t: float | None  # Welch's t-test of all seeds here against all there (None below two a side)
     p: float | None
-    within_spread: bool  # the means differ by less than the larger of the two seed stds
+    within_spread: bool
 
 
 def previous_cells(table: Mapping[str, Any], earlier: Sequence[Mapping[str, Any]]) -> list[PreviousCell]:
-    """The cells with two succeeded seeds or more both here and in `earlier` (the earlier run's cells)."""
+    """The cells with a succeeded seed here and two or more in `earlier` (the earlier run's cells)."""
     rows = []
     for c in table["cells"]:
-        here = succeeded_fids(c)
-        there = succeeded_fids(next((e for e in earlier if (e["teacher"], e["method"]) == (c["teacher"],
-                                                                                         c["method"])), None))
-        if len(here) < 2 or len(there) < 2:
+        here = succeeded_by_seed(c)
+        there = succeeded_by_seed(next((e for e in earlier if (e["teacher"], e["method"]) == (c["teacher"],
+                                                                                            c["method"])), None))
+        if not here or len(there) < 2:
             continue
-        w = welch(here, there)
-        m_there, s_there = statistics.mean(there), statistics.stdev(there)
-        rows.append(PreviousCell(c["teacher"], c["method"], c["mean"], c["std"], m_there, s_there,
-                                 w.statistic if w else None, w.pvalue if w else None,
-                                 abs(c["mean"] - m_there) < max(c["std"] or 0.0, s_there)))
+        both = tuple(sorted(set(here) & set(there)))
+        diffs = [abs(here[s] - there[s]) for s in both]
+        w = welch(list(here.values()), list(there.values()))
+        mean_here, std_here = c["mean"], c["std"]  # the service's (over the same succeeded seeds)
+        m_there, s_there = statistics.mean(there.values()), statistics.stdev(there.values())
+        within = max(diffs) < s_there if diffs else abs(mean_here - m_there) < max(std_here or 0.0, s_there)
+        rows.append(PreviousCell(c["teacher"], c["method"], mean_here, std_here, m_there, s_there, both,
+                                 statistics.mean(there[s] for s in both) if both else None,
+                                 max(diffs) if diffs else None, w.statistic if w else None,
+                                 w.pvalue if w else None, within))
     return rows
 
 

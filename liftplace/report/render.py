@@ -222,14 +222,21 @@ def same_cells_lines(other: Mapping[str, Any], differ: Mapping[str, tuple[Any, A
 def previous_lines(rev: str, section: str, rows: Sequence[PreviousCell]) -> list[str]:
     if not rows:
         return [f"\nNo cell of this study is in section {section!r} at commit `{rev}`."]
-    lines = [f"\nAgainst this section as published at commit `{rev}` (an earlier run of the same command): the same "
-             "teacher and method, mean ± sample std here and there, Welch's t-test, and whether the means differ "
-             "by less than the larger of the two seed stds (*within the seed spread*).\n",
-             "| teacher | method | mean ± std here | mean ± std there | t | p | within the seed spread |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"\nAgainst this section as published at commit `{rev}` (an earlier run of the same command, perhaps "
+             "of other seeds or on another machine): the same teacher and method; mean ± sample std here and "
+             "there; the seeds run on both sides, the earlier mean over those seeds and the largest difference "
+             "of one seed's FID between the runs; Welch's t-test of all the seeds here against all there; and "
+             "*within the seed spread*: every seed run on both sides differs by less than the earlier cell's "
+             "seed std (with no seed in common: the means differ by less than the larger std).\n",
+             "| teacher | method | mean ± std here | mean ± std there | seeds in both | there, same seeds | "
+             "largest seed difference | t | p | within the seed spread |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        seeds = ", ".join(map(str, r.seeds_in_both)) or MISSING
         lines.append(f"| {r.teacher} | {r.method} | {fmt(r.mean_here)} ± {fmt(r.std_here)} | {fmt(r.mean_there)} ± "
-                     f"{fmt(r.std_there)} | {fmt(r.t)} | {fmt(r.p, 4)} | {'yes' if r.within_spread else 'no'} |")
+                     f"{fmt(r.std_there)} | {seeds} | {fmt(r.mean_there_same_seeds)} | "
+                     f"{fmt(r.largest_seed_difference)} | {fmt(r.t)} | {fmt(r.p, 4)} | "
+                     f"{'yes' if r.within_spread else 'no'} |")
     return lines
 
 

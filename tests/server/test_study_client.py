@@ -150,6 +150,14 @@ def test_study_show_and_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_study.main(["study", "show", "quick"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["studies"][0]["name"] == "quick" and shown["teachers"]
+    # --seeds: a subset of the preset's cells (a re-run on another machine), the rest of the request unchanged
+    assert cli_study.main(["study", "show", "stability", "--seeds", "1", "0", "1"]) == 0
+    (study,) = json.loads(capsys.readouterr().out)["studies"]
+    assert study["seeds"] == [1, 0] and study == {**get_study_preset("stability").study_requests("stability")[0],
+                                                  "seeds": [1, 0]}
+    with pytest.raises(SystemExit):
+        cli_study.main(["study", "show", "stability", "--seeds", "-1"])
+    assert "--seeds: expected a seed (an integer >= 0), got -1" in capsys.readouterr().err
 
 
 def test_a_preset_registers_its_shipped_teachers_and_never_mixes_them_with_trained_ones(
