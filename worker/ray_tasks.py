@@ -18,6 +18,7 @@ is cancelled at once.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import time
 from typing import Any
@@ -189,6 +190,10 @@ class StoreReporter:
 
     progress and log are fire-and-forget calls; should_cancel asks the store at most every
     `poll_s` seconds without ever waiting for the answer, and remembers a cancel once seen.
+
+    It never calls `ray.get` or `ray.wait` on the task's main thread: a task blocked in either lends its
+    CPU back to Ray, which starts another job on it (more jobs than CPUs, each slower), even for a
+    `ray.wait(timeout=0)`. Answers are read through `ObjectRef.future()` (a callback) instead.
     """
 
     def __init__(self, store, poll_s: float = CANCEL_POLL_S):
@@ -196,21 +201,15 @@ class StoreReporter:
         self.poll_s = poll_s
         self._checked_at = -float("inf")
         self._cancelled = False
-        self._pending = None  # an is_cancelled request whose answer has not been read yet
+        self._pending: concurrent.futures.Future | None = None  # an is_cancelled request not read yet
 
     @staticmethod
-    def _answer_without_blocking(ref, timeout_s: float) -> bool:
-        """The store's answer, polled (never a blocking ray.get: see should_cancel); False if none in time."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            time.sleep(0.005)  # an actor call on this node answers in about a millisecond
-            try:
-                ready, _ = ray.wait([ref], timeout=0)
-                if ready:
-                    return bool(ray.get(ready[0]))
-            except Exception:  # a store that does not answer never cancels a job
-                return False
-        return False
+    def _answer(future: concurrent.futures.Future, timeout_s: float) -> bool:
+        """The store's answer, waited for without Ray's blocking calls; False if none in time."""
+        try:
+            return bool(future.result(timeout=timeout_s))
+        except Exception:  # a store that does not answer (in time) never cancels a job
+            return False
 
     def progress(self, job_id: int, step: int, total: int, metrics: dict[str, float]) -> None:
         self.store.report.remote(job_id, step, total, metrics)
@@ -219,27 +218,20 @@ class StoreReporter:
         self.store.append_log.remote(job_id, line)
 
     def should_cancel(self, job_id: int) -> bool:
-        # Never block on the store: a task blocked in ray.get lends its CPU back to Ray, which
-        # then starts another job on it (more jobs than CPUs). Ask, and read the answer on a
-        # later call once it is there.
         if self._cancelled:
             return True
         now = time.monotonic()
         if self._checked_at == -float("inf"):  # the first check, before any work: wait for it
             self._checked_at = now
-            self._cancelled = self._answer_without_blocking(self.store.is_cancelled.remote(job_id), 10.0)
+            self._cancelled = self._answer(self.store.is_cancelled.remote(job_id).future(), 10.0)
             return self._cancelled
         if self._pending is not None:
-            try:
-                ready, _ = ray.wait([self._pending], timeout=0)
-                if ready:
-                    self._cancelled = bool(ray.get(ready[0]))
-                    self._pending = None
-            except Exception:  # a store that does not answer never cancels a job
+            if self._pending.done():
+                self._cancelled = self._answer(self._pending, 0.0)
                 self._pending = None
         elif now - self._checked_at >= self.poll_s:
             self._checked_at = now
-            self._pending = self.store.is_cancelled.remote(job_id)
+            self._pending = self.store.is_cancelled.remote(job_id).future()
         return self._cancelled
 
     def flush(self, job_id: int, timeout_s: float = 30.0) -> None:
@@ -250,7 +242,7 @@ class StoreReporter:
         reads the logs as soon as the task returns, could miss the last lines (e.g. "ended").
         """
         try:
-            ray.get(self.store.get.remote(job_id), timeout=timeout_s)
+            self.store.get.remote(job_id).future().result(timeout=timeout_s)
         except Exception:  # the store is gone or slow: the lines are in job.log all the same
             pass
 

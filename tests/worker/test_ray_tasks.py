@@ -123,6 +123,36 @@ def test_store_reporter_follows_the_protocol_through_a_store(local_ray):
     assert StoreReporter(store).should_cancel(22) is False  # the cancel was for job 21 alone
 
 
+def test_a_job_asking_whether_it_is_cancelled_never_lends_its_cpus_to_another_job(local_ray):
+    """A task blocked in ray.get or ray.wait (even with timeout 0) on its main thread gives its CPUs back to
+    Ray, which starts the next job on them: more jobs than CPUs. The reporter reads answers by callbacks."""
+    from worker.ray_tasks import StoreReporter
+
+    store = ProgressStore.remote()
+    cpus = ray.cluster_resources()["CPU"]
+
+    @ray.remote(num_cpus=cpus, max_retries=0)
+    def polling_job(store, seconds: float) -> tuple[float, float]:
+        started = time.time()
+        reporter = StoreReporter(store, poll_s=0.0)
+        while time.time() - started < seconds:
+            reporter.should_cancel(31)
+            reporter.progress(31, 1, 2, {})
+            time.sleep(0.002)
+        reporter.flush(31)
+        return started, time.time()
+
+    @ray.remote(num_cpus=cpus, max_retries=0)
+    def next_job() -> float:
+        return time.time()
+
+    first = polling_job.remote(store, 1.5)
+    second = next_job.remote()
+    (start, end), second_started = ray.get(first), ray.get(second)
+    assert second_started >= end, f"the next job started {end - second_started:.2f} s before the first ended"
+    assert end - start >= 1.5
+
+
 def test_job_options_cpu_only_cluster(local_ray):
     spec = JobSpec(job_id=4, kind="distill", output_dir="/tmp/x")
     opts = job_options(spec, num_gpus=0.25, num_cpus=1)
