@@ -237,8 +237,8 @@ def ablation_section(source: ReportSource, preset_name: str, figure: Path, secti
 def _ablation_points(rows: list[compute.AblationRow], variants: Any, tables: list[dict[str, Any]]
                      ) -> list[tuple[str, list[float], float | None, float | None]]:
     """The plot's columns: (label, the row's FIDs, mean, std); a label names the method when a variant has several."""
-    several = {v.suffix: len(t["methods"]) > 1 for v, t in zip(variants, tables, strict=True)}
-    return [(f"{r.variant}\n{r.method}" if several[r.variant] else r.variant,
+    several = any(len(t["methods"]) > 1 for t in tables)
+    return [(f"{r.variant}\n{r.method}" if several else r.variant,
              compute.succeeded_fids({"tries": r.tries}), r.mean, r.std) for r in rows]
 
 
