@@ -533,6 +533,7 @@ def test_the_regime_map_compares_the_paper_method_with_outkd_in_every_cell_of_th
     fast = next(r for r in s.numbers["rows"] if r.method == "outkd" and not r.reference)
     assert fast.t == welch_t_test(src.OUTKD[0.01], src.OUTKD[0.001]).statistic
     assert "| **lr = 0.001** (reference) | t | outkd |" in text
+    assert "reference variant `lr = 0.001, coarse = l1` (the first)" in text  # lr 1e-3 is not the default
     # an ablation of one method has no such table
     assert "Where does" not in sections.ablation_section(_FakeAblationSource(), "ablation-group-size",
                                                          tmp_path / "k.png", "k", _ctx()).markdown

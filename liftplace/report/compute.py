@@ -367,11 +367,15 @@ class AblationRow:
     p: float | None
 
 
+def is_default_variant(variant: Any, job_defaults: Mapping[str, Any]) -> bool:
+    """Whether every option of the variant is the job spec's default."""
+    missing = object()
+    return all(job_defaults.get(k, missing) == val for k, val in variant.options.items())
+
+
 def reference_variant(variants: Sequence[Any], job_defaults: Mapping[str, Any]) -> Any:
     """The variant whose options are all the job spec's defaults, else the first."""
-    missing = object()
-    return next((v for v in variants if all(job_defaults.get(k, missing) == val for k, val in v.options.items())),
-                variants[0])
+    return next((v for v in variants if is_default_variant(v, job_defaults)), variants[0])
 
 
 def ablation_rows(variants: Sequence[Any], tables: Sequence[Mapping[str, Any]], reference: Any) -> list[AblationRow]:

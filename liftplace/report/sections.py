@@ -219,7 +219,8 @@ def ablation_section(source: ReportSource, preset_name: str, figure: Path, secti
     seeds, metric = studies[0]["seeds"], compute.metric_label(tables[0])
     lines = [*render.ablation_header(preset, studies, span, len(jobs), varied),
              *render.teacher_table(teachers, rvr, metric),
-             *render.ablation_table(rows, seeds, reference.suffix, metric, compute.collapse_threshold_of(tables[0])),
+             *render.ablation_table(rows, seeds, reference.suffix, metric, compute.collapse_threshold_of(tables[0]),
+                                    compute.is_default_variant(reference, ctx.job_defaults)),
              *render.regime_table(regime, metric)]
     figures.ablation_plot(_ablation_points(rows, variants, tables), figure,
                           f"{preset.name}: student FID per variant ({len(seeds)} seeds)", metric)
