@@ -534,6 +534,12 @@ def test_the_regime_map_compares_the_paper_method_with_outkd_in_every_cell_of_th
     assert fast.t == welch_t_test(src.OUTKD[0.01], src.OUTKD[0.001]).statistic
     assert "| **lr = 0.001** (reference) | t | outkd |" in text
     assert "reference variant `lr = 0.001, coarse = l1` (the first)" in text  # lr 1e-3 is not the default
+    # --same-as matches cells by teacher and method: not with a study that has several of each
+    source = _FakeRegimeSource()
+    source.add("plain", _table([_cell("t", "outkd", [12.0, 13.0])]))
+    with pytest.raises(ReportError, match="--same-as: study 'regime-map' sweeps lr, coarse"):
+        sections.study_section(source, sections.StudyRequest("plain", same_as="regime-map"), tmp_path / "p.png",
+                               _ctx())
     # an ablation of one method has no such table
     assert "Where does" not in sections.ablation_section(_FakeAblationSource(), "ablation-group-size",
                                                          tmp_path / "k.png", "k", _ctx()).markdown

@@ -18,7 +18,15 @@ from typing import Any
 from liftplace.defaults import DIGITS_RESOLUTION
 from liftplace.report import compute, curves, figures, render
 from liftplace.report.compute import RealVsReal, TeacherRow
-from liftplace.report.data import ReportSource, StudyData, fetch_study, fetch_teachers, read_rows, real_vs_real
+from liftplace.report.data import (
+    ReportError,
+    ReportSource,
+    StudyData,
+    fetch_study,
+    fetch_teachers,
+    read_rows,
+    real_vs_real,
+)
 from liftplace.report.page import previous_cells
 
 SCRIPT = "python scripts/results_report.py"
@@ -92,6 +100,14 @@ def _grid_part(d: StudyData, teacher_params: Mapping[str, int]) -> tuple[list[st
                    "best": table["best"], "welch": comparisons, "verdict": verdict}
 
 
+def _no_axes(*studies: StudyData) -> None:
+    """--same-as matches cells by teacher and method: a study with axes has several cells of each."""
+    for d in studies:
+        if d.table.get("axes"):
+            raise ReportError(f"--same-as: study {d.study['name']!r} sweeps {', '.join(d.table['axes'])}, so a "
+                              "teacher and method name several of its cells; compare studies without axes")
+
+
 def _against_part(source: ReportSource, d: StudyData, req: StudyRequest, ctx: ReportContext
                   ) -> tuple[list[str], dict[str, Any]]:
     """The cells against another study (--same-as) and against an earlier run (--previous)."""
@@ -99,6 +115,7 @@ def _against_part(source: ReportSource, d: StudyData, req: StudyRequest, ctx: Re
     numbers: dict[str, Any] = {}
     if req.same_as:
         other = fetch_study(source, req.same_as, jobs=False)
+        _no_axes(d, other)
         differ = compute.option_differences(d.study["options"], other.study["options"])
         rows = compute.same_cells(d.table, other.table)
         lines += render.same_cells_lines(other.study, differ, rows)
@@ -154,6 +171,7 @@ def _preset_label(name: str) -> str:
 def comparison_section(source: ReportSource, name: str, same_as: str, section: str) -> Section:
     """Only the cells a study shares with another (``--compare-only``)."""
     d, other = fetch_study(source, name, jobs=False), fetch_study(source, same_as, jobs=False)
+    _no_axes(d, other)
     differ = compute.option_differences(d.study["options"], other.study["options"])
     rows = compute.same_cells(d.table, other.table)
     lines = render.same_cells_lines(other.study, differ, rows, subject=f"Study `{name}` (id {d.study['id']})")
