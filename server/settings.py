@@ -11,6 +11,7 @@ the conventional ones their tools already read.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +27,10 @@ IDEMPOTENCY_HOURS: float = 24.0  # how long a retried POST with the same Idempot
 # A round makes bounded calls (Ray answers within 60 s each, MLflow retries for 30 s): five minutes
 # without one ending means the dispatcher thread is stuck.
 DISPATCHER_STALL_S: float = 300.0
+# Where jobs find teachers: "local", the paths of this host (embedded mode, or a cluster whose hosts share
+# the data folder); "mlflow", MLflow's model registry (a cluster without a shared folder: worker.teacher_store).
+STORAGE_MODES: tuple[str, ...] = ("local", "mlflow")
+Storage = Literal["local", "mlflow"]
 
 
 def _env(name: str) -> AliasChoices:
@@ -52,6 +57,10 @@ class Settings(BaseSettings):
                                             description="default sqlite:///<data_dir>/mlflow.db")
     mlflow_ui_url: str = Field(default="http://127.0.0.1:5000", validation_alias=_env("MLFLOW_UI_URL"))
     mlflow_experiment: str = "liftplace"
+    storage: Storage = Field(default="local", description="where jobs find teachers: 'local', by this host's paths "
+                             "(embedded mode, or hosts that share the data folder); 'mlflow', as versions of MLflow's "
+                             "model registry (every ready teacher is registered there; each worker downloads it once "
+                             "per node into LIFTPLACE_CACHE_DIR, digest checked)")
     gpus_per_job: float = Field(default=1.0, ge=0, description="GPUs per job when the cluster has GPUs (0.25: "
                                 "four tiny students share one GPU)")
     cpus_per_job: float = Field(default=1.0, gt=0, description="CPUs per job")
@@ -112,6 +121,11 @@ class Settings(BaseSettings):
     def mlflow_artifacts_dir(self) -> Path:
         """Artifact root of the experiment the server creates (local stores only)."""
         return self.data_dir / "mlartifacts"
+
+    @property
+    def teachers_in_registry(self) -> bool:
+        """Cluster mode: teachers are MLflow model versions and jobs get references to them, not paths."""
+        return self.storage == "mlflow"
 
     @property
     def embedded_ray(self) -> bool:

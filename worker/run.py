@@ -12,6 +12,14 @@ missing teacher, a crash in training all end as status "failed" with a readable 
   the reporter asked to cancel ends "cancelled" (its checkpoint stays for a later resume).
 - kind "teacher": train a fresh `preset`, or prune `base_teacher_path` at `prune_ratio` and
   retrain it (the paper's smaller teachers), save its EMA to `output_dir/model`, compute FID.
+  With `register_model` (cluster mode) a teacher that succeeded is also registered as a new
+  version of that model in MLflow's Model Registry (its files uploaded to the job's run first;
+  the version and the files' digest go back in the outcome); if that fails, the job fails.
+
+A teacher given as an MLflow model version (`teacher_uri` and `teacher_digest`, likewise for the
+student's and the base teacher; cluster mode) is loaded from this node's cache of the registry
+(`worker.teacher_store.resolve_teacher`: downloaded once per node, its digest checked); a version
+the registry lacks or files with another digest fail the job, naming teacher, version and URI.
 
 Files in `output_dir`: checkpoint/last.pt, model/, samples.png, error_map.png (distill and
 pruned teachers), job.log, metrics.jsonl, outcome.json, mlflow_run_id, mlflow_run_key,
@@ -58,6 +66,7 @@ from worker.spec import (
     JobOutcome,
     JobSpec,
 )
+from worker.teacher_store import MODEL_ARTIFACT_PATH
 
 __all__ = ["Reporter", "run_job", "training_config", "pick_device", "PROGRESS_INTERVAL_S", "GRID_SAMPLES",
            "ERROR_MAP_IMAGES", "METRICS_MAX_LINES"]
@@ -333,12 +342,15 @@ class _Job:
         from liftplace.training import distill
 
         spec = self.spec
-        if not spec.teacher_path:
-            raise ValueError("teacher_path: a distill job needs the teacher's model folder")
-        teacher = load_unet(spec.teacher_path, device=self.device)
+        if not spec.teacher_path and not spec.teacher_uri:
+            raise ValueError("teacher_path: a distill job needs the teacher's model folder (or teacher_uri)")
+        location = self._teacher_location("teacher", spec.teacher_name, spec.teacher_path, spec.teacher_uri,
+                                          spec.teacher_digest)
+        teacher = load_unet(location, device=self.device)
         self.log(f"teacher {spec.teacher_name or spec.teacher_path}: {count_parameters(teacher):,} parameters")
         data = self._data()
-        student = self._student_of_other_teacher(data, config) if spec.student_teacher_path else None
+        other = spec.student_teacher_path or spec.student_teacher_uri
+        student = self._student_of_other_teacher(data, config) if other else None
         result = distill(teacher, data=data, student=student, config=config, device=self.device,
                          checkpoint_dir=self.out / "checkpoint", resume=True, callbacks=[_Callbacks(self)])
         counts = {
@@ -356,7 +368,9 @@ class _Job:
         from liftplace.pruning import prune
 
         spec = self.spec
-        source = load_unet(spec.student_teacher_path, device=self.device)
+        location = self._teacher_location("student_teacher", spec.student_teacher_name, spec.student_teacher_path,
+                                          spec.student_teacher_uri, spec.student_teacher_digest)
+        source = load_unet(location, device=self.device)
         pruned = prune(source, config.student_ratio, config.importance, data=data, seed=config.seed)
         self.log(f"student pruned from teacher {spec.student_teacher_name or spec.student_teacher_path} at "
                  f"{config.student_ratio} ({config.importance}): {pruned.params_before:,} -> "
@@ -371,16 +385,18 @@ class _Job:
         data = self._data()
         reference = None
         counts: dict[str, float] = {}
-        if spec.base_teacher_path and spec.prune_ratio is not None:
+        if (spec.base_teacher_path or spec.base_teacher_uri) and spec.prune_ratio is not None:
             from liftplace.pruning import prune
 
-            base = load_unet(spec.base_teacher_path, device=self.device)
+            location = self._teacher_location("base_teacher", None, spec.base_teacher_path, spec.base_teacher_uri,
+                                              spec.base_teacher_digest)
+            base = load_unet(location, device=self.device)
             pruned = prune(base, spec.prune_ratio, spec.importance, data=data, seed=spec.seed)
             model = pruned.model
             reference = base
             counts["base_teacher_parameters"] = pruned.params_before
-            self.log(f"pruned {spec.base_teacher_path} at {spec.prune_ratio} ({spec.importance}): "
-                     f"{pruned.params_before:,} -> {pruned.params_after:,} parameters; retraining")
+            self.log(f"pruned {spec.base_teacher_uri or spec.base_teacher_path} at {spec.prune_ratio} "
+                     f"({spec.importance}): {pruned.params_before:,} -> {pruned.params_after:,} parameters; retraining")
         elif spec.preset:
             model = build_unet(spec.preset, sample_size=data.shape[-1], in_channels=data.shape[1], seed=spec.seed)
             self.log(f"preset {spec.preset}: {count_parameters(model):,} parameters")
@@ -411,8 +427,44 @@ class _Job:
         model, model_dir = self._save_model(result, counts)
         t0 = time.monotonic()
         images = self._sample(model, result.steps, reference, data, metrics)
-        self.tracker.log_artifacts(model_dir, "model")
-        return self._score(images, result.steps, metrics, t0)
+        if not self.spec.register_model:  # registering uploads it (and a failed upload fails the job)
+            self.tracker.log_artifacts(model_dir, MODEL_ARTIFACT_PATH)
+        outcome = self._score(images, result.steps, metrics, t0)
+        if self.spec.register_model and outcome.status == "succeeded":
+            self._register(model_dir, outcome)
+        return outcome
+
+    def _register(self, model_dir: Path, outcome: JobOutcome) -> None:
+        """Upload the trained teacher to the job's run and register it as a version of `register_model`
+        (the version of the same files if one exists: a retried registration); raises if either fails."""
+        from worker.teacher_store import SOURCE_TAG, folder_digest, model_uri, register_version
+
+        spec = self.spec
+        assert spec.register_model is not None
+        digest = folder_digest(model_dir)
+        self.tracker.upload_artifacts(model_dir, MODEL_ARTIFACT_PATH)
+        source = "pruned" if spec.prune_ratio is not None else "preset"
+        ref = register_version(self.tracker.client, spec.register_model, self.tracker.run_id, digest,
+                               tags={SOURCE_TAG: source, "job_id": str(spec.job_id)})
+        outcome.model_version, outcome.model_digest = ref.version, ref.digest
+        self.log(f"registered the teacher as {model_uri(ref.name, ref.version)} (sha256 {digest})")
+
+    def _teacher_location(self, role: str, name: str | None, path: str | None, uri: str | None,
+                          digest: str | None) -> str | Path:
+        """Where to load a teacher from: its path, or (with `uri`) its folder in this node's registry cache."""
+        if not uri:
+            if not path:
+                raise ValueError(f"{role}_path: the spec names no folder and no model version for the {role}")
+            return path
+        if not digest:
+            raise ValueError(f"{role}_digest: {role}_uri {uri} comes without the digest of its files")
+        from worker.teacher_store import resolve_teacher
+
+        t0 = time.monotonic()
+        folder = resolve_teacher(uri, digest, tracking_uri=self.spec.mlflow_tracking_uri)
+        self.log(f"{role.replace('_', ' ')} {name or uri}: {uri} (sha256 {digest[:12]}...) from this node's "
+                 f"cache {folder} ({time.monotonic() - t0:.1f} s)")
+        return folder
 
     def _save_model(self, result, counts: dict[str, float]) -> tuple[torch.nn.Module, Path]:
         """Save the EMA model (diffusers format, with the spec and the run's summary) to output_dir/model."""

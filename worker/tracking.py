@@ -142,6 +142,9 @@ def spec_tags(spec: JobSpec) -> dict[str, str]:
         "liftplace.teacher_path": spec.teacher_path if distill else None,
         "liftplace.student_teacher_path": spec.student_teacher_path if distill else None,
         "liftplace.base_teacher_path": None if distill else spec.base_teacher_path,
+        "liftplace.teacher_uri": spec.teacher_uri if distill else None,  # cluster mode: MLflow model versions
+        "liftplace.student_teacher_uri": spec.student_teacher_uri if distill else None,
+        "liftplace.base_teacher_uri": None if distill else spec.base_teacher_uri,
         "liftplace.dataset_path": dataset_path,
         **source_tags(spec.kind),
     }
@@ -423,6 +426,11 @@ class JobTracker:
 
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
         self._artifact(self.client.log_artifacts, folder, artifact_path)
+
+    def upload_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a folder (transient errors retried for a minute); unlike `log_artifacts`, a failure raises:
+        for files the job's result depends on (a teacher to register)."""
+        mlflow_retry(self.client.log_artifacts, self.run_id, str(folder), artifact_path, retry_for_s=ARTIFACT_RETRY_S)
 
     def _artifact(self, fn: Call, path: str | Path, artifact_path: str | None) -> None:
         try:
