@@ -7,6 +7,9 @@ and so on (a study with axes appends the cell's values, ``.../coarse:l1``), so M
 cells side by side; the whole table goes along as artifacts. The parent run carries the study's
 axes as params (``axes``, ``axis.<option>``) and a tag (``axes``).
 
+In cluster mode (``LIFTPLACE_STORAGE=mlflow``) it also registers teachers registered from a folder
+(local, shipped) in MLflow's model registry (`Tracking.register_teacher`, see worker.teacher_store).
+
 Only `MlflowClient` is used (no fluent global state): the server may share its process with
 in-process jobs that track to MLflow themselves.
 """
@@ -158,7 +161,7 @@ class Tracking:
         version = find_version(self.client, name, digest)
         if version is not None:
             return version, digest
-        tags = {KIND_TAG: REGISTER_RUN_KIND, "teacher": name, "liftplace.source": source,
+        tags = {KIND_TAG: REGISTER_RUN_KIND, "teacher": name, SOURCE_TAG: source,
                 **source_tags(REGISTER_RUN_KIND)}
         run = mlflow_retry(self.client.create_run, self.experiment_id(), tags=tags, run_name=f"teacher {name} "
                            f"({source}) registered")

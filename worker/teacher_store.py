@@ -47,6 +47,7 @@ from worker.retry import mlflow_retry, safe_uri
 __all__ = [
     "DIGEST_TAG",
     "TEACHER_TAG",
+    "SOURCE_TAG",
     "MODEL_ARTIFACT_PATH",
     "MODELS_CACHE_SUBDIR",
     "TeacherRef",
