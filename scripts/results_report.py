@@ -7,7 +7,8 @@ the study and MLflow ids, the teachers with their FID against the real-vs-real F
 Welch's t-tests of the paper's method against each baseline under every teacher, a verdict
 computed from those numbers, job timings, and a capacity-gap plot (PNG under docs/figures/).
 The section's numbers go to a JSON sidecar beside the page (docs/results/SECTION.json), which
-``--previous REV`` reads back as commit REV has it.
+``--previous REV`` reads back as commit REV has it (``--previous-section``: another section there, e.g. the
+same study run on another machine).
 
     python scripts/results_report.py --api http://127.0.0.1:8000 --study stability
     python scripts/results_report.py --convergence runs/conv-s/convergence.csv --section convergence
@@ -60,6 +61,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--same-as", help="with --study: another study sharing cells with it; report whether they repeat")
     p.add_argument("--previous", metavar="REV", help="with --study: compare with the same section at git commit REV "
                    "(an earlier run of the same command), as its JSON sidecar there has it")
+    p.add_argument("--previous-section", metavar="SECTION", help="with --previous: the section to read there "
+                   "(default: this one), e.g. the same study published from another machine")
     p.add_argument("--compare-only", action="store_true", help="with --study and --same-as: write only the comparison")
     p.add_argument("--fragment", type=Path, help="a Markdown file another script wrote (e.g. bench/gpu_estimate.py "
                    "--markdown): put it in --section as it is")
@@ -84,6 +87,8 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     study_only = args.study and not any((args.convergence, args.presets, args.fragment, args.ablation))
     if study_only and args.compare_only and not args.same_as:
         p.error("--compare-only needs --same-as")
+    if args.previous_section and not args.previous:
+        p.error("--previous-section needs --previous")
 
 
 def build(args: argparse.Namespace) -> tuple[str, sections.Section | None, Path | None]:
@@ -107,7 +112,8 @@ def build(args: argparse.Namespace) -> tuple[str, sections.Section | None, Path 
     figure = FIGURES / f"{section}-capacity-gap.png"
     if args.compare_only:
         return section, sections.comparison_section(source, args.study, args.same_as, section), figure
-    request = sections.StudyRequest(args.study, section, args.preset, args.same_as, args.previous)
+    request = sections.StudyRequest(args.study, section, args.preset, args.same_as, args.previous,
+                                    args.previous_section)
     return section, sections.study_section(source, request, figure, ctx), figure
 
 

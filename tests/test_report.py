@@ -347,6 +347,11 @@ def test_previous_reads_a_sections_numbers_as_an_earlier_commit_has_them(tmp_pat
     text = sections.study_section(source, sections.StudyRequest("s", previous="HEAD"), tmp_path / "f.png",
                                   _ctx(results, tmp_path)).markdown
     assert line in text and "| big | outkd |" not in text.split("as published at commit `HEAD`")[1]
+    # another section at HEAD (the same study published from another machine), and the command says so
+    source.add("s-check", _table([lift]), dataset="faces")
+    req = sections.StudyRequest("s-check", "s-check", previous="HEAD", previous_section="s")
+    s2 = sections.study_section(source, req, tmp_path / "f.png", _ctx(results, tmp_path))
+    assert line in s2.markdown and "--section s-check --previous HEAD --previous-section s" in s2.markdown
     assert render.previous_lines("HEAD", "s", []) == ["\nNo cell of this study is in section 's' at commit `HEAD`."]
 
 
@@ -452,6 +457,12 @@ def test_the_cli_writes_a_section_and_its_sidecar_and_a_fragment_drops_a_stale_o
 def test_the_cli_names_a_service_it_cannot_reach(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="results_report.py: .*cannot reach the service"):
         _report_cli().main(["--api", "http://127.0.0.1:9", "--study", "s", "--results", str(tmp_path / "r.md")])
+
+
+def test_the_cli_refuses_a_previous_section_without_a_revision(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _report_cli().main(["--study", "s", "--previous-section", "t"])
+    assert "--previous-section needs --previous" in capsys.readouterr().err
 
 
 def test_the_sidecars_on_the_page_belong_to_its_sections() -> None:

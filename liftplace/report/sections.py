@@ -69,12 +69,14 @@ class StudyRequest:
     preset: str | None = None  # the study preset it ran: its label heads the section
     same_as: str | None = None  # another study sharing cells with it
     previous: str | None = None  # a git revision of the page: compare with the section as it was there
+    previous_section: str | None = None  # the section to read at `previous` (default: this one)
 
     def command(self, name: str) -> str:
         return (f"{SCRIPT} --api URL --study {name}" + (f" --preset {self.preset}" if self.preset else "")
                 + (f" --section {self.section}" if self.section else "")
                 + (f" --same-as {self.same_as}" if self.same_as else "")
-                + (f" --previous {self.previous}" if self.previous else ""))
+                + (f" --previous {self.previous}" if self.previous else "")
+                + (f" --previous-section {self.previous_section}" if self.previous_section else ""))
 
 
 def _grid_part(d: StudyData, teacher_params: Mapping[str, int]) -> tuple[list[str], dict[str, Any]]:
@@ -102,7 +104,7 @@ def _against_part(source: ReportSource, d: StudyData, req: StudyRequest, ctx: Re
         lines += render.same_cells_lines(other.study, differ, rows)
         numbers["same_as"] = {"study": other.study["name"], "id": other.study["id"], "differ": differ, "cells": rows}
     if req.previous:
-        section = req.section or d.study["name"]
+        section = req.previous_section or req.section or d.study["name"]
         rows = compute.previous_cells(d.table, previous_cells(req.previous, ctx.page, section, ctx.repo))
         lines += render.previous_lines(req.previous, section, rows)
         numbers["previous"] = {"rev": req.previous, "cells": rows}
