@@ -6,7 +6,8 @@ A background thread started with the app. Each round it
 2. records the jobs that ended (outcome, teacher readiness, study cells) or whose worker died
    (retried while attempts remain, LIFTPLACE_MAX_ATTEMPTS; the worker resumes from its checkpoint),
 3. copies progress and log lines from the executor into the database (a dispatched job's first
-   report means its worker has started it: it becomes running),
+   report means its worker has started it: it becomes running), and the MLflow run the worker opened
+   (in cluster mode every later attempt of the job reopens that run, on whichever node: JobSpec.mlflow_run_id),
 4. requeues in-flight jobs the executor no longer knows (a lost task),
 5. fails queued jobs whose teacher failed to train,
 6. in cluster mode (LIFTPLACE_STORAGE=mlflow), registers ready teachers that MLflow's model
@@ -126,6 +127,10 @@ def build_spec(settings: Settings, job: Job, *, parent_run_id: str | None = None
         mlflow_experiment=settings.mlflow_experiment,
         attempt=max(1, job.attempts),
     )
+    if settings.teachers_in_registry:
+        # cluster mode: the job's checkpoint and outcome also travel through its MLflow run, which a retry on
+        # any node reopens (worker.run_store)
+        common.update(storage="mlflow", mlflow_run_id=job.mlflow_run_id)
     if opts.get("resolution") is None:
         opts["resolution"] = dataset.resolution
     if job.kind == "teacher":
@@ -447,7 +452,10 @@ class Dispatcher:
         # Ask the executor outside any transaction: the database stays unlocked meanwhile.
         reports = self.executor.progress(list(offsets))
         logs = {job_id: self._read_logs(job_id, offsets[job_id]) for job_id in reports}
-        run_ids = {job_id: self._running_run_id(job_id) for job_id in reports if job_id in without_run}
+        # the run the worker reported (any host), else the one recorded in a shared output folder
+        run_ids = {job_id: report.get("mlflow_run_id") or (self._running_run_id(job_id) if job_id in without_run
+                                                             else None)
+                   for job_id, report in reports.items()}
         if not reports:
             return
         with self.sessions.begin() as s:
@@ -462,8 +470,8 @@ class Dispatcher:
                 job.progress_at = now
                 if job.started_at is None:
                     job.started_at = now
-                if run_ids.get(job_id):
-                    job.mlflow_run_id = run_ids[job_id]
+                if run_ids.get(job_id) and run_ids[job_id] != job.mlflow_run_id:
+                    job.mlflow_run_id = run_ids[job_id]  # as soon as known: a retry reopens it (cluster mode)
                 self._store_logs(s, job, offsets[job_id], logs[job_id])
 
     def _reconcile(self) -> None:

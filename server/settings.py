@@ -11,12 +11,13 @@ the conventional ones their tools already read.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import get_args
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from liftplace import defaults
+from worker.spec import Storage
 
 # Limits the library does not define (it has no notion of a study or of retries).
 MAX_JOBS_PER_STUDY: int = 500
@@ -27,10 +28,10 @@ IDEMPOTENCY_HOURS: float = 24.0  # how long a retried POST with the same Idempot
 # A round makes bounded calls (Ray answers within 60 s each, MLflow retries for 30 s): five minutes
 # without one ending means the dispatcher thread is stuck.
 DISPATCHER_STALL_S: float = 300.0
-# Where jobs find teachers: "local", the paths of this host (embedded mode, or a cluster whose hosts share
-# the data folder); "mlflow", MLflow's model registry (a cluster without a shared folder: worker.teacher_store).
-STORAGE_MODES: tuple[str, ...] = ("local", "mlflow")
-Storage = Literal["local", "mlflow"]
+# Where jobs find teachers, checkpoints and outcomes: "local", the paths of this host (embedded mode, or a
+# cluster whose hosts share the data folder); "mlflow", MLflow (a cluster without a shared folder: teachers in
+# its model registry, worker.teacher_store; a job's checkpoint and outcome in its run, worker.run_store).
+STORAGE_MODES: tuple[str, ...] = get_args(Storage)
 
 
 def _env(name: str) -> AliasChoices:
@@ -60,7 +61,8 @@ class Settings(BaseSettings):
     storage: Storage = Field(default="local", description="where jobs find teachers: 'local', by this host's paths "
                              "(embedded mode, or hosts that share the data folder); 'mlflow', as versions of MLflow's "
                              "model registry (every ready teacher is registered there; each worker downloads it once "
-                             "per node into LIFTPLACE_CACHE_DIR, digest checked)")
+                             "per node into LIFTPLACE_CACHE_DIR, digest checked), and a job's checkpoint and outcome "
+                             "also in its MLflow run (a retry on another node resumes from them)")
     gpus_per_job: float = Field(default=1.0, ge=0, description="GPUs per job when the cluster has GPUs (0.25: "
                                 "four tiny students share one GPU)")
     cpus_per_job: float = Field(default=1.0, gt=0, description="CPUs per job")

@@ -85,6 +85,8 @@ class Reporter(Protocol):
     `progress` is called at most about once a second (and at the last step); `should_cancel`
     once per training step, so an implementation that asks a remote service should cache it;
     `log` gets human-readable lines (start, resume, checkpoints, divergence, FID, end).
+    An implementation may also have `run_opened(job_id, run_id)`, called once the job's MLflow run is
+    open (the server records the run with the job; in cluster mode a later attempt reopens it).
     """
 
     def progress(self, job_id: int, step: int, total: int, metrics: dict[str, float]) -> None: ...
@@ -159,8 +161,11 @@ class _Callbacks:
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         job = self.job
+        journal = None
         if job.tracker is not None:
-            job.tracker.checkpoint(step)  # what MLflow does not hold yet is recorded beside the checkpoint
+            journal = job.tracker.checkpoint(step)  # what MLflow does not hold yet is recorded beside the checkpoint
+        if job.uploader is not None:  # cluster mode: to the run too, from a background thread
+            job.uploader.submit(step, path, journal)
         job.log(f"checkpoint at step {step}")
 
     def on_end(self, result) -> None: ...
@@ -179,6 +184,7 @@ class _Job:
         self.device: torch.device | None = None
         self.out = Path(spec.output_dir)
         self.tracker = None
+        self.uploader = None  # cluster mode: worker.run_store.CheckpointUploader
         self.steps_done = 0
         self.resumed_from_step: int | None = None
         self.model_dir: str | None = None
@@ -251,7 +257,21 @@ class _Job:
             os.replace(tmp, self.out / OUTCOME_FILE)
         except OSError:
             pass
+        if spec.storage == "mlflow" and self.tracker is not None:
+            self._outcome_to_run()
         return outcome
+
+    def _outcome_to_run(self) -> None:
+        """Cluster mode: outcome.json into the job's run, so no attempt on any node runs a finished job again
+        (a failure is a warning: the server records the outcome all the same)."""
+        from worker.run_store import upload_outcome
+        from worker.tracking import ARTIFACT_RETRY_S
+
+        try:
+            upload_outcome(self.tracker.client, self.tracker.run_id, self.out / OUTCOME_FILE,
+                           retry_for_s=ARTIFACT_RETRY_S)
+        except Exception as exc:
+            self.log(f"warning: could not store the outcome in the MLflow run: {_describe(exc)}")
 
     def _run(self) -> JobOutcome:
         """The job itself; raises for a problem of the job (`run` turns it into a "failed" outcome)."""
@@ -263,7 +283,7 @@ class _Job:
         self.log(f"job {spec.job_id} ({spec.kind}, attempt {spec.attempt}) starting on {self.device} "
                  f"(pid {os.getpid()} on {socket.gethostname()})")
         self.progress(0, spec.steps, {})  # the first report: the server now shows the job as running
-        if (earlier := _earlier_success(self.out, spec)) is not None:
+        if (earlier := _earlier_success(self.out, spec) or self._earlier_success_in_run()) is not None:
             # Dispatched again after it had finished (its server stopped before recording the
             # outcome): the result stands; sampling and scoring again would log it twice.
             self.log(f"job {spec.job_id} already succeeded in an earlier attempt; returning that outcome")
@@ -273,8 +293,12 @@ class _Job:
             return self._outcome("cancelled", "cancelled before it started")
         from worker.tracking import JobTracker
 
+        local_run = (self.out / RUN_ID_FILE).is_file()
         self.tracker = JobTracker.start(spec)
         self.log(f"MLflow run {self.tracker.run_id} ({'reopened' if self.tracker.resumed else 'new'})")
+        self._run_opened(self.tracker.run_id)
+        if spec.storage == "mlflow":
+            self._checkpoint_from_run(reopened_elsewhere=self.tracker.resumed and not local_run)
         config = training_config(spec)
         if isinstance(config, DistillConfig):
             return self._distill(config)
@@ -295,14 +319,80 @@ class _Job:
         base.update(fields)
         return JobOutcome(**base)
 
+    def _run_opened(self, run_id: str) -> None:
+        """Tell the reporter the run's id (`run_opened`, when it has one): the server records it with the job and
+        hands it to a later attempt (cluster mode), which may run on a node that has none of this one's files."""
+        hook = getattr(self.reporter, "run_opened", None)
+        if hook is not None:
+            try:
+                hook(self.spec.job_id, run_id)
+            except Exception:
+                pass
+
+    def _earlier_success_in_run(self) -> JobOutcome | None:
+        """Cluster mode: the succeeded outcome the job's run holds (an attempt on another node finished it),
+        else None. RunStoreUnavailable (naming MLflow) when the run cannot be read: a job never runs again
+        for want of knowing it had finished."""
+        spec = self.spec
+        run_id = spec.mlflow_run_id or _recorded_run_id(self.out)
+        if spec.storage != "mlflow" or not run_id:
+            return None
+        from mlflow import MlflowClient
+
+        from worker.retry import quiet_mlflow_http_retries
+        from worker.run_store import fetch_outcome
+        from worker.tracking import start_timeout_s
+
+        quiet_mlflow_http_retries()
+        client = MlflowClient(tracking_uri=spec.mlflow_tracking_uri)
+        data = fetch_outcome(client, run_id, spec.job_id, tracking_uri=spec.mlflow_tracking_uri,
+                             retry_for_s=start_timeout_s())
+        if not data or data.get("status") != "succeeded":
+            return None
+        try:
+            return JobOutcome(**data)
+        except TypeError:  # written by another version of liftplace: not an outcome this one can stand by
+            return None
+
+    def _checkpoint_from_run(self, *, reopened_elsewhere: bool) -> None:
+        """Cluster mode: without a local checkpoint, download the run's (if it has one) so the training resumes
+        from it; the history continues where MLflow has it. Then upload every checkpoint to the run."""
+        from liftplace.training import CHECKPOINT_NAME
+        from worker.run_store import CheckpointUploader, fetch_checkpoint
+        from worker.tracking import start_timeout_s
+
+        tracker = self.tracker
+        local = self.out / "checkpoint" / CHECKPOINT_NAME
+        journal = None
+        if tracker.resumed and not local.is_file():
+            t0 = time.monotonic()
+            got = fetch_checkpoint(tracker.client, tracker.run_id, local, tracking_uri=self.spec.mlflow_tracking_uri,
+                                   retry_for_s=start_timeout_s())
+            if got is not None:
+                step, journal = got
+                self.log(f"checkpoint of step {step} downloaded from MLflow run {tracker.run_id} "
+                         f"({time.monotonic() - t0:.1f} s)")
+        if reopened_elsewhere:
+            tracker.adopt_journal(journal)
+        self.uploader = CheckpointUploader(tracker.client, tracker.run_id, self.out)
+
     def _close_tracker(self, outcome: JobOutcome, *, drain_timeout_s: float | None = None) -> None:
         """Send the history's last points (waiting a bounded time), report what MLflow misses on the job
         (log lines, `outcome.metrics["mlflow_unsent_values"]`, run tags), then end the run."""
         tracker = self.tracker
         if tracker is None:
             return
+        from worker.tracking import drain_timeout_s as default_drain_s
         from worker.tracking import mlflow_status
 
+        if self.uploader is not None:  # the last checkpoint in the run: a retry elsewhere resumes from it
+            self.uploader.close(drain_timeout_s if drain_timeout_s is not None else default_drain_s())
+            tracker.errors.extend(self.uploader.errors)
+            if self.uploader.uploads:
+                took = [s for _, s in self.uploader.uploads]
+                self.log(f"{len(took)} checkpoint(s) uploaded to the MLflow run, the last of step "
+                         f"{self.uploader.uploads[-1][0]} ({sum(took) / len(took):.2f} s each on average, in the "
+                         "background)")
         unsent = tracker.drain(drain_timeout_s)
         if unsent:
             outcome.metrics["mlflow_unsent_values"] = float(unsent)
@@ -530,7 +620,7 @@ class _Job:
 
 
 # Spec fields that may change between attempts of one job without making it another job.
-_NOT_IDENTITY = ("attempt", "mlflow_parent_run_id")
+_NOT_IDENTITY = ("attempt", "mlflow_parent_run_id", "mlflow_run_id", "storage")
 
 
 def _earlier_success(out: Path, spec: JobSpec) -> JobOutcome | None:

@@ -31,6 +31,7 @@ LOGGED_STEP_FILE = "mlflow_logged_step"
 
 JobKind = Literal["distill", "teacher"]
 Outcome = Literal["succeeded", "failed", "diverged", "cancelled"]
+Storage = Literal["local", "mlflow"]  # the server's LIFTPLACE_STORAGE
 
 
 @dataclass
@@ -92,6 +93,10 @@ class JobSpec:
     base_teacher_digest: str | None = None
     # kind "teacher" in cluster mode: register the trained teacher as a new version of this registered model
     register_model: str | None = None
+    # "mlflow" (cluster mode): the job's checkpoint and outcome also go to its MLflow run (worker.run_store), so
+    # an attempt on another node resumes from them, or returns the outcome of one that succeeded; "local": only
+    # output_dir holds them.
+    storage: Storage = "local"
     # evaluation
     fid_samples: int = defaults.FID_SAMPLES
     fid_features: str = defaults.FID_FEATURES
@@ -102,6 +107,9 @@ class JobSpec:
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str = "liftplace"
     mlflow_parent_run_id: str | None = None
+    # cluster mode: the run an earlier attempt opened (the server recorded it); reopened when output_dir has no
+    # run of its own, so one job is one run across attempts and nodes
+    mlflow_run_id: str | None = None
     # steps per point of the MLflow history (the mean of those steps); None: steps / MLFLOW_MAX_POINTS
     log_every: int | None = None
     attempt: int = 1

@@ -52,6 +52,7 @@ __all__ = [
     "MODELS_CACHE_SUBDIR",
     "TeacherRef",
     "TeacherUnavailable",
+    "file_sha256",
     "folder_digest",
     "model_uri",
     "parse_model_uri",
@@ -103,7 +104,8 @@ def parse_model_uri(uri: str) -> tuple[str, str]:
     return name, version
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of one file (read in 1 MiB chunks)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -121,7 +123,7 @@ def folder_digest(folder: str | Path) -> str:
     files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())
     if not files:
         raise ValueError(f"{root} holds no file")
-    manifest = "".join(f"{_file_sha256(p)}  {rel}\n" for rel, p in files)
+    manifest = "".join(f"{file_sha256(p)}  {rel}\n" for rel, p in files)
     return hashlib.sha256(manifest.encode()).hexdigest()
 
 
