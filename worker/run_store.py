@@ -127,6 +127,8 @@ class CheckpointUploader:
         self._thread.join(timeout_s + 1.0)
         with self._cond:
             left = self._next or self._current
+        if not self._thread.is_alive():
+            shutil.rmtree(self.root, ignore_errors=True)
         if left is not None:
             self.errors.append(f"mlflow: the checkpoint of step {left.step} was not uploaded to the run in "
                                f"{timeout_s:.0f} s; an attempt on another node resumes from an earlier one")
