@@ -16,6 +16,12 @@ missing teacher, a crash in training all end as status "failed" with a readable 
   version of that model in MLflow's Model Registry (its files uploaded to the job's run first;
   the version and the files' digest go back in the outcome); if that fails, the job fails.
 
+Cluster mode (`storage` "mlflow"): the job's run also holds its latest checkpoint and its outcome
+(`worker.run_store`): every checkpoint is uploaded from a background thread; an attempt without a local
+checkpoint (another node) reopens the spec's `mlflow_run_id`, downloads the run's checkpoint (sha256
+checked) and resumes from it; an attempt whose run holds a succeeded outcome returns it. The run's id
+goes to the reporter as soon as the run is open (`run_opened`), so the server can hand it to a retry.
+
 A teacher given as an MLflow model version (`teacher_uri` and `teacher_digest`, likewise for the
 student's and the base teacher; cluster mode) is loaded from this node's cache of the registry
 (`worker.teacher_store.resolve_teacher`: downloaded once per node, its digest checked); a version

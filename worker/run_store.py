@@ -21,9 +21,11 @@ Uploads never hold training up: `CheckpointUploader.submit` hard-links the check
 snapshot folder (``output_dir/.checkpoint-upload/step-<N>``; the training replaces ``last.pt`` by a rename,
 so the snapshot keeps the bytes it had) and returns; a background thread uploads the newest snapshot,
 retrying transient errors with backoff (`worker.retry.mlflow_retry`) until it is sent, a newer checkpoint
-supersedes it, or the job closes the uploader. Measured with the ``tiny`` preset (a distillation
-checkpoint of about 1.4 MB, a local file store): under a millisecond on the training thread, about 0.03 s
-for the upload on the background thread.
+supersedes it, or the job closes the uploader. Measured with the ``tiny`` preset and a local artifact
+store (SQLite tracking, files under a folder; a loaded 2-core machine): 0.15 to 0.3 ms on the training
+thread per checkpoint (the hard link); on the background thread about 0.06 s per upload of a teacher's
+3.1 MB checkpoint and 0.03 s of a student's 0.3 MB (pruned at 0.9). An HTTP tracking server adds the
+transfer: the training thread's share stays the hard link.
 """
 
 from __future__ import annotations
