@@ -361,25 +361,26 @@ class _Job:
             return None
 
     def _checkpoint_from_run(self, *, reopened_elsewhere: bool) -> None:
-        """Cluster mode: without a local checkpoint, download the run's (if it has one) so the training resumes
-        from it; the history continues where MLflow has it. Then upload every checkpoint to the run."""
+        """Cluster mode: when the run holds a checkpoint newer than the local one (none here: another node ran
+        the job; an older one: this node ran an earlier attempt, another a later one), download it so the
+        training resumes from it; the history then continues where MLflow has it. Then upload every
+        checkpoint to the run."""
         from liftplace.training import CHECKPOINT_NAME
         from worker.run_store import CheckpointUploader, fetch_checkpoint
         from worker.tracking import start_timeout_s
 
         tracker = self.tracker
         local = self.out / "checkpoint" / CHECKPOINT_NAME
-        journal = None
-        if tracker.resumed and not local.is_file():
+        got = None
+        if tracker.resumed:
             t0 = time.monotonic()
             got = fetch_checkpoint(tracker.client, tracker.run_id, local, tracking_uri=self.spec.mlflow_tracking_uri,
-                                   retry_for_s=start_timeout_s())
+                                   retry_for_s=start_timeout_s(), newer_than=_checkpoint_step(local))
             if got is not None:
-                step, journal = got
-                self.log(f"checkpoint of step {step} downloaded from MLflow run {tracker.run_id} "
+                self.log(f"checkpoint of step {got[0]} downloaded from MLflow run {tracker.run_id} "
                          f"({time.monotonic() - t0:.1f} s)")
-        if reopened_elsewhere:
-            tracker.adopt_journal(journal)
+        if reopened_elsewhere or got is not None:
+            tracker.adopt_journal(got[1] if got is not None else None)
         self.uploader = CheckpointUploader(tracker.client, tracker.run_id, self.out)
 
     def _close_tracker(self, outcome: JobOutcome, *, drain_timeout_s: float | None = None) -> None:
@@ -649,6 +650,17 @@ def _earlier_success(out: Path, spec: JobSpec) -> JobOutcome | None:
     if not isinstance(saved, dict) or any(saved.get(k) != v for k, v in current.items() if k not in _NOT_IDENTITY):
         return None
     return outcome
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    """The step of the checkpoint file at `path`; None when there is none (or it cannot be read: a resume
+    from it would fail all the same). Memory-mapped: the weights are not read."""
+    if not path.is_file():
+        return None
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["step"])
+    except Exception:
+        return None
 
 
 def _recorded_run_id(out: Path) -> str | None:

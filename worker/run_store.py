@@ -188,9 +188,11 @@ def _unavailable(what: str, run_id: str, tracking_uri: str | None, exc: BaseExce
 
 
 def fetch_checkpoint(client: Any, run_id: str, dest: Path, *, tracking_uri: str | None,
-                     retry_for_s: float = RETRY_FOR_S) -> tuple[int, dict[str, Any] | None] | None:
+                     retry_for_s: float = RETRY_FOR_S,
+                     newer_than: int | None = None) -> tuple[int, dict[str, Any] | None] | None:
     """Download the run's checkpoint to `dest` (e.g. output_dir/checkpoint/last.pt); (its step, the history's
-    journal at it), or None when the run holds no checkpoint.
+    journal at it), or None when the run holds no checkpoint, or none of a step after `newer_than` (the step
+    of the checkpoint `dest` holds already: then nothing is downloaded).
 
     The file is downloaded into a temporary folder beside `dest`, its sha256 compared with the manifest's and
     only then renamed to `dest`; a mismatch reads both again (an upload was half way), up to FETCH_READS
@@ -210,6 +212,8 @@ def fetch_checkpoint(client: Any, run_id: str, dest: Path, *, tracking_uri: str 
                 manifest = json.loads(Path(mlflow_retry(
                     client.download_artifacts, run_id, f"{CHECKPOINT_ARTIFACT_DIR}/{MANIFEST_NAME}", tmp,
                     retry_for_s=retry_for_s)).read_text())
+                if newer_than is not None and int(manifest["step"]) <= newer_than:
+                    return None
                 file = Path(mlflow_retry(client.download_artifacts, run_id,
                                          f"{CHECKPOINT_ARTIFACT_DIR}/{manifest.get('file', dest.name)}", tmp,
                                          retry_for_s=retry_for_s))

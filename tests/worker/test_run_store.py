@@ -170,7 +170,14 @@ def test_fetch_checkpoint_checks_the_sha256_and_never_leaves_a_bad_file(tmp_path
     uri, client = store
     dest = tmp_path / "checkpoint" / "last.pt"
     good = _run_with_checkpoint(client, 8, b"weights")
-    assert fetch_checkpoint(client, good, dest, tracking_uri=uri) == (8, {"step": 8, "pending": [], "window": None})
+    dest.parent.mkdir()
+    dest.write_bytes(b"local, step 8")
+    # the local checkpoint is as new as the run's: kept (a node that ran the latest attempt itself)
+    assert fetch_checkpoint(client, good, dest, tracking_uri=uri, newer_than=8) is None
+    assert dest.read_bytes() == b"local, step 8"
+    # an older local one (this node ran an earlier attempt, another node a later one): replaced
+    assert fetch_checkpoint(client, good, dest, tracking_uri=uri, newer_than=6) == (
+        8, {"step": 8, "pending": [], "window": None})
     assert dest.read_bytes() == b"weights"
 
     dest2 = tmp_path / "other" / "last.pt"
