@@ -29,7 +29,8 @@ the registry lacks or files with another digest fail the job, naming teacher, ve
 
 Files in `output_dir`: checkpoint/last.pt, model/, samples.png, error_map.png (distill and
 pruned teachers), job.log, metrics.jsonl, outcome.json, mlflow_run_id, mlflow_run_key,
-mlflow_logged_step, mlflow_pending.json (MLflow points not yet sent at the last checkpoint). A
+mlflow_logged_step, mlflow_pending.json (MLflow points not yet sent at the last checkpoint), and in
+cluster mode .checkpoint-upload/ (snapshots of checkpoints while they are uploaded). A
 job dispatched again after it had succeeded (its server stopped before recording the outcome)
 returns that attempt's outcome.json instead of running again.
 
@@ -380,7 +381,14 @@ class _Job:
                 self.log(f"checkpoint of step {got[0]} downloaded from MLflow run {tracker.run_id} "
                          f"({time.monotonic() - t0:.1f} s)")
         if reopened_elsewhere or got is not None:
-            tracker.adopt_journal(got[1] if got is not None else None)
+            try:
+                tracker.adopt_journal(got[1] if got is not None else None)
+            except Exception as exc:
+                from worker.retry import safe_uri
+                from worker.run_store import RunStoreUnavailable
+
+                raise RunStoreUnavailable(f"cannot read the history of MLflow run {tracker.run_id} at "
+                                          f"{safe_uri(self.spec.mlflow_tracking_uri)}: {_describe(exc)}") from exc
         self.uploader = CheckpointUploader(tracker.client, tracker.run_id, self.out)
 
     def _close_tracker(self, outcome: JobOutcome, *, drain_timeout_s: float | None = None) -> None:
