@@ -527,6 +527,13 @@ def test_the_regime_map_compares_the_paper_method_with_outkd_in_every_cell_of_th
     regime = text.split("**Where does")[1]
     line = next(x for x in regime.splitlines() if x.startswith("| lr = 0.01, coarse = l2 | t | outkd |"))
     assert line.endswith("| … | … |")
+    # the ablation table lists OutKD's cell of a rate once, under its own axis value, not once per distance
+    outkd = [(r.variant, r.reference) for r in s.numbers["rows"] if r.method == "outkd"]
+    assert outkd == [("lr = 0.001", True), ("lr = 0.01", False)]
+    fast = next(r for r in s.numbers["rows"] if r.method == "outkd" and not r.reference)
+    assert fast.t == welch_t_test(src.OUTKD[0.01], src.OUTKD[0.001]).statistic
+    assert "| **lr = 0.001** (reference) | t | outkd |" in text
+    assert "reference variant `lr = 0.001, coarse = l1` (the first)" in text  # lr 1e-3 is not the default
     # an ablation of one method has no such table
     assert "Where does" not in sections.ablation_section(_FakeAblationSource(), "ablation-group-size",
                                                          tmp_path / "k.png", "k", _ctx()).markdown

@@ -367,22 +367,43 @@ class AblationRow:
     p: float | None
 
 
+def is_default_variant(variant: Any, job_defaults: Mapping[str, Any]) -> bool:
+    """Whether every option of the variant is the job spec's default."""
+    missing = object()
+    return all(job_defaults.get(k, missing) == val for k, val in variant.options.items())
+
+
 def reference_variant(variants: Sequence[Any], job_defaults: Mapping[str, Any]) -> Any:
     """The variant whose options are all the job spec's defaults, else the first."""
-    missing = object()
-    return next((v for v in variants if all(job_defaults.get(k, missing) == val for k, val in v.options.items())),
-                variants[0])
+    return next((v for v in variants if is_default_variant(v, job_defaults)), variants[0])
 
 
 def ablation_rows(variants: Sequence[Any], tables: Sequence[Mapping[str, Any]], reference: Any) -> list[AblationRow]:
-    """Every cell of every variant's table (variants in order), each against the reference's same cell."""
+    """Every cell of every variant's table (variants in order), each against the reference's same cell.
+
+    In one study with axes, a cell whose method ignores an axis stands in the table of every value of that
+    axis (the same cell): it is listed once, under its own axis values (e.g. "lr = 0.001" for OutKD in a map
+    of lr and coarse distance; "every variant" without any), and is a reference row when the reference
+    variant's table holds it.
+    """
+    from liftplace.tables import panel_label
+
     ref_table = tables[list(variants).index(reference)]
-    rows = []
+    in_ref = {id(c) for c in ref_table["cells"]}
+    shared = {id(c) for t in tables for c in t["cells"] if sum(c is d for u in tables for d in u["cells"]) > 1}
+    rows, seen = [], set()
     for variant, table in zip(variants, tables, strict=True):
         for c in table["cells"]:
+            if id(c) in seen:
+                continue
+            seen.add(id(c))
+            label = variant.suffix
+            if id(c) in shared:
+                label = panel_label(c.get("axes") or {}) or "every variant"
+            is_ref = variant is reference or id(c) in in_ref
             ref = find_cell(ref_table, c["teacher"], c["method"])
-            w = welch(succeeded_fids(c), succeeded_fids(ref)) if ref is not None and variant is not reference else None
-            rows.append(AblationRow(variant.suffix, variant is reference, c["teacher"], c["method"], tuple(c["tries"]),
+            w = welch(succeeded_fids(c), succeeded_fids(ref)) if ref is not None and not is_ref else None
+            rows.append(AblationRow(label, is_ref, c["teacher"], c["method"], tuple(c["tries"]),
                                     c["mean"], c["std"], c.get("collapses", 0), w.statistic if w else None,
                                     w.pvalue if w else None))
     return rows

@@ -265,11 +265,12 @@ def ablation_header(preset: Any, studies: Sequence[Mapping[str, Any]], span: Job
 
 
 def ablation_table(rows: Sequence[AblationRow], seeds: Sequence[int], reference: str, metric: str,
-                   collapse_threshold: float) -> list[str]:
+                   collapse_threshold: float, reference_is_default: bool = True) -> list[str]:
+    which = "the defaults" if reference_is_default else "the first"
     lines = [f"\n**The ablation** ({metric}, lower is better; the tries by seed, their "
              "mean and sample std (ddof = 1) over the succeeded runs, and the collapses — runs that diverged or "
              f"scored above {collapse_threshold:g}; Welch's t-test of each row against the reference "
-             f"variant `{reference}` (the defaults), same method; negative t: lower mean FID than the "
+             f"variant `{reference}` ({which}), same method; negative t: lower mean FID than the "
              "reference):\n",
              "| variant | teacher | method | " + " | ".join(f"seed {s}" for s in seeds)
              + " | mean | std | collapses | t | p |",

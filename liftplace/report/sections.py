@@ -219,7 +219,8 @@ def ablation_section(source: ReportSource, preset_name: str, figure: Path, secti
     seeds, metric = studies[0]["seeds"], compute.metric_label(tables[0])
     lines = [*render.ablation_header(preset, studies, span, len(jobs), varied),
              *render.teacher_table(teachers, rvr, metric),
-             *render.ablation_table(rows, seeds, reference.suffix, metric, compute.collapse_threshold_of(tables[0])),
+             *render.ablation_table(rows, seeds, reference.suffix, metric, compute.collapse_threshold_of(tables[0]),
+                                    compute.is_default_variant(reference, ctx.job_defaults)),
              *render.regime_table(regime, metric)]
     figures.ablation_plot(_ablation_points(rows, variants, tables), figure,
                           f"{preset.name}: student FID per variant ({len(seeds)} seeds)", metric)
@@ -237,8 +238,8 @@ def ablation_section(source: ReportSource, preset_name: str, figure: Path, secti
 def _ablation_points(rows: list[compute.AblationRow], variants: Any, tables: list[dict[str, Any]]
                      ) -> list[tuple[str, list[float], float | None, float | None]]:
     """The plot's columns: (label, the row's FIDs, mean, std); a label names the method when a variant has several."""
-    several = {v.suffix: len(t["methods"]) > 1 for v, t in zip(variants, tables, strict=True)}
-    return [(f"{r.variant}\n{r.method}" if several[r.variant] else r.variant,
+    several = any(len(t["methods"]) > 1 for t in tables)
+    return [(f"{r.variant}\n{r.method}" if several else r.variant,
              compute.succeeded_fids({"tries": r.tries}), r.mean, r.std) for r in rows]
 
 
