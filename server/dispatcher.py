@@ -6,11 +6,14 @@ A background thread started with the app. Each round it
 2. records the jobs that ended (outcome, teacher readiness, study cells) or whose worker died
    (retried while attempts remain, LIFTPLACE_MAX_ATTEMPTS; the worker resumes from its checkpoint),
 3. copies progress and log lines from the executor into the database (a dispatched job's first
-   report means its worker has started it: it becomes running),
+   report means its worker has started it: it becomes running), and the MLflow run the worker opened
+   (in cluster mode every later attempt of the job reopens that run, on whichever node: JobSpec.mlflow_run_id),
 4. requeues in-flight jobs the executor no longer knows (a lost task),
 5. fails queued jobs whose teacher failed to train,
-6. claims queued jobs whose teacher is ready and submits them, and
-7. logs finished study cells to the study's MLflow parent run.
+6. in cluster mode (LIFTPLACE_STORAGE=mlflow), registers ready teachers that MLflow's model
+   registry does not hold yet (local and shipped ones; the teachers it trains a worker registers),
+7. claims queued jobs whose teacher is ready (in cluster mode: and registered) and submits them, and
+8. logs finished study cells to the study's MLflow parent run.
 
 Claiming is a compare-and-set (``UPDATE jobs SET status='dispatched' WHERE id=? AND
 status='queued'``), committed before the submit, so a job is never dispatched twice. A job is
@@ -31,6 +34,7 @@ import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
@@ -44,6 +48,7 @@ from server.services.lifecycle import add_log, end_job, fail_waiting_on
 from server.settings import Settings
 from server.tracking import Tracking
 from worker.spec import RUN_ID_FILE, JobSpec
+from worker.teacher_store import model_uri
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,27 @@ def teacher_path(settings: Settings, teacher: Teacher) -> str:
     return teacher.model_dir
 
 
+def teacher_reference(settings: Settings, teacher: Teacher) -> dict[str, str | None]:
+    """Cluster mode: the teacher's MLflow model version and digest ({"uri", "digest"}); ValueError when it is not
+    registered yet. Embedded mode: both None (jobs use the path)."""
+    if not settings.teachers_in_registry:
+        return {"uri": None, "digest": None}
+    if not teacher.model_version or not teacher.model_digest:
+        raise ValueError(f"teacher {teacher.name!r} is not in MLflow's model registry yet")
+    return {"uri": model_uri(teacher.name, teacher.model_version), "digest": teacher.model_digest}
+
+
+def teacher_folder_here(settings: Settings, teacher: Teacher) -> Path:
+    """The teacher's folder on this host (a shipped teacher's digests checked), to register it; ValueError when
+    it is not here (trained on a host that shares no folder with this one)."""
+    from liftplace.shipped import resolve_reference
+
+    folder = resolve_reference(teacher_path(settings, teacher))
+    if not folder.is_dir():
+        raise ValueError(f"its folder {folder} is not on this host")
+    return folder
+
+
 def dataset_location(settings: Settings, dataset: Dataset) -> str:
     """"digits" (embedded) or the dataset's folder under the datasets root."""
     if dataset.kind == "embedded":
@@ -101,21 +127,33 @@ def build_spec(settings: Settings, job: Job, *, parent_run_id: str | None = None
         mlflow_experiment=settings.mlflow_experiment,
         attempt=max(1, job.attempts),
     )
+    if settings.teachers_in_registry:
+        # cluster mode: the job's checkpoint and outcome also travel through its MLflow run, which a retry on
+        # any node reopens (worker.run_store)
+        common.update(storage="mlflow", mlflow_run_id=job.mlflow_run_id)
     if opts.get("resolution") is None:
         opts["resolution"] = dataset.resolution
     if job.kind == "teacher":
         out = job.output_teacher
         assert out is not None
         common.update(teacher_name=out.name, preset=out.preset, prune_ratio=out.prune_ratio)
+        if settings.teachers_in_registry:
+            common["register_model"] = out.name
         if out.base_teacher is not None:
-            common["base_teacher_path"] = teacher_path(settings, out.base_teacher)
+            ref = teacher_reference(settings, out.base_teacher)
+            common.update(base_teacher_path=teacher_path(settings, out.base_teacher), base_teacher_uri=ref["uri"],
+                          base_teacher_digest=ref["digest"])
     else:
         assert job.teacher is not None
+        ref = teacher_reference(settings, job.teacher)
         common.update(teacher_name=job.teacher.name, teacher_path=teacher_path(settings, job.teacher),
+                      teacher_uri=ref["uri"], teacher_digest=ref["digest"],
                       student_ratio=job.student_ratio, method=job.method)
         if job.student_teacher is not None:
+            ref = teacher_reference(settings, job.student_teacher)
             common.update(student_teacher_name=job.student_teacher.name,
-                          student_teacher_path=teacher_path(settings, job.student_teacher))
+                          student_teacher_path=teacher_path(settings, job.student_teacher),
+                          student_teacher_uri=ref["uri"], student_teacher_digest=ref["digest"])
         if job.study is not None:
             common.update(study_id=job.study.id, study_name=job.study.name, mlflow_parent_run_id=parent_run_id)
     return JobSpec(**{**opts, **common})
@@ -142,6 +180,12 @@ class Dispatcher:
         self._cancel_sent: set[int] = set()
         self._unrecorded: dict[int, Finished] = {}  # ended in the executor; recording failed, retried next round
         self._mlflow_wait_until = 0.0
+        # Cluster mode registers teachers in MLflow's model registry, with or without study tracking.
+        self.registry: Tracking | None = tracking
+        if settings.teachers_in_registry and self.registry is None:
+            self.registry = Tracking(str(settings.mlflow_tracking_uri), settings.mlflow_ui_url,
+                                     settings.mlflow_experiment)
+        self._registry_wait_until: dict[int, float] = {}  # teacher id -> after a failed registration, retry then
 
     # --- thread ------------------------------------------------------------------------------
 
@@ -217,6 +261,7 @@ class Dispatcher:
         self._copy_progress()
         self._reconcile()
         self._fail_orphans()
+        self._register_teachers()
         self._dispatch()
         self._log_cells()
 
@@ -331,7 +376,13 @@ class Dispatcher:
         reason = outcome.get("reason") or ""
         if status == "diverged" and not reason:
             reason = f"diverged at step {job.diverged_step}"
-        end_job(s, self.settings, job, status, reason)
+        model = None
+        if outcome.get("model_version") and outcome.get("model_digest"):
+            model = (str(outcome["model_version"]), str(outcome["model_digest"]))
+        elif status == "succeeded" and job.kind == "teacher" and self.settings.teachers_in_registry:
+            # a worker of cluster mode registers what it trains; without it no other host could use the teacher
+            status, reason = "failed", "the teacher job returned no model version of MLflow's model registry"
+        end_job(s, self.settings, job, status, reason, model=model)
 
     def _fail_orphans(self) -> None:
         """Queued jobs whose teacher failed (e.g. it failed while this server was down)."""
@@ -344,6 +395,43 @@ class Dispatcher:
             failed = list(s.scalars(select(Teacher).where(Teacher.status == "failed").where(
                 Teacher.id.in_(select(Job.teacher_id).where(Job.status == "queued")))))
             fail_waiting_on(s, self.settings, failed)
+
+    # --- cluster mode: teachers in MLflow's model registry ----------------------------------------
+
+    def _register_teachers(self) -> None:
+        """Register every ready teacher that has no model version yet (cluster mode only): local and shipped
+        teachers, and ones trained before cluster mode was switched on. A failure (MLflow away, a folder not
+        on this host) is kept as the teacher's reason and retried after MLFLOW_RETRY_S; its jobs wait."""
+        if not self.settings.teachers_in_registry or self.registry is None:
+            return
+        now = time.monotonic()
+        with self.sessions() as s:
+            todo = [(t.id, t.name, t.source) for t in s.scalars(select(Teacher).where(
+                Teacher.status == "ready", Teacher.model_version.is_(None)).order_by(Teacher.id))
+                if self._registry_wait_until.get(t.id, 0.0) <= now]
+        for teacher_id, name, source in todo:
+            if self._stop.is_set():
+                return
+            try:
+                with self.sessions() as s:
+                    teacher = s.get(Teacher, teacher_id)
+                    assert teacher is not None
+                    folder = teacher_folder_here(self.settings, teacher)
+                version, digest = self.registry.register_teacher(name, folder, source)
+            except Exception as exc:
+                why = f"not in MLflow's model registry: {type(exc).__name__}: {exc}"
+                log.warning("teacher %s: %s; retrying in %.0fs", name, why, MLFLOW_RETRY_S)
+                self._registry_wait_until[teacher_id] = time.monotonic() + MLFLOW_RETRY_S
+                with self.sessions.begin() as s:
+                    s.execute(update(Teacher).where(Teacher.id == teacher_id, Teacher.model_version.is_(None))
+                              .values(reason=why[:2000]))
+                continue
+            self._registry_wait_until.pop(teacher_id, None)
+            with self.sessions.begin() as s:  # only if still the same ready, unregistered teacher
+                s.execute(update(Teacher).where(Teacher.id == teacher_id, Teacher.status == "ready",
+                                                Teacher.model_version.is_(None))
+                          .values(model_version=version, model_digest=digest, reason=""))
+            log.info("teacher %s registered as %s (sha256 %s)", name, model_uri(name, version), digest)
 
     # --- progress ----------------------------------------------------------------------------
 
@@ -364,7 +452,10 @@ class Dispatcher:
         # Ask the executor outside any transaction: the database stays unlocked meanwhile.
         reports = self.executor.progress(list(offsets))
         logs = {job_id: self._read_logs(job_id, offsets[job_id]) for job_id in reports}
-        run_ids = {job_id: self._running_run_id(job_id) for job_id in reports if job_id in without_run}
+        # the run the worker reported (any host), else the one recorded in a shared output folder
+        run_ids = {job_id: report.get("mlflow_run_id") or (self._running_run_id(job_id) if job_id in without_run
+                                                             else None)
+                   for job_id, report in reports.items()}
         if not reports:
             return
         with self.sessions.begin() as s:
@@ -379,8 +470,8 @@ class Dispatcher:
                 job.progress_at = now
                 if job.started_at is None:
                     job.started_at = now
-                if run_ids.get(job_id):
-                    job.mlflow_run_id = run_ids[job_id]
+                if run_ids.get(job_id) and run_ids[job_id] != job.mlflow_run_id:
+                    job.mlflow_run_id = run_ids[job_id]  # as soon as known: a retry reopens it (cluster mode)
                 self._store_logs(s, job, offsets[job_id], logs[job_id])
 
     def _reconcile(self) -> None:
@@ -399,6 +490,8 @@ class Dispatcher:
             return
         with self.sessions() as s:
             ready_ids = select(Teacher.id).where(Teacher.status == "ready")
+            if self.settings.teachers_in_registry:  # a job gets a reference to the model version, not a path
+                ready_ids = ready_ids.where(Teacher.model_version.is_not(None))
             ready = and_(or_(Job.teacher_id.is_(None), Job.teacher_id.in_(ready_ids)),
                          or_(Job.student_teacher_id.is_(None), Job.student_teacher_id.in_(ready_ids)))
             ids = list(s.scalars(select(Job.id).where(Job.status == "queued", ready).order_by(Job.id).limit(room)))

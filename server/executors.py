@@ -60,7 +60,8 @@ class Executor(Protocol):
         ...
 
     def progress(self, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-        """{job_id: {"step", "total", "metrics", "updated_at"}} for the jobs that reported."""
+        """{job_id: {"step", "total", "metrics", "updated_at", "mlflow_run_id"}} for the jobs that reported
+        ("mlflow_run_id": the run the job opened, None before it did)."""
         ...
 
     def logs(self, job_id: int, offset: int = 0) -> list[str]:
@@ -110,8 +111,15 @@ class LocalProgressStore:
 
     def report(self, job_id: int, step: int, total: int, metrics: dict[str, float]) -> None:
         with self._lock:
+            run_id = self._progress.get(job_id, {}).get("mlflow_run_id")
             self._progress[job_id] = {"step": step, "total": total, "metrics": dict(metrics),
-                                      "updated_at": time.time()}
+                                      "updated_at": time.time(), "mlflow_run_id": run_id}
+
+    def set_run(self, job_id: int, run_id: str) -> None:
+        with self._lock:
+            entry = self._progress.setdefault(job_id, {"step": 0, "total": 0, "metrics": {},
+                                                       "updated_at": time.time()})
+            entry["mlflow_run_id"] = str(run_id)
 
     def get_many(self, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         with self._lock:
@@ -154,6 +162,9 @@ class LocalReporter:
 
     def log(self, job_id: int, line: str) -> None:
         self.store.append_log(job_id, line)
+
+    def run_opened(self, job_id: int, run_id: str) -> None:
+        self.store.set_run(job_id, run_id)
 
 
 Runner = Callable[[JobSpec, LocalReporter], "JobOutcome | dict[str, Any]"]

@@ -117,6 +117,10 @@ class Teacher(Base):
     # local: a sub-folder name of the teachers root; shipped: the shipped teacher's name (liftplace.shipped)
     folder: Mapped[str | None] = mapped_column(String(255))
     model_dir: Mapped[str | None] = mapped_column(Text)  # trained: where the teacher job saved it
+    # Cluster mode (LIFTPLACE_STORAGE=mlflow): the teacher's version in MLflow's model registry (registered model
+    # = `name`) and the sha256 digest of its files (worker.teacher_store.folder_digest); None until registered.
+    model_version: Mapped[str | None] = mapped_column(String(32))
+    model_digest: Mapped[str | None] = mapped_column(String(64))
     preset: Mapped[str | None] = mapped_column(String(64))
     base_teacher_id: Mapped[int | None] = mapped_column(ForeignKey("teachers.id"))
     prune_ratio: Mapped[float | None] = mapped_column(Float)

@@ -367,6 +367,9 @@ class TeacherRead(BaseModel):
     dataset: str | None
     parameters: int | None
     job_id: int | None = Field(description="the training job (preset and pruned teachers)")
+    model_uri: str | None = Field(None, description="cluster mode (LIFTPLACE_STORAGE=mlflow): the teacher's version "
+                                  "in MLflow's model registry, models:/<name>/<version>; null until registered")
+    model_digest: str | None = Field(None, description="sha256 digest of the registered version's files")
     reason: str
     created_at: dt.datetime
 

@@ -11,11 +11,13 @@ the conventional ones their tools already read.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from liftplace import defaults
+from worker.spec import Storage
 
 # Limits the library does not define (it has no notion of a study or of retries).
 MAX_JOBS_PER_STUDY: int = 500
@@ -26,6 +28,10 @@ IDEMPOTENCY_HOURS: float = 24.0  # how long a retried POST with the same Idempot
 # A round makes bounded calls (Ray answers within 60 s each, MLflow retries for 30 s): five minutes
 # without one ending means the dispatcher thread is stuck.
 DISPATCHER_STALL_S: float = 300.0
+# Where jobs find teachers, checkpoints and outcomes: "local", the paths of this host (embedded mode, or a
+# cluster whose hosts share the data folder); "mlflow", MLflow (a cluster without a shared folder: teachers in
+# its model registry, worker.teacher_store; a job's checkpoint and outcome in its run, worker.run_store).
+STORAGE_MODES: tuple[str, ...] = get_args(Storage)
 
 
 def _env(name: str) -> AliasChoices:
@@ -52,6 +58,11 @@ class Settings(BaseSettings):
                                             description="default sqlite:///<data_dir>/mlflow.db")
     mlflow_ui_url: str = Field(default="http://127.0.0.1:5000", validation_alias=_env("MLFLOW_UI_URL"))
     mlflow_experiment: str = "liftplace"
+    storage: Storage = Field(default="local", description="where jobs find teachers: 'local', by this host's paths "
+                             "(embedded mode, or hosts that share the data folder); 'mlflow', as versions of MLflow's "
+                             "model registry (every ready teacher is registered there; each worker downloads it once "
+                             "per node into LIFTPLACE_CACHE_DIR, digest checked), and a job's checkpoint and outcome "
+                             "also in its MLflow run (a retry on another node resumes from them)")
     gpus_per_job: float = Field(default=1.0, ge=0, description="GPUs per job when the cluster has GPUs (0.25: "
                                 "four tiny students share one GPU)")
     cpus_per_job: float = Field(default=1.0, gt=0, description="CPUs per job")
@@ -112,6 +123,11 @@ class Settings(BaseSettings):
     def mlflow_artifacts_dir(self) -> Path:
         """Artifact root of the experiment the server creates (local stores only)."""
         return self.data_dir / "mlartifacts"
+
+    @property
+    def teachers_in_registry(self) -> bool:
+        """Cluster mode: teachers are MLflow model versions and jobs get references to them, not paths."""
+        return self.storage == "mlflow"
 
     @property
     def embedded_ray(self) -> bool:

@@ -7,6 +7,9 @@ and so on (a study with axes appends the cell's values, ``.../coarse:l1``), so M
 cells side by side; the whole table goes along as artifacts. The parent run carries the study's
 axes as params (``axes``, ``axis.<option>``) and a tag (``axes``).
 
+In cluster mode (``LIFTPLACE_STORAGE=mlflow``) it also registers teachers registered from a folder
+(local, shipped) in MLflow's model registry (`Tracking.register_teacher`, see worker.teacher_store).
+
 Only `MlflowClient` is used (no fluent global state): the server may share its process with
 in-process jobs that track to MLflow themselves.
 """
@@ -29,6 +32,7 @@ from worker.tracking import KIND_TAG, source_tags
 log = logging.getLogger(__name__)
 
 STUDY_RUN_KIND = "study"  # the value of KIND_TAG on a study's parent run (jobs: "distill", "teacher")
+REGISTER_RUN_KIND = "register"  # KIND_TAG of the run that holds the files of a teacher registered from a folder
 _BAD_KEY_CHARS = re.compile(r"[^\w.\- /:]")
 
 
@@ -142,6 +146,34 @@ class Tracking:
         for i in range(0, len(batch), 100):
             mlflow_retry(self.client.log_batch, run_id, params=batch[i : i + 100], synchronous=True)
         return exp_id, run_id
+
+    def register_teacher(self, name: str, folder: Path, source: str) -> tuple[str, str]:
+        """Register the teacher `name` whose files are in `folder` (a local or shipped teacher, or one trained
+        before cluster mode) as a version of MLflow's registered model `name`; returns (version, digest).
+
+        A version with the same digest is reused (a registration retried after the database missed it);
+        otherwise a run of its own (tag `liftplace.kind` = "register") holds the files and is the version's
+        source. Transient MLflow errors are retried; others raise.
+        """
+        from worker.teacher_store import MODEL_ARTIFACT_PATH, SOURCE_TAG, find_version, folder_digest, register_version
+
+        digest = folder_digest(folder)
+        version = find_version(self.client, name, digest)
+        if version is not None:
+            return version, digest
+        tags = {KIND_TAG: REGISTER_RUN_KIND, "teacher": name, SOURCE_TAG: source,
+                **source_tags(REGISTER_RUN_KIND)}
+        run = mlflow_retry(self.client.create_run, self.experiment_id(), tags=tags, run_name=f"teacher {name} "
+                           f"({source}) registered")
+        run_id = run.info.run_id
+        try:
+            mlflow_retry(self.client.log_artifacts, run_id, str(folder), MODEL_ARTIFACT_PATH, retry_for_s=60.0)
+            ref = register_version(self.client, name, run_id, digest, tags={SOURCE_TAG: source})
+        except Exception:
+            mlflow_retry(self.client.set_terminated, run_id, status="FAILED")
+            raise
+        mlflow_retry(self.client.set_terminated, run_id, status="FINISHED")
+        return ref.version, ref.digest
 
     def log_cells(self, run_id: str, cells: list[Mapping[str, Any]], *, tables: Mapping[str, str],
                   complete: bool) -> None:

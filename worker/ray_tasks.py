@@ -136,8 +136,9 @@ def shutdown_ray() -> None:
 class ProgressStore:
     """Live state of running jobs, shared by the driver (server) and the job tasks.
 
-    Progress is the latest report per job; logs are lines per job (read with an offset to
-    page); a cancel flag per job is set by the server and read by the job.
+    Progress is the latest report per job (with the MLflow run the job opened, once it did); logs are
+    lines per job (read with an offset to page); a cancel flag per job is set by the server and read by
+    the job.
     """
 
     def __init__(self) -> None:
@@ -146,8 +147,15 @@ class ProgressStore:
         self._logs: dict[int, list[str]] = {}
 
     def report(self, job_id: int, step: int, total: int, metrics: dict[str, float]) -> None:
+        run_id = self._progress.get(int(job_id), {}).get("mlflow_run_id")
         self._progress[int(job_id)] = {"step": int(step), "total": int(total), "metrics": dict(metrics),
-                                       "updated_at": time.time()}
+                                       "updated_at": time.time(), "mlflow_run_id": run_id}
+
+    def set_run(self, job_id: int, run_id: str) -> None:
+        """The MLflow run the job opened (reported with its progress from now on, as "mlflow_run_id")."""
+        entry = self._progress.setdefault(int(job_id), {"step": 0, "total": 0, "metrics": {},
+                                                        "updated_at": time.time()})
+        entry["mlflow_run_id"] = str(run_id)
 
     def get(self, job_id: int) -> dict | None:
         return self._progress.get(int(job_id))
@@ -216,6 +224,9 @@ class StoreReporter:
 
     def log(self, job_id: int, line: str) -> None:
         self.store.append_log.remote(job_id, line)
+
+    def run_opened(self, job_id: int, run_id: str) -> None:
+        self.store.set_run.remote(job_id, run_id)
 
     def should_cancel(self, job_id: int) -> bool:
         if self._cancelled:

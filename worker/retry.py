@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception, stop_after_delay, stop_any, wait_exponential_jitter
 
 __all__ = ["is_transient", "mlflow_retry", "quiet_mlflow_http_retries", "safe_uri", "RETRY_FOR_S"]
 
@@ -63,14 +63,24 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def mlflow_retry(fn: Callable[..., T], *args: Any, retry_for_s: float = RETRY_FOR_S, **kwargs: Any) -> T:
+def mlflow_retry(fn: Callable[..., T], *args: Any, retry_for_s: float = RETRY_FOR_S,
+                 retry_give_up: Callable[[], bool] | None = None, retry_sleep: Callable[[float], None] | None = None,
+                 **kwargs: Any) -> T:
     """`fn(*args, **kwargs)`, retried with exponential backoff and jitter while it fails transiently, for
-    at most about `retry_for_s` seconds; the last error is raised as is."""
+    at most about `retry_for_s` seconds; the last error is raised as is.
+
+    `retry_give_up()`, asked after each failure, ends the retries early when true; `retry_sleep(seconds)`
+    replaces the wait between tries (e.g. a wait that a newer piece of work interrupts).
+    """
+    stop = stop_after_delay(retry_for_s)
+    if retry_give_up is not None:
+        stop = stop_any(stop, lambda _state: retry_give_up())
     retrying = Retrying(
         retry=retry_if_exception(is_transient),
         wait=wait_exponential_jitter(multiplier=BACKOFF_FIRST_S, max=BACKOFF_MAX_S, jitter=BACKOFF_FIRST_S),
-        stop=stop_after_delay(retry_for_s),
+        stop=stop,
         reraise=True,
+        **({"sleep": retry_sleep} if retry_sleep is not None else {}),
     )
     return retrying(fn, *args, **kwargs)
 

@@ -12,10 +12,25 @@ missing teacher, a crash in training all end as status "failed" with a readable 
   the reporter asked to cancel ends "cancelled" (its checkpoint stays for a later resume).
 - kind "teacher": train a fresh `preset`, or prune `base_teacher_path` at `prune_ratio` and
   retrain it (the paper's smaller teachers), save its EMA to `output_dir/model`, compute FID.
+  With `register_model` (cluster mode) a teacher that succeeded is also registered as a new
+  version of that model in MLflow's Model Registry (its files uploaded to the job's run first;
+  the version and the files' digest go back in the outcome); if that fails, the job fails.
+
+Cluster mode (`storage` "mlflow"): the job's run also holds its latest checkpoint and its outcome
+(`worker.run_store`): every checkpoint is uploaded from a background thread; an attempt without a local
+checkpoint (another node) reopens the spec's `mlflow_run_id`, downloads the run's checkpoint (sha256
+checked) and resumes from it; an attempt whose run holds a succeeded outcome returns it. The run's id
+goes to the reporter as soon as the run is open (`run_opened`), so the server can hand it to a retry.
+
+A teacher given as an MLflow model version (`teacher_uri` and `teacher_digest`, likewise for the
+student's and the base teacher; cluster mode) is loaded from this node's cache of the registry
+(`worker.teacher_store.resolve_teacher`: downloaded once per node, its digest checked); a version
+the registry lacks or files with another digest fail the job, naming teacher, version and URI.
 
 Files in `output_dir`: checkpoint/last.pt, model/, samples.png, error_map.png (distill and
 pruned teachers), job.log, metrics.jsonl, outcome.json, mlflow_run_id, mlflow_run_key,
-mlflow_logged_step, mlflow_pending.json (MLflow points not yet sent at the last checkpoint). A
+mlflow_logged_step, mlflow_pending.json (MLflow points not yet sent at the last checkpoint), and in
+cluster mode .checkpoint-upload/ (snapshots of checkpoints while they are uploaded). A
 job dispatched again after it had succeeded (its server stopped before recording the outcome)
 returns that attempt's outcome.json instead of running again.
 
@@ -58,6 +73,7 @@ from worker.spec import (
     JobOutcome,
     JobSpec,
 )
+from worker.teacher_store import MODEL_ARTIFACT_PATH
 
 __all__ = ["Reporter", "run_job", "training_config", "pick_device", "PROGRESS_INTERVAL_S", "GRID_SAMPLES",
            "ERROR_MAP_IMAGES", "METRICS_MAX_LINES"]
@@ -76,6 +92,8 @@ class Reporter(Protocol):
     `progress` is called at most about once a second (and at the last step); `should_cancel`
     once per training step, so an implementation that asks a remote service should cache it;
     `log` gets human-readable lines (start, resume, checkpoints, divergence, FID, end).
+    An implementation may also have `run_opened(job_id, run_id)`, called once the job's MLflow run is
+    open (the server records the run with the job; in cluster mode a later attempt reopens it).
     """
 
     def progress(self, job_id: int, step: int, total: int, metrics: dict[str, float]) -> None: ...
@@ -150,8 +168,11 @@ class _Callbacks:
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         job = self.job
+        journal = None
         if job.tracker is not None:
-            job.tracker.checkpoint(step)  # what MLflow does not hold yet is recorded beside the checkpoint
+            journal = job.tracker.checkpoint(step)  # what MLflow does not hold yet is recorded beside the checkpoint
+        if job.uploader is not None:  # cluster mode: to the run too, from a background thread
+            job.uploader.submit(step, path, journal)
         job.log(f"checkpoint at step {step}")
 
     def on_end(self, result) -> None: ...
@@ -170,6 +191,7 @@ class _Job:
         self.device: torch.device | None = None
         self.out = Path(spec.output_dir)
         self.tracker = None
+        self.uploader = None  # cluster mode: worker.run_store.CheckpointUploader
         self.steps_done = 0
         self.resumed_from_step: int | None = None
         self.model_dir: str | None = None
@@ -242,7 +264,21 @@ class _Job:
             os.replace(tmp, self.out / OUTCOME_FILE)
         except OSError:
             pass
+        if spec.storage == "mlflow" and self.tracker is not None:
+            self._outcome_to_run()
         return outcome
+
+    def _outcome_to_run(self) -> None:
+        """Cluster mode: outcome.json into the job's run, so no attempt on any node runs a finished job again
+        (a failure is a warning: the server records the outcome all the same)."""
+        from worker.run_store import upload_outcome
+        from worker.tracking import ARTIFACT_RETRY_S
+
+        try:
+            upload_outcome(self.tracker.client, self.tracker.run_id, self.out / OUTCOME_FILE,
+                           retry_for_s=ARTIFACT_RETRY_S)
+        except Exception as exc:
+            self.log(f"warning: could not store the outcome in the MLflow run: {_describe(exc)}")
 
     def _run(self) -> JobOutcome:
         """The job itself; raises for a problem of the job (`run` turns it into a "failed" outcome)."""
@@ -254,7 +290,7 @@ class _Job:
         self.log(f"job {spec.job_id} ({spec.kind}, attempt {spec.attempt}) starting on {self.device} "
                  f"(pid {os.getpid()} on {socket.gethostname()})")
         self.progress(0, spec.steps, {})  # the first report: the server now shows the job as running
-        if (earlier := _earlier_success(self.out, spec)) is not None:
+        if (earlier := _earlier_success(self.out, spec) or self._earlier_success_in_run()) is not None:
             # Dispatched again after it had finished (its server stopped before recording the
             # outcome): the result stands; sampling and scoring again would log it twice.
             self.log(f"job {spec.job_id} already succeeded in an earlier attempt; returning that outcome")
@@ -264,8 +300,12 @@ class _Job:
             return self._outcome("cancelled", "cancelled before it started")
         from worker.tracking import JobTracker
 
+        local_run = (self.out / RUN_ID_FILE).is_file()
         self.tracker = JobTracker.start(spec)
         self.log(f"MLflow run {self.tracker.run_id} ({'reopened' if self.tracker.resumed else 'new'})")
+        self._run_opened(self.tracker.run_id)
+        if spec.storage == "mlflow":
+            self._checkpoint_from_run(reopened_elsewhere=self.tracker.resumed and not local_run)
         config = training_config(spec)
         if isinstance(config, DistillConfig):
             return self._distill(config)
@@ -286,14 +326,88 @@ class _Job:
         base.update(fields)
         return JobOutcome(**base)
 
+    def _run_opened(self, run_id: str) -> None:
+        """Tell the reporter the run's id (`run_opened`, when it has one): the server records it with the job and
+        hands it to a later attempt (cluster mode), which may run on a node that has none of this one's files."""
+        hook = getattr(self.reporter, "run_opened", None)
+        if hook is not None:
+            try:
+                hook(self.spec.job_id, run_id)
+            except Exception:
+                pass
+
+    def _earlier_success_in_run(self) -> JobOutcome | None:
+        """Cluster mode: the succeeded outcome the job's run holds (an attempt on another node finished it),
+        else None. RunStoreUnavailable (naming MLflow) when the run cannot be read: a job never runs again
+        for want of knowing it had finished."""
+        spec = self.spec
+        run_id = spec.mlflow_run_id or _recorded_run_id(self.out)
+        if spec.storage != "mlflow" or not run_id:
+            return None
+        from mlflow import MlflowClient
+
+        from worker.retry import quiet_mlflow_http_retries
+        from worker.run_store import fetch_outcome
+        from worker.tracking import start_timeout_s
+
+        quiet_mlflow_http_retries()
+        client = MlflowClient(tracking_uri=spec.mlflow_tracking_uri)
+        data = fetch_outcome(client, run_id, spec.job_id, tracking_uri=spec.mlflow_tracking_uri,
+                             retry_for_s=start_timeout_s())
+        if not data or data.get("status") != "succeeded":
+            return None
+        try:
+            return JobOutcome(**data)
+        except TypeError:  # written by another version of liftplace: not an outcome this one can stand by
+            return None
+
+    def _checkpoint_from_run(self, *, reopened_elsewhere: bool) -> None:
+        """Cluster mode: when the run holds a checkpoint newer than the local one (none here: another node ran
+        the job; an older one: this node ran an earlier attempt, another a later one), download it so the
+        training resumes from it; the history then continues where MLflow has it. Then upload every
+        checkpoint to the run."""
+        from liftplace.training import CHECKPOINT_NAME
+        from worker.run_store import CheckpointUploader, fetch_checkpoint
+        from worker.tracking import start_timeout_s
+
+        tracker = self.tracker
+        local = self.out / "checkpoint" / CHECKPOINT_NAME
+        got = None
+        if tracker.resumed:
+            t0 = time.monotonic()
+            got = fetch_checkpoint(tracker.client, tracker.run_id, local, tracking_uri=self.spec.mlflow_tracking_uri,
+                                   retry_for_s=start_timeout_s(), newer_than=_checkpoint_step(local))
+            if got is not None:
+                self.log(f"checkpoint of step {got[0]} downloaded from MLflow run {tracker.run_id} "
+                         f"({time.monotonic() - t0:.1f} s)")
+        if reopened_elsewhere or got is not None:
+            try:
+                tracker.adopt_journal(got[1] if got is not None else None)
+            except Exception as exc:
+                from worker.retry import safe_uri
+                from worker.run_store import RunStoreUnavailable
+
+                raise RunStoreUnavailable(f"cannot read the history of MLflow run {tracker.run_id} at "
+                                          f"{safe_uri(self.spec.mlflow_tracking_uri)}: {_describe(exc)}") from exc
+        self.uploader = CheckpointUploader(tracker.client, tracker.run_id, self.out)
+
     def _close_tracker(self, outcome: JobOutcome, *, drain_timeout_s: float | None = None) -> None:
         """Send the history's last points (waiting a bounded time), report what MLflow misses on the job
         (log lines, `outcome.metrics["mlflow_unsent_values"]`, run tags), then end the run."""
         tracker = self.tracker
         if tracker is None:
             return
+        from worker.tracking import drain_timeout_s as default_drain_s
         from worker.tracking import mlflow_status
 
+        if self.uploader is not None:  # the last checkpoint in the run: a retry elsewhere resumes from it
+            self.uploader.close(drain_timeout_s if drain_timeout_s is not None else default_drain_s())
+            tracker.errors.extend(self.uploader.errors)
+            if self.uploader.uploads:
+                took = [s for _, s in self.uploader.uploads]
+                self.log(f"{len(took)} checkpoint(s) uploaded to the MLflow run, the last of step "
+                         f"{self.uploader.uploads[-1][0]} ({sum(took) / len(took):.2f} s each on average, in the "
+                         "background)")
         unsent = tracker.drain(drain_timeout_s)
         if unsent:
             outcome.metrics["mlflow_unsent_values"] = float(unsent)
@@ -333,12 +447,15 @@ class _Job:
         from liftplace.training import distill
 
         spec = self.spec
-        if not spec.teacher_path:
-            raise ValueError("teacher_path: a distill job needs the teacher's model folder")
-        teacher = load_unet(spec.teacher_path, device=self.device)
+        if not spec.teacher_path and not spec.teacher_uri:
+            raise ValueError("teacher_path: a distill job needs the teacher's model folder (or teacher_uri)")
+        location = self._teacher_location("teacher", spec.teacher_name, spec.teacher_path, spec.teacher_uri,
+                                          spec.teacher_digest)
+        teacher = load_unet(location, device=self.device)
         self.log(f"teacher {spec.teacher_name or spec.teacher_path}: {count_parameters(teacher):,} parameters")
         data = self._data()
-        student = self._student_of_other_teacher(data, config) if spec.student_teacher_path else None
+        other = spec.student_teacher_path or spec.student_teacher_uri
+        student = self._student_of_other_teacher(data, config) if other else None
         result = distill(teacher, data=data, student=student, config=config, device=self.device,
                          checkpoint_dir=self.out / "checkpoint", resume=True, callbacks=[_Callbacks(self)])
         counts = {
@@ -356,7 +473,9 @@ class _Job:
         from liftplace.pruning import prune
 
         spec = self.spec
-        source = load_unet(spec.student_teacher_path, device=self.device)
+        location = self._teacher_location("student_teacher", spec.student_teacher_name, spec.student_teacher_path,
+                                          spec.student_teacher_uri, spec.student_teacher_digest)
+        source = load_unet(location, device=self.device)
         pruned = prune(source, config.student_ratio, config.importance, data=data, seed=config.seed)
         self.log(f"student pruned from teacher {spec.student_teacher_name or spec.student_teacher_path} at "
                  f"{config.student_ratio} ({config.importance}): {pruned.params_before:,} -> "
@@ -371,16 +490,18 @@ class _Job:
         data = self._data()
         reference = None
         counts: dict[str, float] = {}
-        if spec.base_teacher_path and spec.prune_ratio is not None:
+        if (spec.base_teacher_path or spec.base_teacher_uri) and spec.prune_ratio is not None:
             from liftplace.pruning import prune
 
-            base = load_unet(spec.base_teacher_path, device=self.device)
+            location = self._teacher_location("base_teacher", None, spec.base_teacher_path, spec.base_teacher_uri,
+                                              spec.base_teacher_digest)
+            base = load_unet(location, device=self.device)
             pruned = prune(base, spec.prune_ratio, spec.importance, data=data, seed=spec.seed)
             model = pruned.model
             reference = base
             counts["base_teacher_parameters"] = pruned.params_before
-            self.log(f"pruned {spec.base_teacher_path} at {spec.prune_ratio} ({spec.importance}): "
-                     f"{pruned.params_before:,} -> {pruned.params_after:,} parameters; retraining")
+            self.log(f"pruned {spec.base_teacher_uri or spec.base_teacher_path} at {spec.prune_ratio} "
+                     f"({spec.importance}): {pruned.params_before:,} -> {pruned.params_after:,} parameters; retraining")
         elif spec.preset:
             model = build_unet(spec.preset, sample_size=data.shape[-1], in_channels=data.shape[1], seed=spec.seed)
             self.log(f"preset {spec.preset}: {count_parameters(model):,} parameters")
@@ -411,8 +532,44 @@ class _Job:
         model, model_dir = self._save_model(result, counts)
         t0 = time.monotonic()
         images = self._sample(model, result.steps, reference, data, metrics)
-        self.tracker.log_artifacts(model_dir, "model")
-        return self._score(images, result.steps, metrics, t0)
+        if not self.spec.register_model:  # registering uploads it (and a failed upload fails the job)
+            self.tracker.log_artifacts(model_dir, MODEL_ARTIFACT_PATH)
+        outcome = self._score(images, result.steps, metrics, t0)
+        if self.spec.register_model and outcome.status == "succeeded":
+            self._register(model_dir, outcome)
+        return outcome
+
+    def _register(self, model_dir: Path, outcome: JobOutcome) -> None:
+        """Upload the trained teacher to the job's run and register it as a version of `register_model`
+        (the version of the same files if one exists: a retried registration); raises if either fails."""
+        from worker.teacher_store import SOURCE_TAG, folder_digest, model_uri, register_version
+
+        spec = self.spec
+        assert spec.register_model is not None
+        digest = folder_digest(model_dir)
+        self.tracker.upload_artifacts(model_dir, MODEL_ARTIFACT_PATH)
+        source = "pruned" if spec.prune_ratio is not None else "preset"
+        ref = register_version(self.tracker.client, spec.register_model, self.tracker.run_id, digest,
+                               tags={SOURCE_TAG: source, "job_id": str(spec.job_id)})
+        outcome.model_version, outcome.model_digest = ref.version, ref.digest
+        self.log(f"registered the teacher as {model_uri(ref.name, ref.version)} (sha256 {digest})")
+
+    def _teacher_location(self, role: str, name: str | None, path: str | None, uri: str | None,
+                          digest: str | None) -> str | Path:
+        """Where to load a teacher from: its path, or (with `uri`) its folder in this node's registry cache."""
+        if not uri:
+            if not path:
+                raise ValueError(f"{role}_path: the spec names no folder and no model version for the {role}")
+            return path
+        if not digest:
+            raise ValueError(f"{role}_digest: {role}_uri {uri} comes without the digest of its files")
+        from worker.teacher_store import resolve_teacher
+
+        t0 = time.monotonic()
+        folder = resolve_teacher(uri, digest, tracking_uri=self.spec.mlflow_tracking_uri)
+        self.log(f"{role.replace('_', ' ')} {name or uri}: {uri} (sha256 {digest[:12]}...) from this node's "
+                 f"cache {folder} ({time.monotonic() - t0:.1f} s)")
+        return folder
 
     def _save_model(self, result, counts: dict[str, float]) -> tuple[torch.nn.Module, Path]:
         """Save the EMA model (diffusers format, with the spec and the run's summary) to output_dir/model."""
@@ -478,7 +635,7 @@ class _Job:
 
 
 # Spec fields that may change between attempts of one job without making it another job.
-_NOT_IDENTITY = ("attempt", "mlflow_parent_run_id")
+_NOT_IDENTITY = ("attempt", "mlflow_parent_run_id", "mlflow_run_id", "storage")
 
 
 def _earlier_success(out: Path, spec: JobSpec) -> JobOutcome | None:
@@ -501,6 +658,17 @@ def _earlier_success(out: Path, spec: JobSpec) -> JobOutcome | None:
     if not isinstance(saved, dict) or any(saved.get(k) != v for k, v in current.items() if k not in _NOT_IDENTITY):
         return None
     return outcome
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    """The step of the checkpoint file at `path`; None when there is none (or it cannot be read: a resume
+    from it would fail all the same). Memory-mapped: the weights are not read."""
+    if not path.is_file():
+        return None
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["step"])
+    except Exception:
+        return None
 
 
 def _recorded_run_id(out: Path) -> str | None:

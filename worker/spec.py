@@ -1,7 +1,9 @@
 """The job spec: the only thing the server hands to a worker, and the outcome it gets back.
 
 The server resolves every registered name (teacher, dataset) to a location the worker can
-read before it builds a spec; the worker never looks anything up in the server's database.
+read before it builds a spec: a path, or in cluster mode for a teacher an MLflow model version
+(`models:/<name>/<version>` and its digest); the worker never looks anything up in the
+server's database.
 Both sides import this module; it depends on nothing but the standard library and liftplace's
 torch-free `defaults` and `methods`, which hold every default of a job (one definition each).
 """
@@ -29,6 +31,7 @@ LOGGED_STEP_FILE = "mlflow_logged_step"
 
 JobKind = Literal["distill", "teacher"]
 Outcome = Literal["succeeded", "failed", "diverged", "cancelled"]
+Storage = Literal["local", "mlflow"]  # the server's LIFTPLACE_STORAGE
 
 
 @dataclass
@@ -39,7 +42,10 @@ class JobSpec:
     distill with `method` from `teacher_path`.
     kind "teacher": train a teacher, either a fresh `preset` or, with `base_teacher_path`
     and `prune_ratio`, a pruned-and-retrained copy of another teacher; the result is saved
-    in diffusers format to `output_dir/model`.
+    in diffusers format to `output_dir/model` (and, with `register_model`, registered in MLflow).
+
+    A teacher is read from its path, or, when its `*_uri` is set (cluster mode), from the MLflow
+    model version it names, its files checked against its `*_digest`.
     """
 
     job_id: int
@@ -75,6 +81,22 @@ class JobSpec:
     preset: str | None = None
     base_teacher_path: str | None = None
     prune_ratio: float | None = None
+    # Cluster mode (the server's LIFTPLACE_STORAGE=mlflow): each teacher above also as a version of MLflow's
+    # model registry, `models:/<name>/<version>`, with the sha256 digest of its files (worker.teacher_store).
+    # When set, the worker loads the teacher from its node's cache of the registry and the path is only
+    # recorded (it names a folder of the API's host).
+    teacher_uri: str | None = None
+    teacher_digest: str | None = None
+    student_teacher_uri: str | None = None
+    student_teacher_digest: str | None = None
+    base_teacher_uri: str | None = None
+    base_teacher_digest: str | None = None
+    # kind "teacher" in cluster mode: register the trained teacher as a new version of this registered model
+    register_model: str | None = None
+    # "mlflow" (cluster mode): the job's checkpoint and outcome also go to its MLflow run (worker.run_store), so
+    # an attempt on another node resumes from them, or returns the outcome of one that succeeded; "local": only
+    # output_dir holds them.
+    storage: Storage = "local"
     # evaluation
     fid_samples: int = defaults.FID_SAMPLES
     fid_features: str = defaults.FID_FEATURES
@@ -85,6 +107,9 @@ class JobSpec:
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str = "liftplace"
     mlflow_parent_run_id: str | None = None
+    # cluster mode: the run an earlier attempt opened (the server recorded it); reopened when output_dir has no
+    # run of its own, so one job is one run across attempts and nodes
+    mlflow_run_id: str | None = None
     # steps per point of the MLflow history (the mean of those steps); None: steps / MLFLOW_MAX_POINTS
     log_every: int | None = None
     attempt: int = 1
@@ -116,6 +141,9 @@ class JobOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     mlflow_run_id: str | None = None
     model_dir: str | None = None  # the saved student/teacher (diffusers format)
+    # a teacher job with `register_model`: the model version it registered and its files' digest
+    model_version: str | None = None
+    model_digest: str | None = None
     parameters: int | None = None
     resumed_from_step: int | None = None
 

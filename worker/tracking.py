@@ -2,7 +2,10 @@
 
 The run id is kept in the job's output folder (`output_dir/mlflow_run_id`); a retried job
 (same output folder) reopens that run instead of starting another, and the steps it already
-logged before the interruption are not logged twice (`output_dir/mlflow_logged_step`). A key
+logged before the interruption are not logged twice (`output_dir/mlflow_logged_step`). In
+cluster mode the spec also carries the run id the server recorded (`JobSpec.mlflow_run_id`): an
+attempt on another node, whose output folder is empty, reopens that run, and `adopt_journal`
+takes the history's position from MLflow itself (worker.run_store brings the checkpoint). A key
 written before the run is created (`output_dir/mlflow_run_key`, also the run's tag
 `liftplace.run_key`) finds the run of an attempt that died between creating it and recording
 its id, so even then the job keeps one run.
@@ -47,11 +50,13 @@ __all__ = [
     "PENDING_FILE",
     "RUN_KEY_TAG",
     "TrackingUnavailable",
+    "drain_timeout_s",
     "mlflow_retry",
     "mlflow_status",
     "source_tags",
     "spec_params",
     "spec_tags",
+    "start_timeout_s",
 ]
 
 RUN_KEY_TAG = "liftplace.run_key"
@@ -67,6 +72,8 @@ START_TIMEOUT_S = 30.0
 DRAIN_TIMEOUT_ENV = "LIFTPLACE_MLFLOW_DRAIN_TIMEOUT_S"  # how long a job's end waits for MLflow to take its points
 DRAIN_TIMEOUT_S = 60.0
 ARTIFACT_RETRY_S = 60.0
+# Every training step's metrics hold it (liftplace.training), so its last step in MLflow is the history's
+HISTORY_KEY = "loss_total"
 
 # Spec fields that are parameters of every run, of distillation runs, and of teacher runs; `teacher`
 # and `student_teacher` are names (spec: teacher_name, student_teacher_name), `dataset` the dataset's name.
@@ -142,6 +149,9 @@ def spec_tags(spec: JobSpec) -> dict[str, str]:
         "liftplace.teacher_path": spec.teacher_path if distill else None,
         "liftplace.student_teacher_path": spec.student_teacher_path if distill else None,
         "liftplace.base_teacher_path": None if distill else spec.base_teacher_path,
+        "liftplace.teacher_uri": spec.teacher_uri if distill else None,  # cluster mode: MLflow model versions
+        "liftplace.student_teacher_uri": spec.student_teacher_uri if distill else None,
+        "liftplace.base_teacher_uri": None if distill else spec.base_teacher_uri,
         "liftplace.dataset_path": dataset_path,
         **source_tags(spec.kind),
     }
@@ -175,6 +185,16 @@ def _seconds(value: str | None, default: float) -> float:
         return max(0.0, float(value)) if value else default
     except ValueError:
         return default
+
+
+def start_timeout_s() -> float:
+    """LIFTPLACE_MLFLOW_START_TIMEOUT_S: how long a job retries what it needs from MLflow before it starts."""
+    return _seconds(os.environ.get(START_TIMEOUT_ENV), START_TIMEOUT_S)
+
+
+def drain_timeout_s() -> float:
+    """LIFTPLACE_MLFLOW_DRAIN_TIMEOUT_S: how long a job's end waits for MLflow to take what is queued."""
+    return _seconds(os.environ.get(DRAIN_TIMEOUT_ENV), DRAIN_TIMEOUT_S)
 
 
 Call = Callable[..., Any]
@@ -229,7 +249,7 @@ class JobTracker:
 
         output_dir = Path(spec.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        timeout = _seconds(os.environ.get(START_TIMEOUT_ENV), START_TIMEOUT_S)
+        timeout = start_timeout_s()
         deadline = time.monotonic() + timeout
 
         def call(fn: Call, *args: Any, **kwargs: Any) -> Any:
@@ -260,6 +280,10 @@ class JobTracker:
 
         experiment_id = cls._experiment_id(client, spec, call)
         run_id = cls._existing_run(client, output_dir, experiment_id, call)
+        if run_id is None and spec.mlflow_run_id:  # cluster mode: an earlier attempt's run, maybe on another node
+            run_id = cls._live_run(client, spec.mlflow_run_id, experiment_id, call)
+            if run_id is not None:
+                _write_atomic(output_dir / RUN_ID_FILE, run_id)
         if run_id is None and (output_dir / RUN_KEY_FILE).is_file():
             run_id = cls._run_by_key(client, output_dir, experiment_id, call)
             if run_id is not None:  # an earlier attempt died before recording the id of the run it made
@@ -313,7 +337,11 @@ class JobTracker:
         path = output_dir / RUN_ID_FILE
         if not path.is_file():
             return None
-        run_id = path.read_text().strip()
+        return JobTracker._live_run(client, path.read_text().strip(), experiment_id, call)
+
+    @staticmethod
+    def _live_run(client, run_id: str, experiment_id: str, call: Call) -> str | None:
+        """`run_id` if that run exists, is not deleted and belongs to `experiment_id`, else None."""
         if not run_id:
             return None
         try:
@@ -379,11 +407,22 @@ class JobTracker:
         if point is not None:
             self._sender.put(point)
 
-    def checkpoint(self, step: int) -> None:
+    def checkpoint(self, step: int) -> dict[str, Any]:
         """Record what MLflow has not confirmed yet and the open window (never waits): a job resumed from
-        this checkpoint sends them, so the history before it is in MLflow or recorded as missing."""
+        this checkpoint sends them, so the history before it is in MLflow or recorded as missing. Returns
+        that record (the journal, as written to mlflow_pending.json)."""
         window = None if self._window.empty else self._window.to_dict()
-        self._write_journal(step, self._sender.pending(), window)
+        return self._write_journal(step, self._sender.pending(), window)
+
+    def adopt_journal(self, journal: Mapping[str, Any] | None) -> None:
+        """Resume the history on a node without this run's files (cluster mode): the steps MLflow already
+        holds (the last step of `HISTORY_KEY`) are not logged again, and `journal` (the one recorded with the
+        checkpoint this attempt resumes from) takes the place of mlflow_pending.json. Call before `begin`."""
+        history = mlflow_retry(self.client.get_metric_history, self.run_id, HISTORY_KEY)
+        last = max((m.step for m in history), default=0)
+        self._skip_until = self.last_logged_step = last
+        self._journal = dict(journal or {})
+        _write_atomic(self.output_dir / LOGGED_STEP_FILE, str(last))
 
     def log_metrics(self, metrics: Mapping[str, float | None], step: int = 0) -> None:
         """Queue summary metrics (FID, parameter counts) at `step`, exact; non-finite values are left out."""
@@ -424,6 +463,11 @@ class JobTracker:
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
         self._artifact(self.client.log_artifacts, folder, artifact_path)
 
+    def upload_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a folder (transient errors retried for a minute); unlike `log_artifacts`, a failure raises:
+        for files the job's result depends on (a teacher to register)."""
+        mlflow_retry(self.client.log_artifacts, self.run_id, str(folder), artifact_path, retry_for_s=ARTIFACT_RETRY_S)
+
     def _artifact(self, fn: Call, path: str | Path, artifact_path: str | None) -> None:
         try:
             mlflow_retry(fn, self.run_id, str(path), artifact_path, retry_for_s=ARTIFACT_RETRY_S)
@@ -440,7 +484,7 @@ class JobTracker:
         self._resend(until_step=None)  # the job ended before training (re)started: they are history all the same
         self.end_training()
         if timeout_s is None:
-            timeout_s = _seconds(os.environ.get(DRAIN_TIMEOUT_ENV), DRAIN_TIMEOUT_S)
+            timeout_s = drain_timeout_s()
         left = self._sender.close(timeout_s)
         self.errors.extend(self._sender.errors)
         self.unsent_values = self._sender.unsent_values + sum(len(p.values) for p in left)
@@ -468,13 +512,14 @@ class JobTracker:
         self.drain()
         self.terminate(status)
 
-    def _write_journal(self, step: int, pending: list[Point], window: dict[str, Any] | None) -> None:
+    def _write_journal(self, step: int, pending: list[Point], window: dict[str, Any] | None) -> dict[str, Any]:
+        data = {"step": step, "pending": [p.to_dict() for p in pending], "window": window}
         try:
-            data = {"step": step, "pending": [p.to_dict() for p in pending], "window": window}
             _write_atomic(self.output_dir / PENDING_FILE, json.dumps(data))
         except OSError as exc:
             if not any(PENDING_FILE in e for e in self.errors):
                 self.errors.append(f"mlflow: could not write {PENDING_FILE}: {exc}")
+        return data
 
 
 def _write_atomic(path: Path, text: str) -> None:

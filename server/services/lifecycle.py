@@ -26,10 +26,13 @@ def add_log(session: Session, job_id: int, line: str) -> None:
     session.add(JobLog(job_id=job_id, line=f"{time.strftime('%Y-%m-%d %H:%M:%S')} [server] {line}"))
 
 
-def end_job(s: Session, settings: Settings, job: Job, status: str, reason: str) -> None:
+def end_job(s: Session, settings: Settings, job: Job, status: str, reason: str, *,
+            model: tuple[str, str] | None = None) -> None:
     """Put a job in a terminal state, with what depends on it: its teacher, its study cell.
 
-    Used by the dispatcher (outcomes) and the API (cancelling a queued job), inside their transaction.
+    `model`: (version, digest) of the teacher a teacher job registered in MLflow's model registry (cluster
+    mode), kept with the teacher. Used by the dispatcher (outcomes) and the API (cancelling a queued job),
+    inside their transaction.
     """
     if job.study_id is not None:  # before the job's row changes: see aggregation.lock_study
         aggregation.lock_study(s, job.study_id)
@@ -41,6 +44,8 @@ def end_job(s: Session, settings: Settings, job: Job, status: str, reason: str) 
             teacher.status, teacher.reason = "ready", ""
             teacher.model_dir = job.model_dir or str(settings.jobs_dir / str(job.id) / "model")
             teacher.parameters = job.parameters
+            # a teacher trained again is another model: an earlier registration no longer describes it
+            teacher.model_version, teacher.model_digest = model if model is not None else (None, None)
         else:
             teacher.status = "failed"
             teacher.reason = f"training job {job.id} {status}" + (f": {reason}" if reason else "")

@@ -32,6 +32,7 @@ from server.schemas import (
 )
 from server.services.checks import check_steps, get_dataset, get_usable_teacher, image_size, unique_or_conflict
 from server.settings import Settings
+from worker.teacher_store import model_uri
 
 
 def teacher_reads(session: Session, teachers: list[Teacher]) -> list[TeacherRead]:
@@ -44,6 +45,7 @@ def teacher_reads(session: Session, teachers: list[Teacher]) -> list[TeacherRead
         folder=t.folder, preset=t.preset, base_teacher=t.base_teacher.name if t.base_teacher else None,
         prune_ratio=t.prune_ratio, dataset=t.dataset.name if t.dataset else None, parameters=t.parameters,
         job_id=jobs.get(t.id), reason=t.reason, created_at=t.created_at,
+        model_uri=model_uri(t.name, t.model_version) if t.model_version else None, model_digest=t.model_digest,
     ) for t in teachers]
 
 

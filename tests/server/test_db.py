@@ -219,3 +219,37 @@ def test_jobs_stored_before_featkd_layers_keep_the_hook_set_they_trained_with(db
                        {"featkd_layers": "sublayers"}, {}]
     finally:
         engine.dispose()
+
+
+def test_teacher_model_versions_migrate_up_and_down(db_url: str) -> None:
+    """0009 adds each teacher's MLflow model version and digest (cluster mode); going back to 0008 drops them,
+    keeps the teachers, and keeps 0008's revision triggers on the table (no batch copy of it on SQLite)."""
+    revision = text("SELECT SUM(value) FROM revisions")
+    engine = make_engine(db_url)
+    cfg = alembic_config()
+    try:
+        run_migrations(engine)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO teachers (name, source, status, folder, reason, created_at, model_version, "
+                              "model_digest) VALUES ('t', 'local', 'ready', 't', '', CURRENT_TIMESTAMP, '3', :d)"),
+                         {"d": "ab" * 32})
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT model_version, model_digest FROM teachers")).one()
+        assert tuple(row) == ("3", "ab" * 32)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0008")
+        columns = {c["name"] for c in inspect(engine).get_columns("teachers")}
+        assert "model_version" not in columns and "model_digest" not in columns
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT name FROM teachers")).scalars().all() == ["t"]
+            before = conn.execute(revision).scalar()
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE teachers SET reason = 'x'"))
+        with engine.connect() as conn:
+            assert conn.execute(revision).scalar() > before  # the triggers survived the downgrade
+        run_migrations(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT name, model_version FROM teachers")).one() == ("t", None)
+    finally:
+        engine.dispose()

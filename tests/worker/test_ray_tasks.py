@@ -109,11 +109,14 @@ def test_store_reporter_follows_the_protocol_through_a_store(local_ray):
     store = ProgressStore.remote()
     reporter: Reporter = StoreReporter(store, poll_s=0.0)
     assert reporter.should_cancel(21) is False
+    reporter.progress(21, 2, 10, {})
+    reporter.run_opened(21, "run-abc")  # the job's MLflow run, kept with its progress from now on
     reporter.progress(21, 3, 10, {"loss_total": 0.5})
     reporter.log(21, "checkpoint at step 3")
     reporter.flush(21)
     got = ray.get(store.get.remote(21))
     assert (got["step"], got["total"], got["metrics"]) == (3, 10, {"loss_total": 0.5})
+    assert got["mlflow_run_id"] == "run-abc"
     assert ray.get(store.logs.remote(21)) == ["checkpoint at step 3"]
     ray.get(store.request_cancel.remote(21))
     deadline = time.monotonic() + 30
