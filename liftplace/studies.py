@@ -376,12 +376,13 @@ SMOKE_OPTIONS: Mapping[str, Any] = _frozen({
 })
 
 
-def _ablation(name: str, description: str, variants: tuple[StudyVariant, ...]) -> StudyPreset:
-    """An ablation on the largest stability teacher, with the ablations' budget (ABLATION_OPTIONS)."""
+def _ablation(name: str, description: str, variants: tuple[StudyVariant, ...],
+              options: Mapping[str, Any] = ABLATION_OPTIONS) -> StudyPreset:
+    """A study of variants on the largest stability teacher, by default with the ablations' budget."""
     return StudyPreset(
         name=name, description=description, label=EMBEDDED_LABEL, dataset="digits", dataset_folder=None,
         teachers=(_STABILITY_LARGEST,), variants=variants, seeds=SEEDS,
-        student_ratio=defaults.STUDENT_RATIO, options=ABLATION_OPTIONS,
+        student_ratio=defaults.STUDENT_RATIO, options=options,
     )
 
 
@@ -460,22 +461,11 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
         _ablation("ablation-curriculum", "The adaptive coarse-to-fine weight w on and off (w = 1) with "
                   f"{PAPER_METHOD}.",
                   (StudyVariant("", (PAPER_METHOD,), axes={"curriculum": (True, False)}),)),
-        StudyPreset(
-            name="regime-map",
-            description="Where does the paper's method beat OutKD at embedded scale? The largest stability "
-                        f"teacher, the stability study's student and budget, {_braced(REGIME_METHODS)} x lr "
-                        f"{_braced(tuple(map(str, REGIME_AXES['lr'])))} x coarse distance "
-                        f"{_braced(REGIME_AXES['coarse'])} "
-                        "(OutKD has no coarse term: one cell per lr) x 5 seeds.",
-            label=EMBEDDED_LABEL,
-            dataset="digits",
-            dataset_folder=None,
-            teachers=(_STABILITY_LARGEST,),
-            variants=(StudyVariant("", REGIME_METHODS, axes=REGIME_AXES),),
-            seeds=SEEDS,
-            student_ratio=defaults.STUDENT_RATIO,
-            options=STABILITY_OPTIONS,
-        ),
+        _ablation("regime-map", "Where does the paper's method beat OutKD at embedded scale? The largest stability "
+                  f"teacher, the stability study's student and budget, {_braced(REGIME_METHODS)} x lr "
+                  f"{_braced(tuple(map(str, REGIME_AXES['lr'])))} x coarse distance "
+                  f"{_braced(REGIME_AXES['coarse'])} (OutKD has no coarse term: one cell per lr) x 5 seeds.",
+                  (StudyVariant("", REGIME_METHODS, axes=REGIME_AXES),), options=STABILITY_OPTIONS),
         StudyPreset(
             name="teacher-seeds",
             description="How much of the answer is the teacher's: the largest stability teacher (shipped, seed 0) "

@@ -10,6 +10,7 @@ FID), ``mean`` and ``std`` (sample std, ddof = 1, over the succeeded runs), ``n`
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -390,7 +391,7 @@ def ablation_rows(variants: Sequence[Any], tables: Sequence[Mapping[str, Any]], 
 
     ref_table = tables[list(variants).index(reference)]
     in_ref = {id(c) for c in ref_table["cells"]}
-    shared = {id(c) for t in tables for c in t["cells"] if sum(c is d for u in tables for d in u["cells"]) > 1}
+    listed = Counter(id(c) for t in tables for c in t["cells"])  # the same cell object in several tables
     rows, seen = [], set()
     for variant, table in zip(variants, tables, strict=True):
         for c in table["cells"]:
@@ -398,7 +399,7 @@ def ablation_rows(variants: Sequence[Any], tables: Sequence[Mapping[str, Any]], 
                 continue
             seen.add(id(c))
             label = variant.suffix
-            if id(c) in shared:
+            if listed[id(c)] > 1:
                 label = panel_label(c.get("axes") or {}) or "every variant"
             is_ref = variant is reference or id(c) in in_ref
             ref = find_cell(ref_table, c["teacher"], c["method"])

@@ -61,14 +61,9 @@ class BrokenReporter:
 
 
 @pytest.fixture(scope="module")
-def mlflow_store(tmp_path_factory):
+def mlflow_store(make_mlflow_store):
     """One SQLite MLflow store (and artifact folder) for the module: creating one costs seconds."""
-    from mlflow import MlflowClient
-
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    client.create_experiment(EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
+    uri, client, _ = make_mlflow_store(EXPERIMENT)
     return uri, client
 
 

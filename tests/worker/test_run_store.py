@@ -54,13 +54,8 @@ class Reporter:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    from mlflow import MlflowClient
-
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    client.create_experiment(EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
+def store(make_mlflow_store):
+    uri, client, _ = make_mlflow_store(EXPERIMENT)
     return uri, client
 
 

@@ -29,15 +29,9 @@ EXPERIMENT = "teacher-store-tests"
 
 
 @pytest.fixture(scope="module")
-def mlflow_store(tmp_path_factory):
+def mlflow_store(make_mlflow_store):
     """One SQLite MLflow store with an artifact folder, for the module (creating one costs seconds)."""
-    from mlflow import MlflowClient
-
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.create_experiment(EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
-    return uri, client, experiment
+    return make_mlflow_store(EXPERIMENT)
 
 
 def _model_folder(root: Path, content: str = "weights") -> Path:
