@@ -79,3 +79,14 @@ def test_gpu_requests_follow_rays_rule(tmp_path: Path) -> None:
     assert Settings(data_dir=tmp_path, gpus_per_job=2).gpus_per_job == 2
     with pytest.raises(ValidationError, match="a fraction of a GPU must be at most 1"):
         Settings(data_dir=tmp_path, gpus_per_job=1.5)
+
+
+def test_storage_is_local_unless_set_and_a_bad_value_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIFTPLACE_DATA_DIR", str(tmp_path / "d"))
+    monkeypatch.delenv("LIFTPLACE_STORAGE", raising=False)
+    assert Settings().storage == "local" and not Settings().teachers_in_registry
+    monkeypatch.setenv("LIFTPLACE_STORAGE", "mlflow")
+    assert Settings().teachers_in_registry
+    monkeypatch.setenv("LIFTPLACE_STORAGE", "nfs")
+    with pytest.raises(ValidationError, match="storage"):
+        Settings()
