@@ -441,7 +441,7 @@ def regime_rows(variants: Sequence[Any], tables: Sequence[Mapping[str, Any]]) ->
     the paper's method against each other method of that variant's table (Welch's t-test, ours first)."""
     rows = []
     for variant, table in zip(variants, tables, strict=True):
-        for c in compare_methods(table, table["teachers"]) if compared_methods(table["methods"]) else []:
+        for c in compare_methods(table, table["teachers"]):  # none without the paper's method and another
             ours = find_cell(table, c.teacher, PAPER_METHOD) or {}
             theirs = find_cell(table, c.teacher, c.other) or {}
             complete = bool(ours.get("complete")) and bool(theirs.get("complete"))
