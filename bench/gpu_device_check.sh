@@ -11,9 +11,14 @@
 # and writes $OUT/log.txt, $OUT/gpu_steps.md, $OUT/gpu_steps.json (rewritten after every measurement,
 # so a run cut short keeps what it measured) and $OUT/bench_losses.txt. Each step has its own time
 # limit so that the whole check ends within about five minutes; its exit status is the worst of them.
+# DEVICE, STEPS_ARGS and LOSSES_ARGS override the device and the two benchmarks' arguments (for a dry
+# run of this script on a CPU: DEVICE=cpu STEPS_ARGS="--quick --presets smoke" LOSSES_ARGS="--repeats 1 --batch 1").
 set -uo pipefail
 
 OUT=${OUT:-/tmp/gpu-check}
+DEVICE=${DEVICE:-cuda}
+STEPS_ARGS=${STEPS_ARGS:-}
+LOSSES_ARGS=${LOSSES_ARGS:---repeats 5}
 mkdir -p "$OUT"
 LOG="$OUT/log.txt"
 : > "$LOG"
@@ -45,11 +50,13 @@ EOF
 } 2>&1 | tee -a "$LOG" || status=3
 
 echo "== bench/gpu_steps.py" | tee -a "$LOG"
-timeout -k 10 230 python3 bench/gpu_steps.py --device cuda --markdown "$OUT/gpu_steps.md" --json "$OUT/gpu_steps.json" \
-    2>&1 | tee -a "$LOG" || status=$?
+# shellcheck disable=SC2086 # the *_ARGS are word lists
+timeout -k 10 230 python3 bench/gpu_steps.py --device "$DEVICE" $STEPS_ARGS --markdown "$OUT/gpu_steps.md" \
+    --json "$OUT/gpu_steps.json" 2>&1 | tee -a "$LOG" || status=$?
 
 echo "== bench/bench_losses.py" | tee -a "$LOG"
-timeout -k 10 60 python3 bench/bench_losses.py --device cuda --resolutions 64 --repeats 5 \
+# shellcheck disable=SC2086
+timeout -k 10 60 python3 bench/bench_losses.py --device "$DEVICE" --resolutions 64 $LOSSES_ARGS \
     2>&1 | tee "$OUT/bench_losses.txt" | tee -a "$LOG" || { rc=$?; [ "$status" -ne 0 ] || status=$rc; }
 
 echo "== exit status $status" | tee -a "$LOG"

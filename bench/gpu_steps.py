@@ -303,8 +303,8 @@ def _record(rows: list[dict], log: Callable[[str], None], row: dict, fn: Callabl
 
 
 def measure_preset(name: str, s: Settings, log: Callable[[str], None], rows: list[dict],
-                   on_row: Callable[[], None] = lambda: None) -> dict:
-    """Measure one study preset (rows appended to `rows`); returns its projection."""
+                   on_row: Callable[[], None] = lambda: None) -> None:
+    """Measure one study preset: its rows are appended to `rows`, `on_row` called after each."""
     from liftplace.models import count_parameters
 
     preset = get_study_preset(name)
@@ -360,15 +360,16 @@ def measure_preset(name: str, s: Settings, log: Callable[[str], None], rows: lis
              "params": None},
             lambda: time_inception(batch=s.fid_batch, resolution=res, warmup=min(s.warmup, 1),
                                    repeats=max(1, s.repeats // 2), device=s.device))
-    return project(preset, [r for r in rows if r["preset"] == name], s, sample_steps)
 
 
 # --- projection -------------------------------------------------------------------------------------
 
 
-def project(preset: StudyPreset, rows: list[dict], s: Settings, sample_steps: int) -> dict:
-    """Hours of one run and of the whole study on one device, from the measured rows (None where one failed)."""
+def project(preset: StudyPreset, rows: list[dict], s: Settings) -> dict:
+    """Hours of one run and of the whole study on one device, from the preset's measured rows (of those measured
+    so far: `complete` says whether every job's step and the FID were measured)."""
     opts = preset.options
+    rows = [r for r in rows if r["preset"] == preset.name]
     ok = [r for r in rows if "error" not in r]
     n_fid = int(opts["fid_samples"])
     ddim = next((r for r in ok if r["kind"] == "DDIM batch"), None)
@@ -380,31 +381,32 @@ def project(preset: StudyPreset, rows: list[dict], s: Settings, sample_steps: in
         if preset.dataset not in defaults.EMBEDDED_DATASETS:
             fid_s = fid_s + math.ceil(n_fid / s.fid_batch) * inc["median_ms"] / 1000 if inc is not None else None
     steps = int(opts["steps"])
-    distill_h, run_h, n_jobs, complete = 0.0, None, 0, fid_s is not None
+    distill_h: float | None = 0.0
+    run_h, n_jobs = None, 0
     first = preset.teachers[0].name
     for (tname, method), n in study_jobs(preset).items():
         r = next((r for r in ok if r["kind"] == "distill step" and r["model"] == tname and r["method"] == method), None)
         n_jobs += n
-        if r is None or fid_s is None:
-            complete = False
+        if r is None or fid_s is None or distill_h is None:
+            distill_h = None
             continue
         job_h = (steps * r["median_ms"] / 1000 + fid_s) / 3600
         distill_h += n * job_h
         if tname == first and method == PAPER_METHOD:
             run_h = job_h
-    teacher_h, teacher_jobs = 0.0, 0
-    for r in rows:
-        if r["kind"] == "teacher step" and r["jobs"]:
-            teacher_jobs += r["jobs"]
-            if "error" in r:
-                complete = False
-            else:
-                teacher_h += r["jobs"] * r["study_steps"] * r["median_ms"] / 1000 / 3600
-    total_h = teacher_h + distill_h
+    teacher_h: float | None = 0.0
+    trained = [t for t in preset.teachers if t.train]
+    for plan in trained:
+        r = next((r for r in ok if r["kind"] == "teacher step" and r["model"] == plan.name), None)
+        if r is None or teacher_h is None:
+            teacher_h = None
+            continue
+        teacher_h += int(plan.train["steps"]) * r["median_ms"] / 1000 / 3600
+    total_h = None if distill_h is None or teacher_h is None else distill_h + teacher_h
     return {"preset": preset.name, "steps": steps, "fid_samples": n_fid, "ddim_steps": int(opts["sample_steps"]),
             "fid_h": None if fid_s is None else fid_s / 3600, "run_h": run_h, "distill_jobs": n_jobs,
-            "distill_h": distill_h, "teacher_jobs": teacher_jobs, "teacher_h": teacher_h, "total_h": total_h,
-            "total_days": total_h / 24, "complete": complete, "measured_sample_steps": sample_steps}
+            "distill_h": distill_h, "teacher_jobs": len(trained), "teacher_h": teacher_h, "total_h": total_h,
+            "total_days": None if total_h is None else total_h / 24, "complete": total_h is not None}
 
 
 # --- output -----------------------------------------------------------------------------------------
@@ -488,7 +490,8 @@ def markdown(env: dict, rows: list[dict], projections: list[dict], s: Settings, 
             f"| `{p['preset']}` | {p['steps']:,} | {_hours(p['fid_h'])} ({p['fid_samples']:,} samples, DDIM "
             f"{p['ddim_steps']}) | {_hours(p['run_h'])} | {p['teacher_jobs']}: {_hours(p['teacher_h'])} | "
             f"{p['distill_jobs']}: {_hours(p['distill_h'])} | {_hours(p['total_h'])} "
-            f"({p['total_days']:.1f} device-days) | {'yes' if p['complete'] else 'no: a measurement failed'} |")
+            f"({_fmt(p['total_days'], '.1f')} device-days) | "
+            f"{'yes' if p['complete'] else 'no: a measurement failed or was not reached'} |")
     lines += ["", f"Generated by `{command}`."]
     return "\n".join(lines)
 
@@ -565,6 +568,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     projections: list[dict] = []
 
     def write() -> dict:
+        measured = dict.fromkeys(r["preset"] for r in rows)  # the presets begun so far, in order
+        projections[:] = [project(get_study_preset(p), rows, s) for p in measured]
         text = markdown(env, rows, projections, s, command)
         result = {"environment": env, "settings": {**dataclasses.asdict(s), "device": str(s.device)},
                   "command": command, "rows": rows, "projections": projections, "markdown": text}
@@ -579,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     t0 = time.perf_counter()
     for name in args.presets:
         try:
-            projections.append(measure_preset(name, s, log, rows, on_row=write))
+            measure_preset(name, s, log, rows, on_row=write)
         except Exception as exc:  # e.g. building a preset's models failed: keep the other presets
             log(f"{name}: FAILED before or between measurements: {type(exc).__name__}: {exc}")
             rows.append({"preset": name, "kind": "preset", "model": "-", "method": None, "batch": None,

@@ -54,3 +54,25 @@ def test_quick_run_measures_every_step_of_the_preset(tmp_path: Path) -> None:
     for m in methods:
         assert f"| {m} |" in md
     assert len(json.loads((tmp_path / "steps.json").read_text())["rows"]) == len(rows)
+
+
+def test_projection_adds_up_the_jobs_and_says_when_a_measurement_is_missing() -> None:
+    gpu_steps = _gpu_steps()
+    preset = get_study_preset("smoke")  # 10 steps, 32 FID samples of 4 DDIM steps; teachers trained for 20 steps
+    s = gpu_steps.Settings(device=torch.device("cpu"), warmup=0, repeats=1, batch=None, sample_batch=16,
+                           sample_steps=2, fid_batch=8, methods=(), quick=True)
+    teachers = [t.name for t in preset.teachers]
+    rows = [{"preset": "smoke", "kind": "teacher step", "model": t, "median_ms": 50.0} for t in teachers]
+    rows += [{"preset": "smoke", "kind": "distill step", "model": t, "method": m, "median_ms": 100.0}
+             for t in teachers for m in preset.variants[0].methods]
+    rows.append({"preset": "smoke", "kind": "DDIM batch", "model": "s", "median_ms": 40.0, "ddim_steps": 2})
+    p = gpu_steps.project(preset, rows, s)
+    fid_s = 2 * 4 * 0.020  # 2 batches of 16 images x 4 DDIM steps x 20 ms per step
+    assert p["complete"] and math.isclose(p["fid_h"] * 3600, fid_s)
+    assert math.isclose(p["run_h"] * 3600, 10 * 0.1 + fid_s)
+    assert math.isclose(p["distill_h"] * 3600, preset.jobs * (10 * 0.1 + fid_s))
+    assert math.isclose(p["teacher_h"] * 3600, len(teachers) * 20 * 0.05)
+    assert math.isclose(p["total_h"], p["distill_h"] + p["teacher_h"])
+    partial = gpu_steps.project(preset, rows[1:], s)  # a teacher step not measured (or failed)
+    assert not partial["complete"] and partial["total_h"] is None and partial["teacher_h"] is None
+    assert math.isclose(partial["distill_h"], p["distill_h"])
