@@ -486,9 +486,10 @@ def markdown(env: dict, rows: list[dict], projections: list[dict], s: Settings, 
         "|---|---|---|---|---|---|---|---|",
     ]
     for p in projections:
+        teachers = f"{p['teacher_jobs']}: {_hours(p['teacher_h'])}" if p["teacher_jobs"] else "none"
         lines.append(
             f"| `{p['preset']}` | {p['steps']:,} | {_hours(p['fid_h'])} ({p['fid_samples']:,} samples, DDIM "
-            f"{p['ddim_steps']}) | {_hours(p['run_h'])} | {p['teacher_jobs']}: {_hours(p['teacher_h'])} | "
+            f"{p['ddim_steps']}) | {_hours(p['run_h'])} | {teachers} | "
             f"{p['distill_jobs']}: {_hours(p['distill_h'])} | {_hours(p['total_h'])} "
             f"({_fmt(p['total_days'], '.1f')} device-days) | "
             f"{'yes' if p['complete'] else 'no: a measurement failed or was not reached'} |")
