@@ -557,7 +557,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         methods=args.methods,
         quick=q,
     )
-    command = "python bench/gpu_steps.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    # the command as a reader would type it: output files by name, not by this machine's folders
+    words = list(sys.argv[1:] if argv is None else argv)
+    words = [Path(w).name if i and words[i - 1] in ("--markdown", "--json") else w for i, w in enumerate(words)]
+    command = "python bench/gpu_steps.py " + " ".join(words)
     env = environment(s.device)
 
     def log(msg: str) -> None:
