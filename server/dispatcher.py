@@ -19,9 +19,10 @@ Claiming is a compare-and-set (``UPDATE jobs SET status='dispatched' WHERE id=? 
 status='queued'``), committed before the submit, so a job is never dispatched twice. A job is
 "dispatched" while it waits in the executor for a worker and "running" once the worker has
 started it, so the queue never shows more jobs running than there are workers. At start-up
-every job left dispatched or running by an earlier server is requeued (or marked cancelled if a
-cancel was asked for): a restart loses no queued job and leaves none stuck. One dispatcher per
-database.
+every job left dispatched or running by an earlier server is re-attached when the executor still
+runs it (a Ray cluster: jobs outlive the server), else requeued (or marked cancelled if a cancel
+was asked for): a restart loses no queued job, leaves none stuck and restarts none that still
+runs. One dispatcher per database.
 """
 
 from __future__ import annotations
@@ -266,16 +267,35 @@ class Dispatcher:
         self._log_cells()
 
     def recover(self) -> None:
-        """Requeue every job an earlier server left in flight (or mark it cancelled if asked to), then
-        write any study cell whose seeds all ended but that has no row (aggregation.repair_cells)."""
+        """Take over the jobs an earlier server left in flight, then write any study cell whose seeds all
+        ended but that has no row (aggregation.repair_cells).
+
+        A job the executor still holds from that server with the same attempt (a cluster: it went on
+        training in Ray) is re-attached: claimed by this dispatcher, same attempt, its end recorded when it
+        comes (a cancel asked for meanwhile is sent in the next round). Every other in-flight job is
+        requeued (it resumes from its checkpoint), or ends cancelled if a cancel was asked for; what the
+        executor holds that the database does not expect to run is stopped.
+        """
+        held = self.executor.attached()
+        adopted: set[int] = set()
         with self.sessions.begin() as s:
             for job in s.scalars(select(Job).where(Job.status.in_(IN_FLIGHT_STATUSES)).order_by(Job.id)):
-                if job.cancel_requested:
+                if held.get(job.id) == job.attempts:
+                    job.claimed_by = self.instance_id
+                    adopted.add(job.id)
+                    add_log(s, job.id, f"the server restarted while this job ran; re-attached to attempt "
+                                       f"{job.attempts}, which kept running in Ray")
+                elif job.cancel_requested:
                     end_job(s, self.settings, job, "cancelled", "cancelled (the server restarted while it ran)")
                 else:
                     job.status, job.claimed_by = "queued", None
                     add_log(s, job.id, "the server restarted while this job ran; requeued (it resumes from its "
                                        "checkpoint)")
+        for job_id in sorted(set(held) - adopted):
+            log.warning("job %s: held in the executor from an earlier server but not in flight here; stopped", job_id)
+            self.executor.discard(job_id)
+        if adopted:
+            log.info("re-attached to %d job(s) an earlier server left running: %s", len(adopted), sorted(adopted))
         with self.sessions.begin() as s:
             for study_id, teacher, method in aggregation.repair_cells(s):
                 log.warning("study %s: cell (%s, %s) had ended without its summary; written now", study_id, teacher,

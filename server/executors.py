@@ -83,6 +83,17 @@ class Executor(Protocol):
         """Forget a finished job's progress, logs and cancel flag."""
         ...
 
+    def attached(self) -> dict[int, int]:
+        """{job_id: attempt} of jobs an earlier server left running in the backend, known since `start`.
+
+        They count as submitted (`active`, and their ends come through `finished`) until `discard`ed.
+        """
+        ...
+
+    def discard(self, job_id: int) -> None:
+        """Stop and forget an attached job that the database does not expect to run."""
+        ...
+
 
 def _failed(job_id: int, reason: str) -> dict[str, Any]:
     return JobOutcome(job_id=job_id, status="failed", reason=reason).to_dict()
@@ -270,6 +281,12 @@ class ThreadExecutor:
     def release(self, job_id: int) -> None:
         self.store.clear(job_id)
 
+    def attached(self) -> dict[int, int]:
+        return {}  # in-process jobs end with the process
+
+    def discard(self, job_id: int) -> None:
+        self.cancel(job_id)
+
 
 # --- Ray -----------------------------------------------------------------------------------------
 
@@ -282,29 +299,31 @@ class RayExecutor:
     resources are free. Ray's own task retries are off (max_retries=0): the dispatcher retries
     a job whose worker died, with bounded attempts, and the worker resumes from its checkpoint.
 
+    The tasks are submitted and owned by a named `worker.ray_tasks.JobOwner` actor, not by this
+    process. In a cluster (`address` given) the owner and the progress store are detached: the
+    jobs keep training when this process stops or dies, and the next server's executor finds them
+    (`attached`) and collects their ends. Embedded (no `address`), they live and die with this
+    process's Ray, and `shutdown` asks the running jobs to stop (they checkpoint; a restart
+    requeues them).
+
     Cancellation asks the job through the progress store (it checkpoints and ends "cancelled");
     a job that has not started is cancelled in Ray at once, and one that does not stop within
     `cancel_grace` seconds is killed (ray.cancel force).
     """
 
-    # Ray errors that mean the worker, its node or its object went away: the job may be retried.
-    _LOST_ERRORS = (
-        "WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError", "LocalRayletDiedError",
-        "OutOfMemoryError", "ObjectReconstructionFailedError", "ObjectFetchTimedOutError", "RaySystemError",
-        "ActorDiedError",
-    )
-
     def __init__(self, address: str | None = None, *, gpus_per_job: float = 1.0, cpus_per_job: float = 1.0,
                  cancel_grace: float = 30.0, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
         self.address = address
+        self.detached = bool(address)  # jobs outlive this process only in a cluster it did not start
         self.gpus_per_job = gpus_per_job
         self.cpus_per_job = cpus_per_job
         self.cancel_grace = cancel_grace
         self.num_cpus, self.num_gpus = num_cpus, num_gpus  # embedded Ray only
         self._store: Any = None
-        self._refs: dict[int, Any] = {}
-        self._cancel_at: dict[int, float] = {}  # job_id -> when a cancel was asked for
-        self._killed: set[int] = set()
+        self._owner: Any = None
+        self._active: dict[int, int] = {}  # job_id -> attempt, held by the owner and not reported ended yet
+        self._attached: dict[int, int] = {}  # what the owner held when this executor started
+        self._reported: set[int] = set()  # ended jobs returned by finished(), not released yet
         self._owns_ray = False
         self.versions: Any = None  # worker.cluster.NodeVersionCheck, once started
 
@@ -312,20 +331,41 @@ class RayExecutor:
         import ray
 
         from worker.cluster import NodeVersionCheck
-        from worker.ray_tasks import get_progress_store, init_ray
+        from worker.ray_tasks import get_job_owner, get_progress_store, init_ray
 
         self._owns_ray = not ray.is_initialized()  # a Ray started before us (a notebook, a test) is left running
         description = init_ray(self.address, num_cpus=self.num_cpus, num_gpus=self.num_gpus)
-        self._store = get_progress_store()
+        self._store = get_progress_store(detached=self.detached)
+        self._owner = get_job_owner(self._store, detached=self.detached, cancel_grace=self.cancel_grace)
+        held = {int(k): int(v) for k, v in ray.get(self._owner.jobs.remote(), timeout=60).items()}
+        self._attached = dict(held)
+        self._active = dict(held)
+        self._reported.clear()
         self.versions = NodeVersionCheck()
         if self.address:  # a cluster: every node's Ray and Python against ours, mismatches logged by node
             self.versions.refresh()
+        if held:
+            description += f"; {len(held)} job(s) still held in Ray from an earlier server"
         return description
+
+    def attached(self) -> dict[int, int]:
+        """{job_id: attempt} of the jobs an earlier server left in Ray (running, or ended unrecorded)."""
+        return dict(self._attached)
+
+    def discard(self, job_id: int) -> None:
+        """Stop and forget a job held in Ray that the database no longer has in flight (at start-up)."""
+        import ray
+
+        self._active.pop(job_id, None)
+        self._attached.pop(job_id, None)
+        ray.get(self._owner.discard.remote(job_id), timeout=30)
+        self._store.clear.remote(job_id)
 
     def health(self) -> dict[str, Any]:
         """The cluster as the GCS sees it now (a round trip), and every alive node's versions against ours.
 
-        Raises when Ray is not connected or the GCS does not answer. Nodes are probed once each (cached by id).
+        Raises when Ray is not connected, the GCS does not answer or the job owner actor is gone. Nodes
+        are probed once each (cached by id).
         """
         import ray
 
@@ -336,92 +376,75 @@ class RayExecutor:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         self.versions.refresh(nodes)
         gpus = sum(float(n.get("Resources", {}).get("GPU", 0.0)) for n in nodes)
+        held = ray.get(self._owner.ping.remote(), timeout=10)  # raises when the owner died
         ours = self.versions.ours
 
         def detailed(found: list[Any]) -> list[dict[str, Any]]:
             return [{**n.as_dict(), "detail": describe(n, ours)} for n in found]
 
         return {"nodes": len(nodes), "gpus": gpus, "ray_version": ours[0], "python_version": ours[1],
+                "jobs_in_ray": held, "jobs_outlive_server": self.detached,
                 "version_mismatches": detailed(self.versions.mismatches()),
                 "versions_unknown": detailed(self.versions.unverified())}
 
     def shutdown(self) -> None:
+        import ray
+
         from worker.ray_tasks import shutdown_ray
 
-        for job_id in list(self._refs):  # running jobs checkpoint and stop; a restart requeues them
-            self._store.request_cancel.remote(job_id)
-        self._refs.clear()
-        self._store = None
+        if not self.detached and self._store is not None:
+            for job_id in list(self._active):  # running jobs checkpoint and stop; a restart requeues them
+                self._store.request_cancel.remote(job_id)
+            if self._owner is not None and not self._owns_ray:  # a shared Ray: the next executor starts afresh
+                ray.kill(self._owner)
+        # detached: the jobs go on training in the cluster; the next server re-attaches to them
+        self._active.clear()
+        self._reported.clear()
+        self._store = self._owner = None
         if self._owns_ray:
             shutdown_ray()
 
     def submit(self, spec: JobSpec) -> None:
         import ray
 
-        from worker.ray_tasks import execute_job, job_options
+        from worker import ray_tasks
 
-        # The cancel flag of an earlier attempt would cancel this one at once: clear it first
-        # (and wait, so the flag is gone before the task can ask).
-        ray.get(self._store.clear.remote(spec.job_id), timeout=30)
-        options = job_options(spec, num_gpus=self.gpus_per_job, num_cpus=self.cpus_per_job)
+        options = ray_tasks.job_options(spec, num_gpus=self.gpus_per_job, num_cpus=self.cpus_per_job)
         options["max_retries"] = 0  # the dispatcher owns retries (bounded, visible, resumed)
-        self._refs[spec.job_id] = execute_job.options(**options).remote(spec.to_dict(), self._store)
-        self._cancel_at.pop(spec.job_id, None)
-        self._killed.discard(spec.job_id)
-
-    def _result(self, job_id: int, ref: Any) -> Finished:
-        import ray
-        from ray import exceptions as rex
-
-        try:
-            return Finished(job_id, outcome=dict(ray.get(ref, timeout=60)))
-        except rex.TaskCancelledError:
-            return Finished(job_id, outcome=_cancelled(job_id, "cancelled in Ray"))
-        except rex.RayTaskError as exc:  # the task raised (execute_job itself should not)
-            if job_id in self._killed:
-                return Finished(job_id, outcome=_cancelled(job_id, "killed after the cancel grace period"))
-            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-            return Finished(job_id, outcome=_failed(job_id, _describe(cause)))
-        except rex.RayError as exc:
-            if job_id in self._killed:
-                return Finished(job_id, outcome=_cancelled(job_id, "killed after the cancel grace period"))
-            if type(exc).__name__ in self._LOST_ERRORS:
-                return Finished(job_id, lost=_describe(exc).splitlines()[0])
-            return Finished(job_id, outcome=_failed(job_id, _describe(exc).splitlines()[0]))
+        ray.get(self._owner.submit.remote(spec.to_dict(), options, ray_tasks.execute_job), timeout=60)
+        self._active[spec.job_id] = spec.attempt
+        self._reported.discard(spec.job_id)
 
     def finished(self) -> list[Finished]:
         import ray
+        from ray import exceptions as rex
 
-        self._enforce_cancels()
-        if not self._refs:
+        if not self._active:
             return []
-        ids = list(self._refs)
-        refs = [self._refs[i] for i in ids]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
-        ready_set = set(ready)
+        try:
+            ended = ray.get(self._owner.ended.remote(), timeout=60)
+        except rex.RayActorError as exc:  # the owner died, and its tasks with it: every job is lost
+            log.error("the job owner actor died (%s); its %d job(s) are lost", _describe(exc).splitlines()[0],
+                      len(self._active))
+            lost = [Finished(job_id, lost="the job owner actor in Ray died") for job_id in self._active
+                    if job_id not in self._reported]
+            from worker.ray_tasks import get_job_owner
+
+            self._owner = get_job_owner(self._store, detached=self.detached, cancel_grace=self.cancel_grace)
+            self._active.clear()
+            self._reported.clear()
+            return lost
         done = []
-        for job_id, ref in zip(ids, refs, strict=True):
-            if ref in ready_set:
-                done.append(self._result(job_id, ref))
-                del self._refs[job_id]
-                self._cancel_at.pop(job_id, None)
+        for item in ended:
+            job_id = int(item["job_id"])
+            if job_id not in self._active or job_id in self._reported:
+                continue
+            self._reported.add(job_id)
+            done.append(Finished(job_id, outcome=item.get("outcome"), lost=item.get("lost")))
         return done
 
-    def _enforce_cancels(self) -> None:
-        import ray
-
-        now = time.monotonic()
-        for job_id, asked in list(self._cancel_at.items()):
-            ref = self._refs.get(job_id)
-            if ref is None or job_id in self._killed or now - asked < self.cancel_grace:
-                continue
-            log.warning("job %s did not stop within %.0fs of its cancel; killing its Ray task", job_id,
-                        self.cancel_grace)
-            self._killed.add(job_id)
-            ray.cancel(ref, force=True)
-
     def active(self) -> set[int]:
-        return set(self._refs)
+        return set(self._active)
 
     def progress(self, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         import ray
@@ -438,17 +461,13 @@ class RayExecutor:
     def cancel(self, job_id: int) -> None:
         import ray
 
-        self._store.request_cancel.remote(job_id)
-        ref = self._refs.get(job_id)
-        if ref is None:
-            return
-        self._cancel_at.setdefault(job_id, time.monotonic())
-        started = ray.get(self._store.get_many.remote([job_id]), timeout=30)
-        if not started:
-            # Still waiting for resources in Ray (or just starting): cancel the task itself, which
-            # ends it "cancelled" without waiting for a GPU to free up.
-            ray.cancel(ref, force=False)
+        started = bool(ray.get(self._store.get_many.remote([job_id]), timeout=30))
+        self._owner.cancel.remote(job_id, started)
 
     def release(self, job_id: int) -> None:
+        self._active.pop(job_id, None)
+        self._reported.discard(job_id)
+        if self._owner is not None:
+            self._owner.forget.remote(job_id)
         if self._store is not None:
             self._store.clear.remote(job_id)

@@ -1,14 +1,20 @@
-"""Jobs on Ray: starting/joining Ray, the progress store actor, and the task that runs a job.
+"""Jobs on Ray: starting/joining Ray, the progress store and job owner actors, and the task that runs a job.
 
-The server (the Ray driver) uses it like this::
+The server (the Ray driver, `server.executors.RayExecutor`) uses it like this::
 
     init_ray(settings.ray_address)                    # None: an embedded local Ray on 127.0.0.1
-    store = get_progress_store()
-    ref = execute_job.options(**job_options(spec, num_gpus=0.25)).remote(spec.to_dict(), store)
+    store = get_progress_store(detached=cluster)
+    owner = get_job_owner(store, detached=cluster)    # submits and owns the job tasks
+    owner.submit.remote(spec.to_dict(), job_options(spec, num_gpus=0.25))
     ...
     ray.get(store.get_many.remote([job_id]))          # live progress
-    store.request_cancel.remote(job_id)               # the job stops at its next step -> "cancelled"
-    outcome = JobOutcome(**ray.get(ref))              # a dict, also for failed jobs
+    owner.cancel.remote(job_id, started)              # the job stops at its next step -> "cancelled"
+    ray.get(owner.ended.remote())                     # [{"job_id", "outcome"} or {"job_id", "lost"}]
+    owner.forget.remote(job_id)                       # once the end is recorded
+
+In a cluster both actors are detached: a job task belongs to the process that submitted it, here the
+owner actor, so the jobs keep training when the server stops or dies, and a restarted server finds
+them by name (`owner.jobs`) and collects their ends.
 
 Cancellation is cooperative: `request_cancel` sets a flag that the running job reads (at most
 every `CANCEL_POLL_S` seconds), checkpoints and ends with status "cancelled". The flag stays
@@ -38,9 +44,14 @@ __all__ = [
     "PROGRESS_STORE_NAME",
     "RAY_NAMESPACE",
     "CANCEL_POLL_S",
+    "JobOwner",
+    "JOB_OWNER_NAME",
+    "get_job_owner",
+    "LOST_ERRORS",
 ]
 
 PROGRESS_STORE_NAME = "liftplace-progress"
+JOB_OWNER_NAME = "liftplace-jobs"
 RAY_NAMESPACE = "liftplace"
 CANCEL_POLL_S = 0.5  # a running job asks the store about cancellation at most this often
 MAX_LOG_LINES = 5000  # per job, in the store (the full log is in output_dir/job.log)
@@ -188,9 +199,23 @@ class ProgressStore:
         return list(self._logs.get(int(job_id), [])[max(0, int(offset)):])
 
 
-def get_progress_store(name: str = PROGRESS_STORE_NAME):
-    """The named ProgressStore actor of this Ray namespace, created on first use (lives with the driver)."""
-    return ProgressStore.options(name=name, get_if_exists=True).remote()
+def get_progress_store(name: str = PROGRESS_STORE_NAME, *, detached: bool = False):
+    """The named ProgressStore actor of this Ray namespace, created on first use.
+
+    It lives with the driver, or with `detached` until it is killed: then the progress, logs and
+    cancel flags of running jobs outlive the server that started them (cluster mode).
+    """
+    options: dict[str, Any] = {"name": name, "get_if_exists": True}
+    if detached:
+        options.update(lifetime="detached", scheduling_strategy=_this_node())
+    return ProgressStore.options(**options).remote()
+
+
+def _this_node() -> Any:
+    """Soft affinity to the driver's node: the head, where the API runs, rather than a GPU node that may go."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
 
 
 class StoreReporter:
@@ -256,6 +281,156 @@ class StoreReporter:
             self.store.get.remote(job_id).future().result(timeout=timeout_s)
         except Exception:  # the store is gone or slow: the lines are in job.log all the same
             pass
+
+
+# --- the job owner ---------------------------------------------------------------------------------
+
+
+# Ray errors that mean the worker, its node or its object went away: the job may be retried.
+LOST_ERRORS = (
+    "WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError", "LocalRayletDiedError",
+    "OutOfMemoryError", "ObjectReconstructionFailedError", "ObjectFetchTimedOutError", "RaySystemError",
+    "ActorDiedError",
+)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def task_result(job_id: int, ref: Any, *, killed: bool = False) -> dict[str, Any]:
+    """How a job task that Ray reports ready ended: {"job_id", "outcome": JobOutcome dict} or {"job_id", "lost"}.
+
+    "lost" (the worker, its node or its object went away) means the job may be retried; a task that
+    raised, or was cancelled or `killed` after its cancel grace, has an outcome.
+    """
+    from ray import exceptions as rex
+
+    def outcome(status: str, reason: str) -> dict[str, Any]:
+        return {"job_id": job_id, "outcome": JobOutcome(job_id=job_id, status=status, reason=reason).to_dict()}
+
+    try:
+        return {"job_id": job_id, "outcome": dict(ray.get(ref, timeout=60))}
+    except rex.TaskCancelledError:
+        return outcome("cancelled", "cancelled in Ray")
+    except rex.RayTaskError as exc:  # the task raised (execute_job itself should not)
+        if killed:
+            return outcome("cancelled", "killed after the cancel grace period")
+        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+        return outcome("failed", _describe(cause))
+    except rex.RayError as exc:
+        if killed:
+            return outcome("cancelled", "killed after the cancel grace period")
+        if type(exc).__name__ in LOST_ERRORS:
+            return {"job_id": job_id, "lost": _describe(exc).splitlines()[0]}
+        return outcome("failed", _describe(exc).splitlines()[0])
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class JobOwner:
+    """Submits the job tasks of one liftplace service and owns them in Ray.
+
+    A Ray task dies with the process that submitted it (its owner). The server hands its jobs to this
+    actor instead of submitting them itself: made detached (cluster mode), the actor and its tasks
+    outlive the server's process, and a restarted server finds it by name, asks which jobs it holds
+    (`jobs`) and collects their ends (`ended`) as the first one would have: no requeue, no new
+    attempt. A job's end stays here until the server has recorded it and calls `forget`, so a
+    server that dies between the two records it on its next start.
+
+    Cancellation: `cancel` sets the job's flag in the progress store (the job checkpoints and ends
+    "cancelled"); a task that has not started is cancelled in Ray at once, one that does not stop
+    within `cancel_grace` seconds is killed. Every call is short; none waits on a job.
+    """
+
+    def __init__(self, store: Any, cancel_grace: float = 30.0) -> None:
+        self.store = store
+        self.cancel_grace = float(cancel_grace)
+        self._jobs: dict[int, dict[str, Any]] = {}  # job_id -> attempt, ref, cancel_at, killed, ended
+
+    def ping(self) -> int:
+        """The number of jobs held (running, or ended and not forgotten yet)."""
+        return len(self._jobs)
+
+    def submit(self, spec_dict: dict, options: dict, task: Any = None) -> None:
+        """Start a job's task (`options`: `job_options`); an earlier attempt still held is stopped first.
+
+        `task`: the remote function to run it with, default `execute_job` (the server passes the one it
+        sees, so a stand-in set there, e.g. by a test, is the one that runs).
+        """
+        job_id = int(spec_dict["job_id"])
+        self.discard(job_id)
+        # The cancel flag of an earlier attempt would cancel this one at once: clear it first (and
+        # wait, so the flag is gone before the task can ask).
+        ray.get(self.store.clear.remote(job_id), timeout=30)
+        ref = (task or execute_job).options(**options).remote(spec_dict, self.store)
+        self._jobs[job_id] = {"attempt": int(spec_dict.get("attempt", 1)), "ref": ref, "cancel_at": None,
+                              "killed": False, "ended": None}
+
+    def jobs(self) -> dict[int, int]:
+        """{job_id: attempt} of every job held."""
+        return {job_id: entry["attempt"] for job_id, entry in self._jobs.items()}
+
+    def ended(self) -> list[dict[str, Any]]:
+        """The jobs held that ended (`task_result` dicts), until forgotten; enforces cancel grace periods."""
+        self._enforce_cancels()
+        running = [(job_id, e) for job_id, e in self._jobs.items() if e["ended"] is None]
+        if running:
+            refs = [e["ref"] for _, e in running]
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+            ready_set = set(ready)
+            for job_id, e in running:
+                if e["ref"] in ready_set:
+                    e["ended"] = task_result(job_id, e["ref"], killed=e["killed"])
+        return [e["ended"] for e in self._jobs.values() if e["ended"] is not None]
+
+    def forget(self, job_id: int) -> None:
+        """Drop an ended job whose end the server recorded."""
+        entry = self._jobs.get(int(job_id))
+        if entry is not None and entry["ended"] is not None:
+            del self._jobs[int(job_id)]
+
+    def discard(self, job_id: int) -> None:
+        """Stop (kill) and drop a job the server no longer wants here, running or not."""
+        entry = self._jobs.pop(int(job_id), None)
+        if entry is not None and entry["ended"] is None:
+            ray.cancel(entry["ref"], force=True)
+
+    def cancel(self, job_id: int, started: bool) -> None:
+        """Ask a job to stop (see the class docstring); `started`: whether it has reported progress."""
+        self.store.request_cancel.remote(int(job_id))
+        entry = self._jobs.get(int(job_id))
+        if entry is None or entry["ended"] is not None:
+            return
+        if entry["cancel_at"] is None:
+            entry["cancel_at"] = time.monotonic()
+        if not started:
+            # Still waiting for resources in Ray (or just starting): cancel the task itself, which
+            # ends it "cancelled" without waiting for a GPU to free up.
+            ray.cancel(entry["ref"], force=False)
+
+    def _enforce_cancels(self) -> None:
+        now = time.monotonic()
+        for job_id, e in self._jobs.items():
+            waiting = e["cancel_at"] is None or now - e["cancel_at"] < self.cancel_grace
+            if e["ended"] is not None or e["killed"] or waiting:
+                continue
+            print(f"job {job_id} did not stop within {self.cancel_grace:.0f}s of its cancel; killing its Ray task",
+                  flush=True)
+            e["killed"] = True
+            ray.cancel(e["ref"], force=True)
+
+
+def get_job_owner(store: Any, *, detached: bool, cancel_grace: float = 30.0, name: str = JOB_OWNER_NAME):
+    """The named JobOwner of this Ray namespace, created on first use (see JobOwner).
+
+    `detached`: it lives until killed, on the driver's node if it can (cluster mode); else it lives
+    and dies with the driver.
+    """
+    options: dict[str, Any] = {"name": name, "get_if_exists": True}
+    if detached:
+        options.update(lifetime="detached", scheduling_strategy=_this_node())
+    return JobOwner.options(**options).remote(store, cancel_grace)
 
 
 # --- the job task ---------------------------------------------------------------------------------

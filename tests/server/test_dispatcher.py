@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from server.dispatcher import Dispatcher
-from server.executors import ThreadExecutor
+from server.executors import Finished, ThreadExecutor
 from tests.server.server_testkit import FakeRunner, Harness
 
 
@@ -34,6 +35,75 @@ def test_a_restart_loses_no_job_and_leaves_none_running(make_harness) -> None:
         lines = h.client.get(f"/api/jobs/{running}/logs").json()["lines"]
         assert any("the server restarted while this job ran; requeued" in line for line in lines)
         assert h.client.get("/api/jobs", params={"status": "running"}).json()["total"] == 0
+
+
+class HeldExecutor(ThreadExecutor):
+    """Stands for a Ray cluster that kept running an earlier server's jobs: `held` {job_id: attempt}."""
+
+    def __init__(self, held: dict[int, int]) -> None:
+        super().__init__(FakeRunner(), max_workers=4)
+        self.held = dict(held)
+        self.discarded: list[int] = []
+        self._ends: list[Finished] = []
+
+    def attached(self) -> dict[int, int]:
+        return dict(self.held)
+
+    def active(self) -> set[int]:
+        return super().active() | set(self.held)
+
+    def discard(self, job_id: int) -> None:
+        self.discarded.append(job_id)
+        self.held.pop(job_id, None)
+
+    def end(self, job_id: int, status: str, reason: str = "", **fields: Any) -> None:
+        del self.held[job_id]
+        self._ends.append(Finished(job_id, outcome={"job_id": job_id, "status": status, "reason": reason, **fields}))
+
+    def cancel(self, job_id: int) -> None:
+        if job_id in self.held:  # the held job stops at its next step
+            self.end(job_id, "cancelled", "cancelled at step 3", steps_done=3)
+        else:
+            super().cancel(job_id)
+
+    def finished(self) -> list[Finished]:
+        ends, self._ends = self._ends, []
+        return super().finished() + ends
+
+
+def test_a_restart_re_attaches_to_jobs_the_executor_still_runs(make_harness) -> None:
+    """Jobs an earlier server left running in the executor (a Ray cluster) are taken over, not requeued:
+    same attempt, no new run, their end recorded once, a cancel still works; the rest is requeued as before."""
+    first = FakeRunner()
+    first.hold.set()
+    with make_harness(runner=first, max_in_flight=3) as h:
+        kept, cancelled, stale = (h.submit(seed=s)["id"] for s in range(3))
+        queued = h.submit(seed=3)["id"]
+        h.tick_until(lambda: all(h.job(i)["status"] == "running" for i in (kept, cancelled, stale)), what="3 running")
+        assert h.job(queued)["status"] == "queued"
+    # The server died; the cluster still runs `kept` and `cancelled` at attempt 1, an older attempt of `stale`
+    # and, somehow, `queued`, which the database never dispatched.
+    executor = HeldExecutor({kept: 1, cancelled: 1, stale: 7, queued: 1})
+    with make_harness(executor=executor) as h:
+        h.tick()  # start-up recovery, then dispatch
+        assert sorted(executor.discarded) == sorted([stale, queued])  # stopped: not what the database expects
+        for job_id in (kept, cancelled):
+            job = h.job(job_id)
+            assert job["status"] == "running" and job["attempts"] == 1, job
+            lines = h.client.get(f"/api/jobs/{job_id}/logs").json()["lines"]
+            assert any("re-attached to attempt 1, which kept running in Ray" in line for line in lines), lines
+            assert not any("requeued" in line for line in lines), lines
+        assert h.client.post(f"/api/jobs/{cancelled}/cancel").json()["cancel_requested"] is True
+        executor.end(kept, "succeeded", fid=12.5, fid_metric="fid_digits", steps_done=30, mlflow_run_id="run-kept")
+        done = h.wait_status(kept, "succeeded")
+        assert done["attempts"] == 1 and done["fid"] == 12.5 and done["mlflow_run_id"] == "run-kept"
+        stopped = h.wait_status(cancelled, "cancelled")
+        assert stopped["attempts"] == 1 and stopped["reason"] == "cancelled at step 3"
+        assert h.wait_status(stale, "succeeded")["attempts"] == 2  # requeued: its held attempt was not this one
+        assert h.wait_status(queued, "succeeded")["attempts"] == 1
+        assert not executor.runner.specs_of(kept) and not executor.runner.specs_of(cancelled)  # never run again
+        lines = h.client.get(f"/api/jobs/{kept}/logs").json()["lines"]
+        assert sum(line.endswith("[server] succeeded") for line in lines) == 1
 
 
 def test_two_dispatchers_never_run_a_job_twice(harness: Harness) -> None:
