@@ -6,6 +6,9 @@ parse; the ports agree; every environment variable set is read by the code (or b
 tool) and every variable the code reads is in docs/deploy.md's configuration reference, with
 its default; the GPU worker can be scaled; teachers and datasets are mounted read-only where
 the settings point; the API requests shown in docs/deploy.md validate against the API schemas.
+docs/deploy.md and the README name no LIFTPLACE_* variable the code does not read (anywhere in the
+text); the docs' `docker compose` commands name services of their compose file, their `python -c`
+snippets import what exists, and the four-host walkthrough's ports are the compose files' ports.
 """
 
 from __future__ import annotations
@@ -517,6 +520,8 @@ def test_mlflow_is_published_on_the_cluster_network_only_behind_basic_auth():
     params = parse_mlflow(step[1:])
     port = params["port"]
     assert params["app_name"] == "basic-auth", "MLflow is published for the workers: only with its basic-auth app"
+    # the jobs of other hosts upload and download artifacts through the server, never the volume itself
+    assert params["serve_artifacts"] and "--serve-artifacts" in step, "MLflow serves the artifacts (pinned)"
     assert params["host"] == "0.0.0.0"
     (published,) = [interpolate(str(p)) for p in service("mlflow")["ports"]]
     assert published == f"{NODE_IP}:{port}:{port}", "MLflow is published on NODE_IP, where the workers reach it"
@@ -873,6 +878,111 @@ def test_the_docs_explain_up_and_joining_gpu_hosts():
     text = deploy_doc()
     assert "docker compose up" in text and "docker compose -f docker-compose.worker.yml up" in text
     assert "--scale ray-worker" not in text, "on the host network two workers on one host would clash"
+
+
+def test_the_storage_mode_comes_from_env_and_is_local_by_default():
+    # a cluster without a shared folder sets LIFTPLACE_STORAGE=mlflow in .env; the API is the one that reads it
+    assert env("api")["LIFTPLACE_STORAGE"] == "local"
+    assert "LIFTPLACE_STORAGE" in compose_variables(COMPOSE_FILE)
+    assert "LIFTPLACE_STORAGE" not in env("ray-worker") and "LIFTPLACE_STORAGE" not in \
+        env("ray-worker", WORKER_COMPOSE_FILE), "the workers get the mode in each job's spec"
+
+
+def harness_env() -> set[str]:
+    """Variables the test harness reads (its conftest files), which the docs may name."""
+    return {v for p in sorted((ROOT / "tests").rglob("conftest.py")) for v in env_reads(p)}
+
+
+@pytest.mark.parametrize("doc", ["docs/deploy.md", "README.md"])
+def test_every_liftplace_variable_the_docs_name_is_read_by_the_code(doc):
+    # anywhere in the text, not only in the reference tables: a walkthrough's variable must exist too
+    named = set(re.findall(r"\bLIFTPLACE_[A-Z0-9_]*[A-Z0-9]\b", (ROOT / doc).read_text()))
+    assert named, f"{doc} names no LIFTPLACE_* variable (the scan is broken)"
+    unknown = sorted(named - code_env() - harness_env())
+    assert not unknown, f"{doc} names variables liftplace does not read: {unknown}"
+
+
+_GLOBAL_COMPOSE_OPTIONS = {"-f", "--file", "-p", "--project-name", "--env-file", "--profile"}  # take a value
+_COMPOSE_SERVICE_COMMANDS = {"up", "stop", "start", "restart", "build", "ps", "logs", "down", "pull", "rm"}
+
+
+def doc_shell_snippets() -> list[str]:
+    """The lines of docs/deploy.md's code blocks (continuation lines joined) and its inline code spans (a span
+    wrapped over lines joined)."""
+    text = deploy_doc()
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
+    lines = [line for b in blocks for line in re.sub(r"\\\n", " ", b).splitlines()]
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    return lines + [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", prose)]
+
+
+def doc_compose_commands() -> list[tuple[Path, str, list[str]]]:
+    """(compose file, subcommand, the services it names) of every `docker compose ...` in docs/deploy.md."""
+    out = []
+    for m in (m for line in doc_shell_snippets() for m in re.finditer(r"docker compose ([^|>&;#]*)", line)):
+        words = m[1].split()
+        file, i = COMPOSE_FILE, 0
+        while i < len(words) and words[i].startswith("-"):
+            if words[i] in ("-f", "--file"):
+                file = ROOT / words[i + 1]
+            i += 2 if words[i] in _GLOBAL_COMPOSE_OPTIONS else 1
+        if i >= len(words):
+            continue
+        command, rest = words[i], words[i + 1:]
+        names = [w for w in rest if not w.startswith("-")]
+        if command in ("run", "exec"):
+            names = names[:1]  # the service; then the command it runs there
+        elif command not in _COMPOSE_SERVICE_COMMANDS:
+            continue
+        out.append((file, command, [n for n in names if re.fullmatch(r"[a-z][a-z0-9-]*", n)]))
+    return out
+
+
+def test_every_compose_command_in_the_docs_names_services_of_its_file():
+    commands = doc_compose_commands()
+    assert {"run", "exec", "up", "stop"} <= {c for _, c, _ in commands}, "the scan of the docs' commands is broken"
+    for file, command, names in commands:
+        assert file.is_file(), f"docs/deploy.md: `docker compose -f {file.name}`: no such file"
+        unknown = sorted(set(names) - set(compose(file)["services"]))
+        assert not unknown, f"docs/deploy.md: `docker compose {command}` names {unknown}, not services of {file.name}"
+
+
+def test_the_python_snippets_in_the_docs_compile_and_import_what_exists():
+    import importlib
+    import importlib.util
+
+    snippets = re.findall(r"python -c \\?\s*\"([^\"]+)\"", deploy_doc())
+    assert snippets, "docs/deploy.md: no `python -c` found (the scan is broken)"
+    for code in snippets:
+        tree = ast.parse(code)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                module = importlib.import_module(node.module)
+                for alias in node.names:  # a name of the module, or a submodule of it
+                    found = hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}")
+                    assert found, f"docs/deploy.md: `from {node.module} import {alias.name}`: no such name"
+
+
+def test_the_walkthrough_ports_are_the_compose_files_ports():
+    rows = doc_tables().get("Network and ports", [])
+    assert rows, "docs/deploy.md has no 'Network and ports' table"
+    table = "\n".join(" | ".join(r) for r in rows)
+    head = ray_start("ray-head")
+    assert str(head["port"]) in table, "the GCS port"
+    every = set()
+    for name, file in RAY_NODES:
+        p = ray_start(name, file)
+        node = sorted(int(p[f]) for f in PORT_FLAGS[1:7])
+        assert node == list(range(node[0], node[-1] + 1)), f"{name}: its node ports are not one range"
+        assert f"{node[0]}-{node[-1]}" in table, f"{file.name} {name}: ports {node[0]}-{node[-1]} not in the table"
+        assert f"{p['min_worker_port']}-{p['max_worker_port']}" in table, f"{file.name} {name}: worker ports"
+        every |= ray_ports(name, file) - {int(head["dashboard_port"])}
+    (published,) = [interpolate(str(p)) for p in service("mlflow")["ports"]]
+    assert published.rsplit(":", 1)[1] in table, "MLflow's port"
+    # the firewall example opens one range of node ports and one of worker ports, covering every Ray port
+    fixed = sorted(p for p in every if p < 10000)
+    workers = sorted(p for p in every if p >= 10000)
+    assert f"port {fixed[0]}:{fixed[-1]}" in deploy_doc() and f"port {workers[0]}:{workers[-1]}" in deploy_doc()
 
 
 # --- docs/deploy.md: the API requests -------------------------------------------------------------

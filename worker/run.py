@@ -27,6 +27,11 @@ student's and the base teacher; cluster mode) is loaded from this node's cache o
 (`worker.teacher_store.resolve_teacher`: downloaded once per node, its digest checked); a version
 the registry lacks or files with another digest fail the job, naming teacher, version and URI.
 
+An image-folder dataset is read from the spec's path (under the API's LIFTPLACE_DATASETS_DIR) on the node
+that runs the job, in every mode: image folders do not travel through MLflow. A node without the folder fails
+the job as it starts (`DatasetNotOnNode`, naming the node, the path and the setting), before any teacher is
+downloaded or loaded. The embedded digits need nothing.
+
 Files in `output_dir`: checkpoint/last.pt, model/, samples.png, error_map.png (distill and
 pruned teachers), job.log, metrics.jsonl, outcome.json, mlflow_run_id, mlflow_run_key,
 mlflow_logged_step, mlflow_pending.json (MLflow points not yet sent at the last checkpoint), and in
@@ -75,8 +80,8 @@ from worker.spec import (
 )
 from worker.teacher_store import MODEL_ARTIFACT_PATH
 
-__all__ = ["Reporter", "run_job", "training_config", "pick_device", "PROGRESS_INTERVAL_S", "GRID_SAMPLES",
-           "ERROR_MAP_IMAGES", "METRICS_MAX_LINES"]
+__all__ = ["Reporter", "run_job", "training_config", "pick_device", "DatasetNotOnNode", "PROGRESS_INTERVAL_S",
+           "GRID_SAMPLES", "ERROR_MAP_IMAGES", "METRICS_MAX_LINES"]
 
 PROGRESS_INTERVAL_S = 1.0  # progress reaches the reporter at most about this often (and at the last step)
 GRID_SAMPLES = defaults.GRID_SAMPLES  # images in the sample grid
@@ -304,6 +309,7 @@ class _Job:
         self.tracker = JobTracker.start(spec)
         self.log(f"MLflow run {self.tracker.run_id} ({'reopened' if self.tracker.resumed else 'new'})")
         self._run_opened(self.tracker.run_id)
+        _check_dataset_here(spec)  # before anything is downloaded or loaded
         if spec.storage == "mlflow":
             self._checkpoint_from_run(reopened_elsewhere=self.tracker.resumed and not local_run)
         config = training_config(spec)
@@ -632,6 +638,24 @@ class _Job:
         self.log(f"{fid.metric_name} = {fid.fid:.4f} ({fid.num_samples} samples, {spec.sample_steps} DDIM steps, "
                  f"{time.monotonic() - t0:.1f} s)")
         return self._outcome("succeeded", "", fid=fid.fid, fid_metric=fid.metric_name, metrics=_finite(metrics))
+
+
+class DatasetNotOnNode(FileNotFoundError):
+    """The job's image-folder dataset is not on the node that runs it."""
+
+
+def _check_dataset_here(spec: JobSpec) -> None:
+    """An image-folder dataset must be on this node, at the path the API resolved (`spec.dataset`: the folder
+    under the API's LIFTPLACE_DATASETS_DIR). Image folders do not travel: every node that runs jobs holds them at
+    that same path (docs/deploy.md). DatasetNotOnNode naming the node, the path and the setting when it is not
+    there, rather than an error from deep in the data loading. The embedded datasets are always here."""
+    if spec.dataset in defaults.EMBEDDED_DATASETS or Path(spec.dataset).is_dir():
+        return
+    folder = Path(spec.dataset)
+    raise DatasetNotOnNode(
+        f"dataset {spec.dataset_name!r}: the image folder {folder} is not on node {socket.gethostname()}; every node "
+        f"that runs jobs needs it at that path: put the folder {folder.name!r} into {folder.parent} on this node, the "
+        "API's LIFTPLACE_DATASETS_DIR (with docker compose: into HOST_DATASETS_DIR of this host, mounted there)")
 
 
 # Spec fields that may change between attempts of one job without making it another job.

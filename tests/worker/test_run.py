@@ -317,3 +317,39 @@ def test_a_distillation_from_a_shipped_teacher_loads_it_by_reference(tmp_path, m
     assert outcome.metrics["teacher_parameters"] == teacher_meta(name)["parameters"]
     outcome = run_job(_spec(tmp_path, uri, job_id=107, teacher_path="shipped:nope", steps=2, fid_samples=0))
     assert outcome.status == "failed" and "no shipped teacher 'nope'" in outcome.reason
+
+
+@pytest.mark.parametrize("storage", ["local", "mlflow"])
+def test_an_image_folder_missing_on_this_node_fails_the_job_naming_node_path_and_setting(
+        tmp_path, mlflow_store, teacher_dir, storage):
+    """Image folders do not travel (docs/deploy.md): a node without the spec's folder fails the job as it starts,
+    naming the node, the path and LIFTPLACE_DATASETS_DIR, before any teacher is loaded; the reason is in the run."""
+    import socket
+
+    uri, client = mlflow_store
+    missing = tmp_path / "datasets" / "faces"
+    rep = FakeReporter()
+    outcome = run_job(_spec(tmp_path, uri, job_id=401 if storage == "local" else 402, teacher_path=str(teacher_dir),
+                            dataset=str(missing), dataset_name="faces64", resolution=8, storage=storage),
+                      reporter=rep)
+    assert outcome.status == "failed" and outcome.reason.startswith("DatasetNotOnNode: dataset 'faces64': ")
+    for part in (str(missing), f"node {socket.gethostname()}", "LIFTPLACE_DATASETS_DIR", str(missing.parent)):
+        assert part in outcome.reason, part
+    assert outcome.steps_done == 0 and "teacher tiny" not in rep.text()  # refused before any model is loaded
+    assert client.get_run(outcome.mlflow_run_id).data.tags["reason"] == outcome.reason
+
+
+def test_an_image_folder_on_this_node_is_used(tmp_path, mlflow_store):
+    """The check lets a folder that is there through: a teacher job trains on a tiny image folder."""
+    from PIL import Image
+
+    folder = tmp_path / "datasets" / "squares"
+    folder.mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (12, 10), (60 * i, 20, 200 - 40 * i)).save(folder / f"{i}.png")
+    uri, _ = mlflow_store
+    outcome = run_job(_spec(tmp_path, uri, job_id=403, kind="teacher", preset="tiny", teacher_name="",
+                            dataset=str(folder), dataset_name="squares", resolution=8, steps=2, batch_size=4,
+                            fid_samples=0, sample_steps=2))
+    assert outcome.status == "succeeded", outcome.reason
+    assert load_unet(outcome.model_dir).config.in_channels == 3
