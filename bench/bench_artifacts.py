@@ -21,8 +21,9 @@ folder moves files. Then, with the library's own calls and a client set up as th
    another node does (download, sha256 checked against the manifest, rename).
 
 Prints a Markdown table (what, size MB with MB = 10^6 bytes, seconds, MB/s). A benchmark: it prints figures and
-never passes or fails on time. The server is stopped (its whole process group) at the end and the temporary
-folder removed unless ``--keep``.
+never passes or fails on time; on a shared machine the figures follow its load, which the setup lines give
+(the server is this process's child and runs at its niceness). The server is stopped (its whole process
+group) at the end and the temporary folder removed unless ``--keep``.
 
     nice -n 19 .venv/bin/python bench/bench_artifacts.py [--preset ddpm-celeba64] [--markdown results.md]
         [--keep] [--dir PARENT] [--store server|sqlite]
@@ -315,12 +316,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         setup.append(f"mlflow {mlflow.__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
                      f"{platform.machine()}, {os.cpu_count()} CPUs; MB = 10^6 bytes")
 
+        load_before = os.getloadavg()[0]
         rows += measure_teacher(tracking, args.preset, folder, uri, root / "node-cache" / "models")
         print(markdown_table(rows), flush=True)
         client = MlflowClient(tracking_uri=uri)  # the worker's client (worker/tracking.py)
         for label, job in (("distillation job checkpoint", "distill"), ("teacher job checkpoint", "teacher")):
             rows += measure_checkpoint(label, checkpoints[job], client, experiment_id, uri, root / "other-node")
             print(f"{label} done", flush=True)
+        setup.append(f"load average (1 min) {load_before:.1f} when the measurements began, {os.getloadavg()[0]:.1f} "
+                     f"when they ended; this process at niceness {os.nice(0)} (the server inherits it)")
     finally:
         if server is not None:
             server.stop()
