@@ -337,7 +337,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     text = "\n".join([*(f"- {line}" for line in setup), "", table, "", *notes])
     print("---\n" + text, flush=True)
     if args.markdown is not None:
-        command = "python bench/bench_artifacts.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        given = list(argv if argv is not None else sys.argv[1:])
+        shown = [a for i, a in enumerate(given)  # without the paths of this machine (--markdown, --dir)
+                 if a not in ("--markdown", "--dir") and (i == 0 or given[i - 1] not in ("--markdown", "--dir"))
+                 and not a.startswith(("--markdown=", "--dir="))]
+        command = "python bench/bench_artifacts.py " + " ".join(shown)
         args.markdown.write_text(f"# MLflow artifact transfers (`{command.strip()}`)\n\n{text}\n")
     return {"rows": rows, "setup": setup, "table": table, "root": root,
             "server_url": server.url if server is not None else None}
