@@ -67,10 +67,14 @@ def _existing_dir(text: str) -> Path:
     return path
 
 
-def _model_dir(text: str) -> Path:
-    """A model folder, or ``shipped:NAME``: a teacher shipped with liftplace, its digests checked."""
+def _model_dir(text: str) -> Path | str:
+    """A model folder, ``shipped:NAME`` (a teacher shipped with liftplace, its digests checked), or an MLflow
+    URI (``runs:/<run id>/model``, ``models:/<name>/<version>``: load_unet downloads it once)."""
+    from liftplace.model_cache import is_mlflow_uri
     from liftplace.shipped import SHIPPED_PREFIX, ShippedTeacherError, shipped_teacher
 
+    if is_mlflow_uri(text):
+        return text
     if text.startswith(SHIPPED_PREFIX):
         try:
             return shipped_teacher(text[len(SHIPPED_PREFIX):])
@@ -79,7 +83,9 @@ def _model_dir(text: str) -> Path:
     return _existing_dir(text)
 
 
-_TEACHER_HELP = "diffusers model folder of the teacher, or shipped:NAME (a teacher shipped with liftplace)"
+_MLFLOW_HELP = "runs:/RUN_ID/model (a model a job logged to its MLflow run) or models:/NAME/VERSION"
+_TEACHER_HELP = (f"diffusers model folder of the teacher, shipped:NAME (a teacher shipped with liftplace), "
+                 f"{_MLFLOW_HELP}")
 
 
 # --- shared flag groups ----------------------------------------------------------------------
@@ -189,7 +195,7 @@ def _register_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample a grid of images with DDIM", formatter_class=_HelpFormatter,
                        description="Generate images from a teacher or student folder with DDIM (eta = 0).")
     p.add_argument("--model", type=_model_dir, required=True,
-                   help="diffusers model folder, or shipped:NAME (a teacher shipped with liftplace)")
+                   help=f"diffusers model folder, shipped:NAME (a teacher shipped with liftplace), {_MLFLOW_HELP}")
     p.add_argument("--num-samples", type=_positive_int, default=defaults.GRID_SAMPLES, help="number of images")
     p.add_argument("--steps", type=_positive_int, default=defaults.DDIM_STEPS, help="DDIM steps")
     p.add_argument("--eta", type=_non_negative_float, default=defaults.DDIM_ETA, help="DDIM eta")

@@ -83,14 +83,18 @@ def load_unet(path: str | Path, *, device: str | torch.device = "cpu") -> UNet2D
     """Load a UNet2DModel from a local diffusers directory (or its `unet/` subfolder).
 
     Pruned students saved by `save_unet` are rebuilt to their pruned widths first.
-    Nothing is downloaded: `path` must be a local folder, or ``shipped:NAME`` for a teacher shipped
-    with liftplace; a shipped teacher's files are checked against their sha256 digests first
-    (`liftplace.shipped.ShippedTeacherError`, naming the file, when one differs).
+    `path` is a local folder, ``shipped:NAME`` for a teacher shipped with liftplace (its files are
+    checked against their sha256 digests first: `liftplace.shipped.ShippedTeacherError`, naming the
+    file, when one differs), or an MLflow URI of your own tracking server, ``runs:/<run id>/model``
+    (the student or teacher a job logged to its run) or ``models:/<name>/<version>`` (a registered
+    teacher), downloaded once into liftplace's cache (`liftplace.model_cache`; the server is
+    MLflow's ``MLFLOW_TRACKING_URI``). Nothing is fetched from a model hub.
     """
+    from liftplace.model_cache import is_mlflow_uri, mlflow_model_folder
     from liftplace.pruning import apply_layout
     from liftplace.shipped import resolve_reference
 
-    path = resolve_reference(path)
+    path = mlflow_model_folder(path) if is_mlflow_uri(path) else resolve_reference(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model: {path} is not a directory holding a diffusers model")
     if not (path / "config.json").is_file() and (path / "unet" / "config.json").is_file():

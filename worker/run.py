@@ -538,7 +538,11 @@ class _Job:
         model, model_dir = self._save_model(result, counts)
         t0 = time.monotonic()
         images = self._sample(model, result.steps, reference, data, metrics)
-        if not self.spec.register_model:  # registering uploads it (and a failed upload fails the job)
+        if self.spec.storage == "mlflow" and not self.spec.register_model:
+            # Cluster mode: the run is the model's only home off this node (loadable anywhere as
+            # runs:/<run id>/model), so a failed upload fails the job.
+            self.tracker.upload_artifacts(model_dir, MODEL_ARTIFACT_PATH)
+        elif not self.spec.register_model:  # registering uploads it (and a failed upload fails the job)
             self.tracker.log_artifacts(model_dir, MODEL_ARTIFACT_PATH)
         outcome = self._score(images, result.steps, metrics, t0)
         if self.spec.register_model and outcome.status == "succeeded":

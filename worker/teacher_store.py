@@ -5,7 +5,7 @@ trained or the API host registered. So in cluster mode every ready teacher is al
 registered model in MLflow's Model Registry (registered model name = the teacher's name, one version
 per training or registration), and a job's spec carries a *reference* to it: the model URI
 ``models:/<name>/<version>`` and the digest of its files. A worker resolves the reference through a
-cache on its own node:
+cache on its own node (`liftplace.model_cache.cached_folder`):
 
 - the entry is ``<cache>/models/<name>/<version>/<digest>`` (`liftplace.paths.cache_dir`, i.e.
   ``LIFTPLACE_CACHE_DIR``, default ``~/.cache/liftplace``): keyed by name, version and digest, so a
@@ -30,13 +30,7 @@ the worker registers the teachers it trains and resolves references. No torch he
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,19 +180,6 @@ def _entry(root: Path, name: str, version: str, digest: str) -> Path:
     return root / quote(name, safe="-_.") / version / digest
 
 
-@contextlib.contextmanager
-def _locked(lock_file: Path) -> Iterator[None]:
-    """An exclusive flock on `lock_file` (created if missing), held while the block runs: one downloader
-    per entry among every process and thread of this node (each call opens its own descriptor)."""
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
 def _download(client: Any, ref: TeacherRef, tracking_uri: str | None, dst: Path) -> Path:
     """Download the version's files into `dst`; the folder that holds them."""
     import mlflow.artifacts
@@ -216,6 +197,8 @@ def resolve_teacher(uri: str, digest: str, *, tracking_uri: str | None, cache_ro
     TeacherUnavailable (naming teacher, version and MLflow URI) when the registry has no such version or
     its files have another digest; transient MLflow errors are retried first.
     """
+    from liftplace.model_cache import cached_folder
+
     name, version = parse_model_uri(uri)
     ref = TeacherRef(name, version, digest)
     root = cache_root if cache_root is not None else models_cache_root()
@@ -223,12 +206,9 @@ def resolve_teacher(uri: str, digest: str, *, tracking_uri: str | None, cache_ro
     if entry.is_dir():  # renamed into place only when complete
         return entry
     where = f"{uri} at {safe_uri(tracking_uri)}"
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(entry.parent / f"{digest}.lock"):
-        if entry.is_dir():  # another job of this node downloaded it while this one waited
-            return entry
-        for stale in entry.parent.glob(f".{digest}.tmp-*"):  # a download that broke off (its process died)
-            shutil.rmtree(stale, ignore_errors=True)
+
+    def fetch(tmp: Path) -> Path:
+        nonlocal client
         if client is None:
             from mlflow import MlflowClient
 
@@ -240,15 +220,13 @@ def resolve_teacher(uri: str, digest: str, *, tracking_uri: str | None, cache_ro
                 raise TeacherUnavailable(f"teacher {name!r} version {version}: not in MLflow's model registry "
                                          f"({where}); was it deleted? Register the teacher again") from exc
             raise
-        tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.tmp-", dir=entry.parent))
-        try:
-            folder = _download(client, ref, tracking_uri, tmp)
-            got = folder_digest(folder)
-            if got != digest:
-                raise TeacherUnavailable(f"teacher {name!r} version {version}: the files of {where} have digest "
-                                         f"{got}, the job expects {digest} (the version's files were changed "
-                                         "after registration)")
-            os.rename(folder, entry)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return entry
+        return _download(client, ref, tracking_uri, tmp)
+
+    def check(folder: Path) -> None:
+        got = folder_digest(folder)
+        if got != digest:
+            raise TeacherUnavailable(f"teacher {name!r} version {version}: the files of {where} have digest "
+                                     f"{got}, the job expects {digest} (the version's files were changed "
+                                     "after registration)")
+
+    return cached_folder(entry, fetch, check)

@@ -39,6 +39,7 @@ from server.schemas import (
     TeacherSize,
     WelchRead,
 )
+from server.services import run_files
 from server.services.jobs import require_job
 from server.services.studies import load_study, study_read, table_read
 from server.settings import Settings
@@ -81,22 +82,30 @@ def params_label(parameters: int | None) -> str:
 
 
 def job_metrics(session: Session, settings: Settings, job_id: int, max_points: int) -> MetricsRead:
-    """The job's metric history, at most `max_points` steps (evenly spread, first and last kept)."""
-    require_job(session, job_id)
+    """The job's metric history, at most `max_points` steps (evenly spread, first and last kept): from its
+    output folder, or in cluster mode from its MLflow run when the folder is on another host."""
+    job = require_job(session, job_id)
     steps, series = read_metrics(settings.jobs_dir / str(job_id) / METRICS_FILE)
+    if not steps and run_files.reads_runs(settings, job):  # ran on another host: its run has the history
+        steps, series = run_files.run_metrics(settings, str(job.mlflow_run_id))
     keep = downsample(len(steps), max_points)
     return MetricsRead(job_id=job_id, steps=[steps[i] for i in keep],
                        series={k: [v[i] for i in keep] for k, v in series.items()}, total_points=len(steps))
 
 
 def job_file(session: Session, settings: Settings, job_id: int, name: str) -> Path:
-    """The path of one of JOB_FILES in the job's output folder; NotFound for a job or file that is not there."""
-    require_job(session, job_id)
+    """The path of one of JOB_FILES in the job's output folder, or in cluster mode of its MLflow run when the
+    folder is on another host; NotFound for a job or file that is not there."""
+    job = require_job(session, job_id)
     if name not in JOB_FILES:
         raise NotFound(f"job {job_id}: file", name)
-    path = settings.jobs_dir / str(job_id) / name
+    path: Path | None = settings.jobs_dir / str(job_id) / name
     if not path.is_file():
-        raise NotFound(f"job {job_id}: file", name)
+        # ran on another host: the file is an artifact of its run (uploaded when the job ended)
+        path = run_files.run_file(settings, job_id, str(job.mlflow_run_id), name) if run_files.reads_runs(
+            settings, job) else None
+        if path is None:
+            raise NotFound(f"job {job_id}: file", name)
     return path
 
 

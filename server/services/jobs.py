@@ -137,10 +137,12 @@ def job_logs(session: Session, job_id: int, *, offset: int = 0, limit: int = 100
     return LogsRead(job_id=job_id, offset=offset, lines=lines, next_offset=offset + len(lines))
 
 
-def require_job(session: Session, job_id: int) -> None:
-    """NotFound unless the job exists."""
-    if session.get(Job, job_id) is None:
+def require_job(session: Session, job_id: int) -> Job:
+    """The job; NotFound unless it exists."""
+    job = session.get(Job, job_id)
+    if job is None:
         raise NotFound("job", job_id)
+    return job
 
 
 # --- writing -------------------------------------------------------------------------------------------

@@ -4,7 +4,10 @@ and in cluster mode (LIFTPLACE_STORAGE=mlflow) hands it to every later attempt i
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from server.executors import WorkerLost
 from tests.server.server_testkit import FakeRunner
@@ -56,3 +59,60 @@ def test_embedded_mode_records_the_run_but_specs_carry_none(make_harness) -> Non
         specs = runner.specs_of(job["id"])
         assert len(specs) == 2
         assert all((s.storage, s.mlflow_run_id) == ("local", None) for s in specs)
+
+
+class OtherHostRunner(FakeRunner):
+    """A worker on another host: it logs to a real MLflow run (a metric history with per-window extremes, the
+    FID, samples.png) and leaves nothing in the API host's job folder."""
+
+    def __init__(self, tracking_uri: str, scratch: Path) -> None:
+        super().__init__()
+        self.tracking_uri, self.scratch = tracking_uri, scratch
+
+    def __call__(self, spec: JobSpec, reporter: Any) -> dict[str, Any]:
+        from mlflow import MlflowClient
+
+        self.specs.append(spec)
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        experiment = client.get_experiment_by_name("other-host") or client.get_experiment(
+            client.create_experiment("other-host"))
+        run_id = client.create_run(experiment.experiment_id).info.run_id
+        reporter.run_opened(spec.job_id, run_id)
+        for step in (10, 20, 30):
+            client.log_metric(run_id, "loss_total", 1.0 / step, step=step)
+            client.log_metric(run_id, "loss_total_min", 0.5 / step, step=step)
+            client.log_metric(run_id, "loss_total_max", 2.0 / step, step=step)
+        client.log_metric(run_id, "fid_digits", 12.5, step=30)
+        png = self.scratch / str(spec.job_id) / "samples.png"
+        png.parent.mkdir(parents=True)
+        png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(64)))
+        client.log_artifact(run_id, str(png))
+        return {"job_id": spec.job_id, "status": "succeeded", "fid": 12.5, "fid_metric": "fid_digits",
+                "steps_done": spec.steps, "mlflow_run_id": run_id}
+
+
+def test_the_dashboard_reads_a_job_that_ran_on_another_host_from_its_run(make_harness, tmp_path: Path) -> None:
+    """Cluster mode: no job folder on the API host; curves and files come from the job's MLflow run."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runner = OtherHostRunner(uri, tmp_path / "other-host")
+    with make_harness(runner=runner, storage="mlflow", mlflow_tracking_uri=uri) as h:
+        h.tick()  # registers the local teachers
+        job = h.wait_status(h.submit(teacher="t-small", steps=30)["id"], "succeeded", "failed")
+        assert job["status"] == "succeeded", job["reason"]
+        assert not (h.app.state.settings.jobs_dir / str(job["id"])).exists()  # nothing on the API host
+        metrics = h.client.get(f"/api/jobs/{job['id']}/metrics").json()
+        assert metrics["steps"] == [10, 20, 30] and metrics["total_points"] == 3
+        assert metrics["series"]["loss_total"] == pytest.approx([0.1, 0.05, 1 / 30])
+        assert metrics["series"]["fid_digits"] == [None, None, 12.5]
+        assert "loss_total_min" not in metrics["series"] and "loss_total_max" not in metrics["series"]
+        for _ in range(2):  # downloaded once, then served from the API host's copy
+            r = h.client.get(f"/api/jobs/{job['id']}/files/samples.png")
+            assert r.status_code == 200 and r.content == (runner.scratch / str(job["id"]) / "samples.png").read_bytes()
+        assert h.client.get(f"/api/jobs/{job['id']}/files/error_map.png").status_code == 404  # not in the run
+
+
+def test_embedded_mode_never_asks_mlflow_for_a_job_folder(make_harness) -> None:
+    with make_harness() as h:
+        job = h.wait_status(h.submit(teacher="t-small")["id"], "succeeded")
+        assert h.client.get(f"/api/jobs/{job['id']}/metrics").json()["steps"] == []
+        assert h.client.get(f"/api/jobs/{job['id']}/files/samples.png").status_code == 404
