@@ -42,6 +42,13 @@ defaults: 8 jobs of 20 steps, batch 16, ratio 0.5, 100 FID samples, 5 DDIM steps
   at once (mean 1.6 busy); 8 jobs in 35 s; training 13% of the summed job wall time.
 - with --batch 8, 3 jobs ran at once on the 2 Ray CPUs: a task blocked in ray.get (the worker's
   cancel poll) lends its CPU to Ray, which starts another task; steps then took 130-170 ms.
+
+The job owner actor (jobs submitted and owned by `worker.ray_tasks.JobOwner`, so that in a cluster they
+outlive the API), measured before and after on another idle 2-core VM (defaults, two runs each): median
+overhead over all 8 jobs 2.69 s before (one run) and 2.75 / 2.29 s after; warm jobs 2.25 / 2.45 s
+before and 2.60 / 2.23 s after; the step it adds to, dispatch -> the worker running (ray+imp), 0.07 s
+before and 0.06-0.07 s after. The actor costs nothing measurable; the rest of the overhead (setup
+about 1.1 s, sampling and FID 0.7 s, the dispatcher's round 0.4-0.7 s) was there before.
 """
 
 from __future__ import annotations
