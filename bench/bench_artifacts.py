@@ -50,7 +50,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from server.demo import pick_port, stop_process_group, wait_http  # noqa: E402
+from server.demo import pick_port, start_mlflow, stop_process_group, wait_http  # noqa: E402
 
 MLFLOW_START_TIMEOUT_S = 180.0  # a cold `mlflow server` takes ~17 s on a quiet machine; more on a busy one
 UPLOAD_TIMEOUT_S = 1800.0  # at most this long for one checkpoint's upload (then the figure reads "not uploaded")
@@ -74,12 +74,8 @@ class ProxyServer:
     def start(self) -> float:
         """Start it and wait until it answers; the seconds that took."""
         t0 = time.monotonic()
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", "1", "--backend-store-uri", f"sqlite:///{(self.root / 'mlflow.db').resolve()}",
-               "--serve-artifacts", "--artifacts-destination", str((self.root / "mlartifacts").resolve())]
-        log = open(self.root / "mlflow-server.log", "ab")  # noqa: SIM115 - owned by the child process
-        # its own session: a Ctrl-C in the terminal reaches only us; we stop its whole group ourselves
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # the demo's server: SQLite store, artifacts proxied (MLflow's default), its own process group
+        self.proc = start_mlflow(self.root, self.port)
         wait_http(f"{self.url}/health", MLFLOW_START_TIMEOUT_S, self.proc)
         return time.monotonic() - t0
 
