@@ -290,6 +290,17 @@ def _load_data(args: argparse.Namespace, parser: argparse.ArgumentParser):
         parser.error(f"--dataset/--resolution: {exc}")
 
 
+def _load_model(path, parser: argparse.ArgumentParser, flag: str, **kwargs):
+    """load_unet, with a problem an MLflow URI can only show when loaded (nothing there, no MLflow) as the
+    parser's error naming the flag."""
+    from liftplace.models import load_unet
+
+    try:
+        return load_unet(path, **kwargs)
+    except (FileNotFoundError, ImportError) as exc:
+        parser.error(f"{flag}: {exc}")
+
+
 def _device(args: argparse.Namespace):
     from liftplace.device import pick_device
 
@@ -344,10 +355,10 @@ def _cmd_train_teacher(args: argparse.Namespace, parser: argparse.ArgumentParser
 
 
 def _cmd_prune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from liftplace.models import load_unet, save_unet
+    from liftplace.models import save_unet
     from liftplace.pruning import prune
 
-    teacher = load_unet(args.teacher)
+    teacher = _load_model(args.teacher, parser, "--teacher")
     data = _load_data(args, parser) if args.importance == "taylor" else None
     result = prune(teacher, args.ratio, args.importance, data=data, seed=args.seed, progress=True)
     summary = {"command": "prune", "teacher": str(args.teacher), "ratio": args.ratio, "importance": args.importance,
@@ -361,14 +372,14 @@ def _cmd_prune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def _cmd_distill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from liftplace.models import load_unet, save_unet
+    from liftplace.models import save_unet
     from liftplace.sampling import sample, save_grid
     from liftplace.training import DistillConfig, ProgressCallback, distill
 
     config = _config(DistillConfig, args, parser, curriculum=not args.no_curriculum)
-    teacher = load_unet(args.teacher)
+    teacher = _load_model(args.teacher, parser, "--teacher")
     data = _load_data(args, parser)
-    student = load_unet(args.student) if args.student is not None else None
+    student = _load_model(args.student, parser, "--student") if args.student is not None else None
     try:
         result = distill(teacher, data=data, student=student, config=config, device=_device(args),
                          checkpoint_dir=args.output / "checkpoint", resume=args.resume,
@@ -394,10 +405,9 @@ def _cmd_distill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
-    from liftplace.models import load_unet
     from liftplace.sampling import sample, save_grid
 
-    model = load_unet(args.model, device=_device(args))
+    model = _load_model(args.model, parser, "--model", device=_device(args))
     images = sample(model, args.num_samples, seed=args.seed, num_inference_steps=args.steps, eta=args.eta,
                     batch_size=args.batch_size, progress=True)
     save_grid(images, args.output, scale=args.scale)

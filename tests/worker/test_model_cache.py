@@ -66,3 +66,19 @@ def test_a_uri_with_nothing_behind_it_fails_naming_it_and_caches_nothing(mlflow_
     assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []
     with pytest.raises(ValueError, match="not an MLflow URI"):
         mlflow_model_folder("s3://bucket/model", tracking_uri=uri, cache_root=cache)
+
+
+def test_the_cli_answers_a_uri_with_nothing_behind_it_naming_the_flag(mlflow_store, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from liftplace.cli import main
+
+    uri, client, experiment = mlflow_store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
+    run_id = client.create_run(experiment).info.run_id
+    with pytest.raises(SystemExit) as exit_:
+        main(["sample", "--model", f"runs:/{run_id}/model", "--output", str(tmp_path / "grid.png")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--model" in err and f"runs:/{run_id}/model" in err and "Traceback" not in err
+    assert not (tmp_path / "grid.png").exists()
