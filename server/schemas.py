@@ -424,6 +424,9 @@ class StudyRead(BaseModel):
     cells_total: int
     mlflow_experiment_id: str | None
     mlflow_run_id: str | None
+    mlflow_synced: bool = Field(description="the parent run holds the summary of every complete cell; false while "
+                                "the dispatcher has still to log one (it does so within a round or two, or once "
+                                "MLflow is back) or while the study has no parent run")
     mlflow_url: str | None
     created_at: dt.datetime
 

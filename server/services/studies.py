@@ -40,16 +40,23 @@ def study_reads(session: Session, studies: list[Study], settings: Settings) -> l
     for study_id, job_id, status in session.execute(select(Job.study_id, Job.id, Job.status)
                                                     .where(Job.study_id.in_(ids)).order_by(Job.id)):
         jobs[study_id].append((job_id, status))
-    complete = dict(session.execute(select(StudyCell.study_id, func.count()).where(StudyCell.study_id.in_(ids))
-                                    .group_by(StudyCell.study_id)).all())
-    return [_study_read(s, jobs[s.id], complete.get(s.id, 0), settings) for s in studies]
+    complete: dict[int, int] = {}
+    unlogged: dict[int, int] = {}
+    for study_id, logged, n in session.execute(
+            select(StudyCell.study_id, StudyCell.logged_to_mlflow, func.count()).where(StudyCell.study_id.in_(ids))
+            .group_by(StudyCell.study_id, StudyCell.logged_to_mlflow)):
+        complete[study_id] = complete.get(study_id, 0) + n
+        if not logged:
+            unlogged[study_id] = n
+    return [_study_read(s, jobs[s.id], complete.get(s.id, 0), unlogged.get(s.id, 0), settings) for s in studies]
 
 
 def study_read(session: Session, study: Study, settings: Settings) -> StudyRead:
     return study_reads(session, [study], settings)[0]
 
 
-def _study_read(study: Study, rows: list[tuple[int, str]], complete: int, settings: Settings) -> StudyRead:
+def _study_read(study: Study, rows: list[tuple[int, str]], complete: int, unlogged: int,
+                settings: Settings) -> StudyRead:
     counts = {s: 0 for s in JOB_STATUSES} | Counter(status for _, status in rows)
     return StudyRead(
         id=study.id, name=study.name, teachers=study.teachers, methods=aggregation.ordered_methods(study),
@@ -59,7 +66,7 @@ def _study_read(study: Study, rows: list[tuple[int, str]], complete: int, settin
         status=aggregation.study_status(counts),  # type: ignore[arg-type]
         status_counts=counts, jobs=len(rows), job_ids=[i for i, _ in rows], cells_complete=complete,
         cells_total=aggregation.cells_total(study), mlflow_experiment_id=study.mlflow_experiment_id,
-        mlflow_run_id=study.mlflow_run_id,
+        mlflow_run_id=study.mlflow_run_id, mlflow_synced=study.mlflow_run_id is not None and unlogged == 0,
         mlflow_url=run_url(settings.mlflow_ui_url, study.mlflow_experiment_id, study.mlflow_run_id),
         created_at=study.created_at,
     )

@@ -69,6 +69,35 @@ def test_bad_studies_are_refused_and_nothing_is_stored(make_harness) -> None:
         assert h.client.get("/api/studies").json()["total"] == 1 and h.job_count() == 2
 
 
+class _FlakyTracking(FakeTracking):
+    """MLflow that refuses cell logs while `down` is set."""
+
+    down = True
+
+    def log_cells(self, run_id: str, cells: list[dict], *, tables: dict[str, str], complete: bool) -> None:
+        if self.down:
+            raise ConnectionError("MLflow is down")
+        super().log_cells(run_id, cells, tables=tables, complete=complete)
+
+
+def test_mlflow_synced_says_whether_the_parent_run_holds_every_ended_cell(make_harness) -> None:
+    tracking = _FlakyTracking()
+    with make_harness(tracking=tracking) as h:
+        study = _study(h)
+        assert study["mlflow_synced"] is False  # no parent run yet
+        url = f"/api/studies/{study['id']}"
+        h.tick_until(lambda: h.client.get(url).json()["status"] == "ended", what="the study to end")
+        for _ in range(3):
+            h.tick()
+        got = h.client.get(url).json()
+        assert got["cells_complete"] == 1 and got["mlflow_run_id"] and got["mlflow_synced"] is False
+        assert tracking.cell_logs == []
+        tracking.down = False
+        h.dispatcher._mlflow_wait_until = 0.0  # skip the back-off the failed log started
+        h.tick_until(lambda: h.client.get(url).json()["mlflow_synced"], what="the cells to reach MLflow")
+        assert tracking.cell_logs[-1]["complete"] is True
+
+
 def test_the_table_aggregates_finished_cells(make_harness) -> None:
     tracking = FakeTracking()
     fids = {  # (teacher, method, seed) -> outcome
@@ -128,6 +157,7 @@ def test_the_table_aggregates_finished_cells(make_harness) -> None:
         assert last["run_id"] == f"parent-{study['id']}" and logged[("t-small", "lift")]["mean"] == lift["mean"]
         assert "study_table.md" in last["tables"] and "study_table.csv" in last["tables"]
         assert [r[0] for r in tracking.study_runs] == [study["id"]]  # one parent run per study
+        assert h.client.get(f"/api/studies/{study['id']}").json()["mlflow_synced"] is True
 
         csv_r = h.client.get(f"/api/studies/{study['id']}/table", params={"format": "csv"})
         assert csv_r.status_code == 200 and csv_r.headers["content-type"].startswith("text/csv")

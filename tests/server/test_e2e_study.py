@@ -57,6 +57,10 @@ def test_a_study_runs_on_ray_and_lands_in_mlflow(tmp_path: Path, db_url: str, lo
             assert any("fid_digits =" in line for line in lines) and lines[-1].endswith("[server] succeeded")
 
         # MLflow: the seeds are nested runs of the study's parent run, which holds the cell summaries.
+        # The cells are logged to the parent run by the dispatcher's next round after the last job ends.
+        while not (got := c.get(f"/api/studies/{study['id']}").json())["mlflow_synced"]:
+            assert time.monotonic() < deadline + 60, got
+            time.sleep(0.5)
         client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
         parent = client.get_run(got["mlflow_run_id"])
         assert parent.data.tags["liftplace.kind"] == "study" and parent.info.status == "FINISHED"

@@ -14,6 +14,7 @@ fixture fails the test otherwise).
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -137,7 +138,10 @@ def test_a_study_submitted_in_the_browser_runs_and_fills_its_dashboard(tmp_path:
         client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
         jobs = api.get(f"{server.url}/api/jobs?study={study_id}").json()["items"]
         parent = page.get_attribute("#mlflow-parent", "href")
-        study = api.get(f"{server.url}/api/studies/{study_id}").json()
+        deadline = time.monotonic() + 60  # the cells reach the parent run in the dispatcher's round after the end
+        while not (study := api.get(f"{server.url}/api/studies/{study_id}").json())["mlflow_synced"]:
+            assert time.monotonic() < deadline, study
+            time.sleep(0.5)
         assert parent == study["mlflow_url"] and client.get_run(study["mlflow_run_id"]).info.status == "FINISHED"
         compare = unquote(page.get_attribute("#mlflow-compare", "href"))
         m = re.fullmatch(re.escape(settings.mlflow_ui_url) + r"/#/compare-runs\?runs=(\[.*\])&experiments=(\[.*\])",
