@@ -324,6 +324,7 @@ class RayExecutor:
         self._active: dict[int, int] = {}  # job_id -> attempt, held by the owner and not reported ended yet
         self._attached: dict[int, int] = {}  # what the owner held when this executor started
         self._reported: set[int] = set()  # ended jobs returned by finished(), not released yet
+        self._lost: list[Finished] = []  # jobs of a job owner that died, for the next finished()
         self._owns_ray = False
         self.versions: Any = None  # worker.cluster.NodeVersionCheck, once started
 
@@ -341,6 +342,7 @@ class RayExecutor:
         self._attached = dict(held)
         self._active = dict(held)
         self._reported.clear()
+        self._lost.clear()
         self.versions = NodeVersionCheck()
         if self.address:  # a cluster: every node's Ray and Python against ours, mismatches logged by node
             self.versions.refresh()
@@ -404,14 +406,38 @@ class RayExecutor:
         if self._owns_ray:
             shutdown_ray()
 
+    def _owner_died(self, exc: BaseException) -> None:
+        """The job owner died (its node went down), and its tasks with it: every job it held is lost (the
+        next `finished` reports them, and the dispatcher requeues them) and a new owner takes its name."""
+        import ray
+
+        from worker.ray_tasks import get_job_owner
+
+        log.error("the job owner actor died (%s); its %d job(s) are lost", _describe(exc).splitlines()[0],
+                  len(self._active))
+        self._lost.extend(Finished(job_id, lost="the job owner actor in Ray died") for job_id in self._active
+                          if job_id not in self._reported)
+        self._active.clear()
+        self._reported.clear()
+        try:  # frees its name at once: a lookup by name could otherwise still return the dead actor
+            ray.kill(self._owner, no_restart=True)
+        except Exception as kill_exc:
+            log.debug("killing the dead job owner: %s", kill_exc)
+        self._owner = get_job_owner(self._store, detached=self.detached, cancel_grace=self.cancel_grace)
+
     def submit(self, spec: JobSpec) -> None:
         import ray
+        from ray import exceptions as rex
 
         from worker import ray_tasks
 
         options = ray_tasks.job_options(spec, num_gpus=self.gpus_per_job, num_cpus=self.cpus_per_job)
         options["max_retries"] = 0  # the dispatcher owns retries (bounded, visible, resumed)
-        ray.get(self._owner.submit.remote(spec.to_dict(), options, ray_tasks.execute_job), timeout=60)
+        try:
+            ray.get(self._owner.submit.remote(spec.to_dict(), options, ray_tasks.execute_job), timeout=60)
+        except rex.ActorDiedError as exc:  # found dead here first: a new owner, and the job goes to it
+            self._owner_died(exc)
+            ray.get(self._owner.submit.remote(spec.to_dict(), options, ray_tasks.execute_job), timeout=60)
         self._active[spec.job_id] = spec.attempt
         self._reported.discard(spec.job_id)
 
@@ -419,22 +445,20 @@ class RayExecutor:
         import ray
         from ray import exceptions as rex
 
+        lost, self._lost = self._lost, []
         if not self._active:
-            return []
+            return lost
         try:
             ended = ray.get(self._owner.ended.remote(), timeout=60)
-        except rex.RayActorError as exc:  # the owner died, and its tasks with it: every job is lost
-            log.error("the job owner actor died (%s); its %d job(s) are lost", _describe(exc).splitlines()[0],
-                      len(self._active))
-            lost = [Finished(job_id, lost="the job owner actor in Ray died") for job_id in self._active
-                    if job_id not in self._reported]
-            from worker.ray_tasks import get_job_owner
-
-            self._owner = get_job_owner(self._store, detached=self.detached, cancel_grace=self.cancel_grace)
-            self._active.clear()
-            self._reported.clear()
+        except rex.ActorUnavailableError as exc:  # unreachable for now; Ray says "died" once it knows
+            log.warning("the job owner actor does not answer (%s); asking again next round",
+                        _describe(exc).splitlines()[0])
             return lost
-        done = []
+        except rex.RayActorError as exc:  # the owner died, and its tasks with it: every job is lost
+            self._owner_died(exc)
+            lost, self._lost = lost + self._lost, []
+            return lost
+        done = lost
         for item in ended:
             job_id = int(item["job_id"])
             if job_id not in self._active or job_id in self._reported:

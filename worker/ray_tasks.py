@@ -212,10 +212,14 @@ def get_progress_store(name: str = PROGRESS_STORE_NAME, *, detached: bool = Fals
 
 
 def _this_node() -> Any:
-    """Soft affinity to the driver's node: the head, where the API runs, rather than a GPU node that may go."""
+    """Affinity to the driver's node: where the API runs (the head), never a GPU node that may go.
+
+    Hard, not soft: with soft affinity Ray placed the job owner on the GPU node of a two-node cluster
+    whose head had no CPUs (tests/reliability/test_two_nodes.py), and every job died with that node.
+    """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
 
 
 class StoreReporter:

@@ -14,143 +14,33 @@ Ray on the machine).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import secrets
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from tests.reliability.cluster_kit import TERMINAL, Api, ray_head, wait_for
 from tests.reliability.faults_kit import JobFiles, mlflow_runs_of, save_tiny_teacher
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 300  # a safety net: about a minute on 2 idle cores
-TERMINAL = ("succeeded", "failed", "diverged", "cancelled")
 # Tiny jobs: the first ends about a minute after the kill, the second would train for long and is cancelled.
 OPTIONS: dict[str, Any] = dict(teacher="tiny", method="outkd", student_ratio=0.5, batch_size=16, fid_samples=100,
                                sample_steps=5, importance="magnitude")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "LIFTPLACE_")) and k != "DATABASE_URL"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["MLFLOW_ALLOW_FILE_STORE"] = "true"  # a file store: no SQLite schema check in every worker
-    env.update(extra)
-    return env
-
-
-def _stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait_s: float = 20.0) -> None:
-    """Stop a process started in its own session, with every process of that session."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-    try:
-        proc.wait(wait_s)
-    except subprocess.TimeoutExpired:
-        pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
-
-
 @pytest.fixture()
-def ray_head(tmp_path: Path) -> Iterator[dict[str, str]]:
+def cluster(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A one-node Ray cluster with 2 CPUs on loopback; yields the environment its drivers need."""
-    port = _free_port()
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
-    log = (tmp_path / "ray-head.log").open("w")
-    # Short temp folder: Ray's socket paths must stay under the OS limit.
-    temp = Path(f"/tmp/lp-ray-{os.getpid()}-{port}")
-    head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", str(port),
-         "--num-cpus", "2", "--num-gpus", "0", "--node-ip-address", "127.0.0.1", "--include-dashboard=false",
-         "--disable-usage-stats", "--temp-dir", str(temp)],
-        env=_env(**auth), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        address = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert head.poll() is None, (tmp_path / "ray-head.log").read_text()[-3000:]
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-            time.sleep(0.5)
-        time.sleep(2)  # the raylet registers after the GCS listens
-        yield {"RAY_ADDRESS": address, **auth}
-    finally:
-        _stop_group(head)
-        log.close()
-        subprocess.run(["rm", "-rf", str(temp)], check=False)
+    with ray_head(tmp_path, LIFTPLACE_CACHE_DIR=os.environ["LIFTPLACE_CACHE_DIR"]) as (_, env):  # the tests' cache
+        yield env
 
 
-class Api:
-    """`liftplace serve` joined to the cluster, as its own process."""
-
-    def __init__(self, tmp_path: Path, ray_env: dict[str, str], name: str) -> None:
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        env = _env(**ray_env, LIFTPLACE_DATABASE_URL=f"sqlite:///{tmp_path / 'server.db'}",
-                   LIFTPLACE_TEACHERS_DIR=str(tmp_path / "teachers"),
-                   LIFTPLACE_MLFLOW_TRACKING_URI=(tmp_path / "mlruns").as_uri(),
-                   LIFTPLACE_MLFLOW_EXPERIMENT="outlive", LIFTPLACE_POLL_INTERVAL="0.2")
-        self.log_path = tmp_path / f"{name}.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port), "--data-dir",
-             str(tmp_path / "data"), "--log-level", "info"],
-            cwd=tmp_path, env=env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log()
-            with contextlib.suppress(httpx.HTTPError):
-                ready = httpx.get(f"{self.base}/api/ready", timeout=15)  # executor started, earlier jobs recovered
-                if ready.status_code == 200:
-                    assert ready.json()["checks"]["executor"]["description"].startswith("cluster Ray"), ready.text
-                    return
-            time.sleep(0.5)
-        raise AssertionError(f"the API did not start:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text()[-4000:]
-
-    def get(self, path: str, **kw: Any) -> Any:
-        r = httpx.get(self.base + path, timeout=30, **kw)
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        r = httpx.post(self.base + path, json=body, timeout=30)
-        assert r.status_code in (200, 201, 202), r.text
-        return r.json()
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code of the API runs."""
-        _stop_group(self.proc, signal.SIGKILL)
-
-    def stop(self) -> None:
-        _stop_group(self.proc, signal.SIGINT, wait_s=60)
-
-
-def _wait(what: str, predicate, timeout: float = TIMEOUT_S, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
+def _wait(what: str, predicate, timeout: float = TIMEOUT_S) -> Any:
+    return wait_for(what, predicate, timeout)
 
 
 def _starts(files: JobFiles) -> list[str]:
@@ -158,10 +48,10 @@ def _starts(files: JobFiles) -> list[str]:
 
 
 def test_jobs_keep_training_when_the_api_is_killed_and_the_next_api_re_attaches(
-        tmp_path: Path, ray_head, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # this process reads the jobs' runs from the file store
     save_tiny_teacher(tmp_path / "teachers")
-    api = Api(tmp_path, ray_head, "api-1")
+    api = Api(tmp_path, cluster, "api-1", LIFTPLACE_MLFLOW_EXPERIMENT="outlive")
     try:
         api.post("/api/teachers", {"source": "local", "name": "tiny"})
         finishing = api.post("/api/jobs", {**OPTIONS, "seed": 0, "steps": 400, "checkpoint_every": 400})
@@ -187,7 +77,7 @@ def test_jobs_keep_training_when_the_api_is_killed_and_the_next_api_re_attaches(
     before = size()
     _wait("the long job to go on training without an API", lambda: size() > before, timeout=120)
 
-    api = Api(tmp_path, ray_head, "api-2")
+    api = Api(tmp_path, cluster, "api-2", LIFTPLACE_MLFLOW_EXPERIMENT="outlive")
     try:
         executor = api.get("/api/ready")["checks"]["executor"]
         assert executor["jobs_in_ray"] >= 1 and executor["jobs_outlive_server"] is True, executor

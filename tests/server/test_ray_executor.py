@@ -76,3 +76,27 @@ def test_dispatching_to_ray(make_harness, acted_out_jobs: None) -> None:
         assert any("attempt 1 lost (WorkerCrashedError" in line for line in lines)
         assert any(f"acted job {dying} attempt 2" in line for line in lines)
     assert ray.is_initialized()  # the executor leaves a Ray it did not start running
+
+
+def test_a_job_owner_that_dies_is_replaced_and_its_jobs_are_requeued(make_harness, acted_out_jobs: None) -> None:
+    """The owner actor dies (as with its node) while a job runs: the job is lost and requeued, a new owner
+    takes the name, and that job and the next run on it."""
+    from worker.ray_tasks import JOB_OWNER_NAME, RAY_NAMESPACE
+
+    executor = RayExecutor(None, cpus_per_job=1, gpus_per_job=0.25)
+    with make_harness(executor=executor, max_attempts=3) as h:
+        h.tick()
+        looping = h.submit(seed=2, steps=10)["id"]  # runs until cancelled
+        h.tick_until(lambda: (h.job(looping)["progress"] or {}).get("step") == 1, timeout=60, what="the job to run")
+        first = ray.get_actor(JOB_OWNER_NAME, namespace=RAY_NAMESPACE)
+        ray.kill(first, no_restart=True)  # its task dies with it
+        h.tick_until(lambda: h.job(looping)["attempts"] == 2 and h.job(looping)["status"] == "running",
+                     timeout=90, what="the job to run again")
+        lines = h.client.get(f"/api/jobs/{looping}/logs").json()["lines"]
+        assert any("the job owner actor in Ray died" in line for line in lines), lines
+        second = ray.get_actor(JOB_OWNER_NAME, namespace=RAY_NAMESPACE)
+        assert second._actor_id != first._actor_id
+        after = h.submit(seed=0)["id"]
+        assert h.wait_status(after, "succeeded", timeout=60)["attempts"] == 1
+        assert h.client.post(f"/api/jobs/{looping}/cancel").status_code == 200
+        assert h.wait_status(looping, "cancelled", timeout=60)["attempts"] == 2
