@@ -87,7 +87,7 @@ def job_metrics(session: Session, settings: Settings, job_id: int, max_points: i
     job = require_job(session, job_id)
     steps, series = read_metrics(settings.jobs_dir / str(job_id) / METRICS_FILE)
     if not steps and run_files.reads_runs(settings, job):  # ran on another host: its run has the history
-        steps, series = run_files.run_metrics(settings, str(job.mlflow_run_id))
+        steps, series = run_files.run_metrics(settings, job)
     keep = downsample(len(steps), max_points)
     return MetricsRead(job_id=job_id, steps=[steps[i] for i in keep],
                        series={k: [v[i] for i in keep] for k, v in series.items()}, total_points=len(steps))
@@ -102,7 +102,7 @@ def job_file(session: Session, settings: Settings, job_id: int, name: str) -> Pa
     path: Path | None = settings.jobs_dir / str(job_id) / name
     if not path.is_file():
         # ran on another host: the file is an artifact of its run (uploaded when the job ended)
-        path = run_files.run_file(settings, job_id, str(job.mlflow_run_id), name) if run_files.reads_runs(
+        path = run_files.run_file(settings, job, name) if run_files.reads_runs(
             settings, job) else None
         if path is None:
             raise NotFound(f"job {job_id}: file", name)

@@ -6,13 +6,14 @@ holds the same things: the metric history (bounded, `worker.history`: one point 
 window's mean) and the files as artifacts at the run's root. The dashboard endpoints read the local
 folder first and come here when it lacks what they need.
 
-Files are downloaded once per (job, run) into ``<data dir>/remote/<job id>/<run id>/`` (a temporary
-name, then an atomic rename): a finished job's files do not change; a running job has none yet
-(they are uploaded at its end).
+Files are downloaded once per (job, run, attempt) into ``<data dir>/remote/<job id>/<run id>/attempt-<n>/``
+(a temporary name, then an atomic rename): an attempt's files do not change once uploaded (at its end; a
+running job has none yet), and a retried job's next attempt gets a folder of its own.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -39,11 +40,33 @@ def _client(settings: Settings) -> Any:
     return MlflowClient(tracking_uri=str(settings.mlflow_tracking_uri))
 
 
-def run_metrics(settings: Settings, run_id: str) -> tuple[list[int], dict[str, list[float | None]]]:
-    """(steps ascending, {metric: value per step, None where absent}) from the run's metric history.
+METRICS_CACHE = "metrics.json"  # an ended job's history, as read from its run
 
-    The per-window extremes (`<name>_min`, `<name>_max`) are left out, as metrics.jsonl has none.
+
+def run_metrics(settings: Settings, job: Job) -> tuple[list[int], dict[str, list[float | None]]]:
+    """(steps ascending, {metric: value per step, None where absent}) from the job's run's metric history.
+
+    The per-window extremes (`<name>_min`, `<name>_max`) are left out, as metrics.jsonl has none. A
+    running job's history is read afresh (one MLflow call per metric); an ended job's is read once and
+    kept in ``<data dir>/remote/<job id>/<run id>/attempt-<n>/metrics.json`` (written to a temporary name, then
+    renamed), since its run's history no longer changes.
     """
+    run_id = str(job.mlflow_run_id)
+    entry = _folder(settings, job) / METRICS_CACHE
+    if job.ended and entry.is_file():
+        cached = json.loads(entry.read_text())
+        return cached["steps"], cached["series"]
+    steps, series = _read_history(settings, run_id)
+    if job.ended:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{METRICS_CACHE}.tmp-", dir=entry.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"steps": steps, "series": series}, f)
+        os.replace(tmp, entry)
+    return steps, series
+
+
+def _read_history(settings: Settings, run_id: str) -> tuple[list[int], dict[str, list[float | None]]]:
     client = _client(settings)
     names = sorted(client.get_run(run_id).data.metrics)
     extremes = {x for name in names for x in spread_names(name)}
@@ -56,11 +79,19 @@ def run_metrics(settings: Settings, run_id: str) -> tuple[list[int], dict[str, l
     return steps, {name: [values.get(s) for s in steps] for name, values in by_name.items()}
 
 
-def run_file(settings: Settings, job_id: int, run_id: str, name: str) -> Path | None:
-    """The artifact `name` at the run's root, as a local file (downloaded once); None when the run has none."""
+def _folder(settings: Settings, job: Job) -> Path:
+    """Where the API host keeps what it read from the job's run: per attempt, as a retry (`POST
+    /api/jobs/<id>/retry`) adds to the same run."""
+    return settings.data_dir / REMOTE_SUBDIR / str(job.id) / str(job.mlflow_run_id) / f"attempt-{job.attempts}"
+
+
+def run_file(settings: Settings, job: Job, name: str) -> Path | None:
+    """The artifact `name` at the root of the job's run, as a local file (downloaded once per attempt); None
+    when the run has none."""
     import mlflow.artifacts
 
-    entry = settings.data_dir / REMOTE_SUBDIR / str(job_id) / run_id / name
+    run_id = str(job.mlflow_run_id)
+    entry = _folder(settings, job) / name
     if entry.is_file():
         return entry
     if name not in {f.path for f in _client(settings).list_artifacts(run_id)}:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from server.executors import WorkerLost
+from server.services import run_files
 from tests.server.server_testkit import FakeRunner
 from worker.spec import JobSpec
 
@@ -91,7 +92,12 @@ class OtherHostRunner(FakeRunner):
                 "steps_done": spec.steps, "mlflow_run_id": run_id}
 
 
-def test_the_dashboard_reads_a_job_that_ran_on_another_host_from_its_run(make_harness, tmp_path: Path) -> None:
+def _no_mlflow(*args: Any) -> Any:
+    raise AssertionError("MLflow was asked again")
+
+
+def test_the_dashboard_reads_a_job_that_ran_on_another_host_from_its_run(make_harness, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Cluster mode: no job folder on the API host; curves and files come from the job's MLflow run."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     runner = OtherHostRunner(uri, tmp_path / "other-host")
@@ -105,6 +111,11 @@ def test_the_dashboard_reads_a_job_that_ran_on_another_host_from_its_run(make_ha
         assert metrics["series"]["loss_total"] == pytest.approx([0.1, 0.05, 1 / 30])
         assert metrics["series"]["fid_digits"] == [None, None, 12.5]
         assert "loss_total_min" not in metrics["series"] and "loss_total_max" not in metrics["series"]
+        # An ended job's history is read from MLflow once, then from the API host's copy.
+        cached = h.app.state.settings.data_dir / "remote" / str(job["id"]) / job["mlflow_run_id"] / "attempt-1"
+        assert (cached / "metrics.json").is_file()
+        monkeypatch.setattr(run_files, "_read_history", _no_mlflow)
+        assert h.client.get(f"/api/jobs/{job['id']}/metrics").json() == metrics
         for _ in range(2):  # downloaded once, then served from the API host's copy
             r = h.client.get(f"/api/jobs/{job['id']}/files/samples.png")
             assert r.status_code == 200 and r.content == (runner.scratch / str(job["id"]) / "samples.png").read_bytes()
