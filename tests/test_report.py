@@ -355,6 +355,48 @@ def test_previous_reads_a_sections_numbers_as_an_earlier_commit_has_them(tmp_pat
     assert render.previous_lines("HEAD", "s", []) == ["\nNo cell of this study is in section 's' at commit `HEAD`."]
 
 
+def test_previous_takes_the_rows_of_an_ablation_whose_variant_ran_with_the_studys_options(tmp_path: Path) -> None:
+    """The regime map's "lr = 0.01" OutKD row and "lr = 0.01, coarse = l1" row stand for a study at lr 0.01, L1."""
+    results = tmp_path / "docs" / "results.md"
+    results.parent.mkdir()
+
+    def row(variant: str, method: str, fids: list[float]) -> dict:
+        return {"variant": variant, "teacher": "big", "method": method, **_cell("big", method, fids)}
+
+    rows = [row("lr = 0.001", "outkd", [30.0, 31.0]), row("lr = 0.01", "outkd", [12.0, 13.0]),
+            row("lr = 0.01, coarse = l1", OURS, [16.0, 22.0]), row("lr = 0.01, coarse = l2", OURS, [11.0, 13.0])]
+    page.write_section(results, "map", "**regime map** …", {"kind": "ablation", "rows": rows})
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-qm", "page")
+    got = page.previous_cells("HEAD", results, "map", tmp_path, {"lr": 0.01, "coarse": "l1", "steps": 4000})
+    assert [(c["method"], c["variant"], [t["fid"] for t in c["tries"]]) for c in got] == [
+        ("outkd", "lr = 0.01", [12.0, 13.0]), (OURS, "lr = 0.01, coarse = l1", [16.0, 22.0])]
+    with pytest.raises(ReportError, match="no variant of section 'map' at HEAD was run with this study's options"):
+        page.previous_cells("HEAD", results, "map", tmp_path, {"lr": 0.1, "coarse": "l1"})
+    with pytest.raises(ReportError, match="is a 'ablation' section, not a study's grid"):
+        page.previous_cells("HEAD", results, "map", tmp_path)  # no options to match
+    with pytest.raises(ReportError, match="two variants of big/lift that match"):
+        _two_variants(tmp_path, results)
+    # end to end: a study at those options against the ablation's rows
+    source = FakeSource()
+    source.add("s", _table([_cell("big", "outkd", [12.5, 14.0]), _cell("big", OURS, [15.0, 20.0])]), dataset="faces",
+               lr=0.01, coarse="l1")
+    text = sections.study_section(source, sections.StudyRequest("s", previous="HEAD", previous_section="map"),
+                                  tmp_path / "f.png", _ctx(results, tmp_path)).markdown
+    assert "an ablation whose variants *lr = 0.01*, *lr = 0.01, coarse = l1* ran with this study's options" in text
+    assert "| big | outkd | 13.25 ± 1.06 | 12.50 ± 0.71 | 0, 1 | 12.50 | 1.00 |" in text
+
+
+def _two_variants(repo: Path, results: Path) -> None:
+    rows = [{"variant": v, "teacher": "big", "method": "lift", **_cell("big", "lift", [1.0, 2.0])}
+            for v in ("lr = 0.01", "coarse = l1")]
+    page.write_section(results, "two", "…", {"kind": "ablation", "rows": rows})
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "two")
+    page.previous_cells("HEAD", results, "two", repo, {"lr": 0.01, "coarse": "l1"})
+
+
 class _FakeAblationSource(FakeSource):
     """The one study of ablation-group-size: a cell per value of its axis group_size."""
 
@@ -565,3 +607,12 @@ def test_teachers_of_one_recipe_get_the_spread_across_teachers_instead_of_a_capa
     assert f"- `{OURS}` has the lower mean FID than `outkd` under 1 of 3 teachers." in s.markdown
     assert not figure.exists() and "capacity gap" not in s.markdown  # one size: no capacity plot
     assert not compute.same_recipe(["big", "small"], PARAMS) and not compute.same_recipe(["s0"], {"s0": 1})
+
+
+def test_the_machine_line_names_the_processor(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC  7B13 64-Core Processor\n")
+    assert render.cpu_model(str(info)) == "AMD EPYC 7B13 64-Core Processor"
+    assert render.cpu_model(str(tmp_path / "none")) is None
+    info.write_text("processor\t: 0\n")
+    assert render.cpu_model(str(info)) is None

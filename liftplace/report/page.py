@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from liftplace.report.data import ReportError
+from liftplace.tables import format_axis_value
 
 SIDECAR_FORMAT = 1  # bumped when a sidecar's layout changes
 
@@ -92,10 +94,39 @@ def read_sidecar(rev: str, page: Path, section: str, repo: Path) -> dict[str, An
                       "(written by every run of scripts/results_report.py since the sidecars exist)")
 
 
-def previous_cells(rev: str, page: Path, section: str, repo: Path) -> list[dict[str, Any]]:
-    """The grid cells (as the service gave them) of a study section at commit `rev`."""
+def previous_cells(rev: str, page: Path, section: str, repo: Path,
+                   options: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The grid cells (as the service gave them) of a study section at commit `rev`.
+
+    An ablation's section (rows of variants) stands in with the rows whose variant's values are all this
+    study's `options` (e.g. the regime map's "lr = 0.01, coarse = l1" row for a study run at lr 0.01 with
+    the L1 distance), one per teacher and method; each row gets the key `variant`.
+    """
     numbers = read_sidecar(rev, page, section, repo)
-    if "cells" not in numbers:
+    if "cells" in numbers:
+        return numbers["cells"]
+    if "rows" not in numbers or options is None:
         raise ReportError(f"--previous: section {section!r} at {rev} is a {numbers.get('kind')!r} section, "
                           "not a study's grid")
-    return numbers["cells"]
+    matching: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in numbers["rows"]:
+        if not _variant_matches(row.get("variant", ""), options):
+            continue
+        key = (row["teacher"], row["method"])
+        if key in matching:
+            raise ReportError(f"--previous: section {section!r} at {rev} has two variants of {key[0]}/{key[1]} "
+                              f"that match this study's options ({matching[key]['variant']!r}, {row['variant']!r})")
+        matching[key] = {"teacher": row["teacher"], "method": row["method"], "tries": row["tries"],
+                         "variant": row["variant"]}
+    if not matching:
+        raise ReportError(f"--previous: no variant of section {section!r} at {rev} was run with this study's options")
+    return list(matching.values())
+
+
+def _variant_matches(label: str, options: Mapping[str, Any]) -> bool:
+    """Whether every "option = value" of an ablation row's variant label (liftplace.tables.panel_label) is
+    the study's own value of that option."""
+    pairs = [part.split(" = ", 1) for part in label.split(", ")] if label else []
+    if not pairs or any(len(p) != 2 for p in pairs):
+        return False
+    return all(name in options and format_axis_value(options[name]) == value for name, value in pairs)

@@ -47,8 +47,22 @@ def params(n: float | None) -> str:
 
 
 def machine() -> str:
-    """Where a report was written (its job times depend on it)."""
-    return f"report written on {platform.machine()} with {os.cpu_count()} CPUs"
+    """Where a report was written (its job times depend on it, and a CPU's floating point its FIDs)."""
+    model = cpu_model()
+    return f"report written on {platform.machine()}{f' ({model})' if model else ''} with {os.cpu_count()} CPUs"
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The processor's model name as Linux reports it ("AMD EPYC ...", "Intel(R) Xeon(R) ..."); None elsewhere."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return None
 
 
 def counts(status_counts: Mapping[str, int]) -> str:
@@ -219,10 +233,14 @@ def same_cells_lines(other: Mapping[str, Any], differ: Mapping[str, tuple[Any, A
     return lines
 
 
-def previous_lines(rev: str, section: str, rows: Sequence[PreviousCell]) -> list[str]:
+def previous_lines(rev: str, section: str, rows: Sequence[PreviousCell], variants: Sequence[str] = ()) -> list[str]:
+    """The cells against an earlier run; `variants`: the ablation variants that stood for that run's cells."""
     if not rows:
         return [f"\nNo cell of this study is in section {section!r} at commit `{rev}`."]
-    lines = [f"\nAgainst this section as published at commit `{rev}` (an earlier run of the same command, perhaps "
+    source = (f"section `{section}` as published at commit `{rev}`, an ablation whose variant"
+              f"{'s' if len(variants) > 1 else ''} {', '.join(f'*{v}*' for v in variants)} ran with this study's "
+              "options" if variants else f"this section as published at commit `{rev}`")
+    lines = [f"\nAgainst {source} (an earlier run of the same jobs, perhaps "
              "of other seeds or on another machine): the same teacher and method; mean ± sample std here and "
              "there; the seeds run on both sides, the earlier mean over those seeds and the largest difference "
              "of one seed's FID between the runs; Welch's t-test of all the seeds here against all there; and "

@@ -122,8 +122,10 @@ def _against_part(source: ReportSource, d: StudyData, req: StudyRequest, ctx: Re
         numbers["same_as"] = {"study": other.study["name"], "id": other.study["id"], "differ": differ, "cells": rows}
     if req.previous:
         section = req.previous_section or req.section or d.study["name"]
-        rows = compute.previous_cells(d.table, previous_cells(req.previous, ctx.page, section, ctx.repo))
-        lines += render.previous_lines(req.previous, section, rows)
+        earlier = previous_cells(req.previous, ctx.page, section, ctx.repo, d.study["options"])
+        rows = compute.previous_cells(d.table, earlier)
+        variants = sorted({c["variant"] for c in earlier if "variant" in c})
+        lines += render.previous_lines(req.previous, section, rows, variants)
         numbers["previous"] = {"rev": req.previous, "cells": rows}
     return lines, numbers
 
