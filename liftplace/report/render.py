@@ -115,7 +115,10 @@ def _teacher_source(row: TeacherRow) -> str:
 
 
 def teacher_table(rows: Sequence[TeacherRow], rvr: RealVsReal | None, metric: str) -> list[str]:
-    lines = ["**Teachers** (trained by the service; FID of the EMA teacher on its job's samples):\n",
+    made = ("trained by the service" if all(r.source != "shipped" for r in rows) else
+            "shipped with liftplace: trained by its recipe, FID as measured then" if all(
+                r.source == "shipped" for r in rows) else "trained by the service or shipped with liftplace")
+    lines = [f"**Teachers** ({made}; FID of the EMA teacher on its training job's samples):\n",
              "| teacher | source | parameters | training steps | teacher FID | teacher FID / real-vs-real |",
              "|---|---|---|---|---|---|"]
     for r in rows:
