@@ -616,3 +616,19 @@ def test_the_machine_line_names_the_processor(tmp_path: Path) -> None:
     assert render.cpu_model(str(tmp_path / "none")) is None
     info.write_text("processor\t: 0\n")
     assert render.cpu_model(str(info)) is None
+
+
+def test_the_teachers_table_says_whether_its_teachers_were_shipped_or_trained() -> None:
+    from liftplace.report.compute import TeacherRow
+
+    def row(name: str, source: str) -> TeacherRow:
+        return TeacherRow(name, source, "digits-s", None, None, 1_112_801, 4000, 5.07, 1000, 100, 1.26)
+
+    def heading(*sources: str) -> str:
+        return render.teacher_table([row(f"t{i}", s) for i, s in enumerate(sources)], None, "fid_digits")[0]
+
+    assert heading("shipped", "shipped").startswith("**Teachers** (shipped with liftplace: trained by its recipe")
+    assert heading("preset", "pruned").startswith("**Teachers** (trained by the service;")
+    assert heading("shipped", "preset").startswith("**Teachers** (trained by the service or shipped with liftplace;")
+    assert "| t0 | shipped with liftplace (preset `digits-s`) | 1.11M | 4000 | 5.07" in "\n".join(
+        render.teacher_table([row("t0", "shipped")], None, "fid_digits"))
