@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from liftplace import defaults  # noqa: E402
-from server.demo import pick_port, stop_process_group, wait_http  # noqa: E402
+from server.demo import pick_port, start_mlflow, stop_process_group, wait_http  # noqa: E402
 from worker.history import has_spread, log_every_for  # noqa: E402
 
 MLFLOW_START_TIMEOUT_S = 180.0
@@ -68,12 +68,8 @@ class Server:
     def start(self) -> float:
         """Start it and wait until it answers; returns the seconds that took."""
         t0 = time.monotonic()
-        pin = ["taskset", "-c", self.cpus] if self.cpus else []
-        cmd = pin + [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-                     "--workers", "1", "--backend-store-uri", f"sqlite:///{self.db}",
-                     "--artifacts-destination", str(self.root / "mlartifacts")]
-        log = open(self.root / "mlflow-server.log", "ab")  # noqa: SIM115 - owned by the child process
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # the demo's server (SQLite store in root/mlflow.db, its own process group), pinned when asked
+        self.proc = start_mlflow(self.root, self.port, ["taskset", "-c", self.cpus] if self.cpus else [])
         wait_http(f"{self.url}/health", MLFLOW_START_TIMEOUT_S, self.proc)
         return time.monotonic() - t0
 

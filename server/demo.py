@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,10 +89,11 @@ def pick_port(wanted: int, host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow(data_dir: Path, port: int) -> subprocess.Popen:
-    """An MLflow tracking server on 127.0.0.1:`port`, its store in `data_dir` (in its own process group)."""
+def start_mlflow(data_dir: Path, port: int, prefix: Sequence[str] = ()) -> subprocess.Popen:
+    """An MLflow tracking server on 127.0.0.1:`port`, its store in `data_dir` (in its own process group);
+    `prefix` goes before the command (e.g. ``taskset -c 1`` to pin it to a CPU)."""
     logfile = open(data_dir / "mlflow-server.log", "ab")  # noqa: SIM115 - owned by the child process
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+    cmd = [*prefix, sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1", "--backend-store-uri", f"sqlite:///{(data_dir / 'mlflow.db').resolve()}",
            "--artifacts-destination", str((data_dir / "mlartifacts").resolve())]
     # start_new_session: Ctrl-C in the terminal reaches only us; we stop its whole group ourselves.

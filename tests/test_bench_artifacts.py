@@ -3,22 +3,16 @@ through a real `mlflow server --serve-artifacts` (slow: the server's start alone
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts_kit import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_artifacts", ROOT / "bench" / "bench_artifacts.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_artifacts"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/bench_artifacts.py", "bench_artifacts")
 
 
 def _check(out: dict, markdown: Path) -> None:

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
 
 from liftplace.studies import get_study_preset
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts_kit import load_script
 
 
 def _gpu_steps():
-    spec = importlib.util.spec_from_file_location("gpu_steps", ROOT / "bench" / "gpu_steps.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_steps"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/gpu_steps.py", "gpu_steps")
 
 
 def test_quick_run_measures_every_step_of_the_preset(tmp_path: Path) -> None:

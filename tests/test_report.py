@@ -7,7 +7,6 @@ checked against `liftplace.stats`, the Markdown against literal expected text.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import statistics
 import subprocess
@@ -22,6 +21,7 @@ from liftplace.report.compute import RealVsReal
 from liftplace.report.data import ReportError
 from liftplace.stats import welch_t_test
 from liftplace.studies import STUDY_PRESETS
+from tests.scripts_kit import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS = PAPER_METHOD
@@ -29,10 +29,7 @@ OURS = PAPER_METHOD
 
 def _report_cli():
     """scripts/results_report.py as a module (it is a script, not a package)."""
-    spec = importlib.util.spec_from_file_location("results_report", ROOT / "scripts" / "results_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/results_report.py", "results_report")
 
 
 def _ctx(page_path: Path = ROOT / "docs" / "results.md", repo: Path = ROOT) -> sections.ReportContext:

@@ -24,15 +24,15 @@ from typing import Any
 
 import httpx
 
+from server.demo import pick_port, start_mlflow, stop_process_group, wait_http
+
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
 TERMINAL = ("succeeded", "failed", "diverged", "cancelled")
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return pick_port(0)
 
 
 def cluster_env(**extra: str) -> dict[str, str]:
@@ -144,8 +144,6 @@ def ray_head(tmp_path: Path, num_cpus: int = 2, **env: str) -> Iterator[tuple[Ra
 @contextlib.contextmanager
 def mlflow_server(folder: Path) -> Iterator[str]:
     """A real `mlflow server` (SQLite store, artifacts proxied by the server); yields its URL."""
-    from server.demo import start_mlflow, stop_process_group, wait_http
-
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     proc = start_mlflow(folder, port)
