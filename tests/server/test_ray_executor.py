@@ -100,3 +100,8 @@ def test_a_job_owner_that_dies_is_replaced_and_its_jobs_are_requeued(make_harnes
         assert h.wait_status(after, "succeeded", timeout=60)["attempts"] == 1
         assert h.client.post(f"/api/jobs/{looping}/cancel").status_code == 200
         assert h.wait_status(looping, "cancelled", timeout=60)["attempts"] == 2
+        # With no job in Ray, a dead owner is found by the next submission, which goes to its replacement.
+        ray.kill(second, no_restart=True)
+        last = h.submit(seed=0)["id"]
+        assert h.wait_status(last, "succeeded", timeout=60)["attempts"] == 1
+        assert ray.get_actor(JOB_OWNER_NAME, namespace=RAY_NAMESPACE)._actor_id != second._actor_id
