@@ -16,15 +16,19 @@ from typing import Any, NoReturn, TypeVar
 from liftplace import defaults
 from liftplace.methods import FEATKD_LAYER_SETS, FEATKD_LAYERS, METHOD_NAMES, METHODS, PAPER_METHOD
 
-__all__ = ["main", "build_parser"]
+__all__ = ["HelpFormatter", "main", "build_parser"]
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: X)" except where there is no default to show."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" except where there is none to show: no default, a required argument, a
+    switch (its default is just "off"), or a help text that already says its default."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.required or action.default is argparse.SUPPRESS:
-            return action.help or ""
+        text = action.help or ""
+        if (action.default is None or action.required or action.default is argparse.SUPPRESS
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+                or "(default:" in text):
+            return text
         return super()._get_help_string(action)
 
 
@@ -119,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="liftplace",
         description="Distill tiny diffusion students with LIFT and PLACE (CVPR 2026), and the baselines.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in (_register_train_teacher, _register_prune, _register_distill, _register_sample,
@@ -132,7 +136,7 @@ def _register_train_teacher(sub: argparse._SubParsersAction) -> None:
     from liftplace.presets import PRESET_NAMES
 
     p = sub.add_parser("train-teacher", help="train a DDPM teacher (UNet2DModel preset) on a dataset",
-                       formatter_class=_HelpFormatter, description="Train a DDPM epsilon-prediction teacher.")
+                       formatter_class=HelpFormatter, description="Train a DDPM epsilon-prediction teacher.")
     p.add_argument("--preset", choices=PRESET_NAMES, default="digits-s", help="teacher architecture")
     _add_data_flags(p)
     _add_training_flags(p)
@@ -140,7 +144,7 @@ def _register_train_teacher(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_prune(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prune", help="make a student by Diff-Pruning a teacher", formatter_class=_HelpFormatter,
+    p = sub.add_parser("prune", help="make a student by Diff-Pruning a teacher", formatter_class=HelpFormatter,
                        description="Structurally prune a teacher UNet with torch-pruning (Diff-Pruning).")
     p.add_argument("--teacher", type=_model_dir, required=True, help=_TEACHER_HELP)
     p.add_argument("--ratio", type=_ratio, default=defaults.STUDENT_RATIO,
@@ -155,7 +159,7 @@ def _register_prune(sub: argparse._SubParsersAction) -> None:
 
 def _register_distill(sub: argparse._SubParsersAction) -> None:
     methods_help = " ".join(f"{m.name}: {m.description}" for m in METHODS.values())
-    p = sub.add_parser("distill", help="distill a teacher into a pruned student", formatter_class=_HelpFormatter,
+    p = sub.add_parser("distill", help="distill a teacher into a pruned student", formatter_class=HelpFormatter,
                        description="Distill a frozen teacher into a student. Methods. " + methods_help)
     p.add_argument("--teacher", type=_model_dir, required=True, help=_TEACHER_HELP)
     p.add_argument("--method", choices=METHOD_NAMES, default=PAPER_METHOD, help="distillation method")
@@ -192,7 +196,7 @@ def _register_distill(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_sample(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="sample a grid of images with DDIM", formatter_class=_HelpFormatter,
+    p = sub.add_parser("sample", help="sample a grid of images with DDIM", formatter_class=HelpFormatter,
                        description="Generate images from a teacher or student folder with DDIM (eta = 0).")
     p.add_argument("--model", type=_model_dir, required=True,
                    help=f"diffusers model folder, shipped:NAME (a teacher shipped with liftplace), {_MLFLOW_HELP}")
@@ -209,7 +213,7 @@ def _register_sample(sub: argparse._SubParsersAction) -> None:
 
 def _register_shipped(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("shipped", help="the teachers shipped with liftplace: digests checked, FID, provenance",
-                       formatter_class=_HelpFormatter,
+                       formatter_class=HelpFormatter,
                        description="Check every shipped teacher's files against their sha256 digests and print "
                                    "each with its size, FID and the command and commit that made it. Use one as "
                                    "--teacher shipped:NAME; the stability presets register them.")

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from liftplace import defaults
-from liftplace.cli import _existing_dir, _HelpFormatter, number_type
+from liftplace.cli import HelpFormatter, _existing_dir, number_type
 from liftplace.features import FEATURES, INCEPTION_WEIGHTS_ENV
 from liftplace.fid import FID_NUM_SAMPLES
 from liftplace.stats import COLLAPSE_FID, TABLE_FORMATS
@@ -36,7 +36,7 @@ _finite_float = number_type(float, "a number (finite)", math.isfinite)
 
 def register(subparsers) -> None:
     """Add the ``fid`` and ``table`` subcommands to an argparse subparsers object."""
-    fmt = _HelpFormatter
+    fmt = HelpFormatter
     p = subparsers.add_parser(
         "fid", help="FID of a model's samples (or a folder of images) against a dataset", formatter_class=fmt,
         description=(
@@ -145,7 +145,7 @@ def _cmd_table(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fid`` or ``table`` without the rest of the CLI (the `liftplace` command does the same)."""
-    parser = argparse.ArgumentParser(prog="liftplace", formatter_class=_HelpFormatter)
+    parser = argparse.ArgumentParser(prog="liftplace", formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
     args = parser.parse_args(argv)

@@ -22,7 +22,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from liftplace.cli import _HelpFormatter, number_type
+from liftplace.cli import HelpFormatter, number_type
 from liftplace.client import (
     API_TOKEN_ENV,
     API_URL_ENV,
@@ -48,7 +48,7 @@ RETRAIN_HELP = ("train the teachers shipped with liftplace afresh by their recip
 
 def register(subparsers) -> None:
     """Add ``study`` (with list, show, run) to an argparse subparsers object."""
-    fmt = _HelpFormatter
+    fmt = HelpFormatter
     p = subparsers.add_parser("study", help="study presets: list them, or run one through a liftplace service",
                               formatter_class=fmt, description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="study_command", required=True, metavar="ACTION")

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from liftplace.cli import HelpFormatter
+
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
@@ -21,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve",
         help="run the job-queue API server, its dispatcher and (embedded) a local Ray",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         description=(
             "Serve the REST API (OpenAPI docs at /docs) and dispatch queued jobs to Ray. Configured by environment "
             "variables: DATABASE_URL (default: SQLite under the data dir), RAY_ADDRESS (unset: start a local Ray), "

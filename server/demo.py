@@ -46,13 +46,13 @@ log = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `demo` subcommand (the liftplace.commands entry point)."""
-    from liftplace.cli import _HelpFormatter
+    from liftplace.cli import HelpFormatter
     from liftplace.cli_study import RETRAIN_HELP
     from liftplace.studies import STUDY_PRESET_NAMES
 
     p = subparsers.add_parser(
         "demo", help="run the whole platform locally and a small stability study on digits",
-        formatter_class=_HelpFormatter, description=__doc__.split("\n\n")[1],
+        formatter_class=HelpFormatter, description=__doc__.split("\n\n")[1],
     )
     p.add_argument("--preset", choices=STUDY_PRESET_NAMES, default=DEFAULT_PRESET, help="study preset to run")
     p.add_argument("--name", default=None, help="study name (default: the preset's); an existing one is reused")

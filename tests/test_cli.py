@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import re
 
 import pytest
@@ -27,6 +28,27 @@ def test_help_explains_every_flag(command, capsys):
         assert action.help and len(action.help) > 5, f"{flag} has no explanation"
         if action.default not in (None, False) and not action.required:
             assert "default" in action.help or "(default:" in text
+
+
+def _all_parsers(parser, path=()):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _all_parsers(sub, (*path, name))
+
+
+def test_help_states_each_default_once_and_only_real_ones(capsys):
+    """No "(default: None)" or "(default: False)" noise, and no default said twice (a help text that names
+    its own default, such as serve's environment variables, is not followed by argparse's)."""
+    seen = set()
+    for path, _ in _all_parsers(build_parser()):
+        text = re.sub(r"\s+", " ", _help(capsys, *path))
+        seen.add(path)
+        assert "(default: None)" not in text, path
+        assert "(default: False)" not in text, path
+        assert not re.search(r"\(default:[^()]*\) \(default:", text), path
+    assert ("serve",) in seen and ("study", "run") in seen  # the plugged-in and nested commands are covered
 
 
 def test_distill_help_lists_methods_and_defaults(capsys):
