@@ -324,6 +324,9 @@ def test_previous_reads_a_sections_numbers_as_an_earlier_commit_has_them(tmp_pat
         page.previous_cells("no-such-rev", results, "s", tmp_path)
     with pytest.raises(ReportError, match="section 'other' is not in"):
         page.previous_cells("HEAD", results, "other", tmp_path)
+    outside = tmp_path.parent / f"{tmp_path.name}-elsewhere.md"  # a page git cannot have at any commit
+    with pytest.raises(ReportError, match="the results page must be a file of the checkout"):
+        page.previous_cells("HEAD", outside, "s", tmp_path)
     with pytest.raises(ReportError, match="section 'old' at HEAD predates the JSON sidecars"):
         page.previous_cells("HEAD", results, "old", tmp_path)
     assert page.previous_cells("HEAD", results, "s", tmp_path) == earlier  # as committed, not as it is now
@@ -582,6 +585,20 @@ def test_the_regime_map_compares_the_paper_method_with_outkd_in_every_cell_of_th
     # an ablation of one method has no such table
     assert "Where does" not in sections.ablation_section(_FakeAblationSource(), "ablation-group-size",
                                                          tmp_path / "k.png", "k", _ctx()).markdown
+
+
+def test_a_study_with_nothing_ended_yet_reports_without_a_plot(tmp_path: Path) -> None:
+    """Mid-study (every job queued or running) the section is written; the plot, with nothing to show, is not,
+    and a plot left by an earlier run of the section is removed rather than shown beside these numbers."""
+    source = FakeSource()
+    source.add("early", _table([_cell(t, m, ["running"]) for t in ("big", "small") for m in ("outkd", OURS)]))
+    figure = tmp_path / "figures" / "early-capacity-gap.png"
+    figure.parent.mkdir()
+    figure.write_bytes(b"an earlier run's plot")
+    s = sections.study_section(source, sections.StudyRequest("early"), figure, _ctx(tmp_path / "r.md", tmp_path))
+    assert "No capacity-gap plot: no job of this study has succeeded yet." in s.markdown
+    assert not figure.exists() and "](figures/early-capacity-gap.png)" not in s.markdown
+    assert "| outkd | … |" in s.markdown
 
 
 def test_teachers_of_one_recipe_get_the_spread_across_teachers_instead_of_a_capacity_plot(tmp_path: Path) -> None:

@@ -79,7 +79,11 @@ def read_sidecar(rev: str, page: Path, section: str, repo: Path) -> dict[str, An
     ReportError when `rev` is not a readable commit, when the page at `rev` lacks the section, and when
     the section at `rev` predates sidecars (generated before they were written: it has Markdown only).
     """
-    rel_page = page.resolve().relative_to(repo.resolve()).as_posix()
+    try:
+        rel_page = page.resolve().relative_to(repo.resolve()).as_posix()
+    except ValueError:
+        raise ReportError(f"--previous reads the page from git at {rev!r}, so the results page must be a file of "
+                          f"the checkout {repo.resolve()}; got {page}") from None
     rel_sidecar = sidecar_path(page, section).resolve().relative_to(repo.resolve()).as_posix()
     found = _git_show(repo, rev, rel_sidecar)
     if found.returncode == 0:

@@ -150,6 +150,9 @@ def study_section(source: ReportSource, req: StudyRequest, figure: Path, ctx: Re
         rows, orders = compute.teacher_spread(d.table, study["teachers"])
         lines += render.teacher_spread_lines(rows, orders, study["teachers"], compute.metric_label(d.table))
         spread = {"teacher_spread": {"rows": rows, "orders": orders}}
+    elif len(study["teachers"]) > 1 and not any(compute.succeeded_fids(c) for c in d.table["cells"]):
+        figure.unlink(missing_ok=True)  # a plot of an earlier run would stand for this one
+        lines.append("\nNo capacity-gap plot: no job of this study has succeeded yet.")
     elif len(study["teachers"]) > 1:
         figures.capacity_plot(d.table, teacher_params, figure,
                               f"{study['name']} (study {study['id']}): student FID vs teacher size")
