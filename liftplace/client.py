@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from liftplace.job_status import TERMINAL_STATUSES
+
 API_URL_ENV = "LIFTPLACE_API_URL"
 API_TOKEN_ENV = "LIFTPLACE_API_TOKEN"
 DEFAULT_API_URL = "http://127.0.0.1:8000"
@@ -238,7 +240,7 @@ def _progress_fraction(jobs: Iterable[dict[str, Any]]) -> float:
     """Jobs done, counting running jobs by their step fraction."""
     done = 0.0
     for job in jobs:
-        if job["status"] in ("succeeded", "failed", "diverged", "cancelled"):
+        if job["status"] in TERMINAL_STATUSES:
             done += 1.0
         elif job["status"] == "running":
             done += 0.9 * (job["progress"].get("fraction") or 0.0)  # the last 10%: sampling and FID
@@ -288,7 +290,7 @@ def follow(client: ServiceClient, runs: list[StudyRun], *, teachers: Iterable[st
                     "succeeded", 0)}, refresh=False)
                 bar.refresh()
             if all(s["status"] == "ended" for s in studies) and all(
-                    j["status"] in ("succeeded", "failed", "diverged", "cancelled") for j in jobs):
+                    j["status"] in TERMINAL_STATUSES for j in jobs):
                 return studies
             if timeout is not None and time.monotonic() - start > timeout:
                 raise TimeoutError(f"studies {[r.study_id for r in runs]} still running after {timeout:.0f} s")

@@ -25,9 +25,10 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, selectinload
 
+from liftplace.job_status import JOB_STATUSES, TERMINAL_STATUSES
 from liftplace.methods import AXIS_OPTIONS, METHOD_NAMES, get_method
 from liftplace.stats import Run, StabilityTable, build_table, collapse_threshold
-from server.models import JOB_STATUSES, TERMINAL_STATUSES, Job, Study, StudyCell, Teacher, utcnow
+from server.models import Job, Study, StudyCell, Teacher, utcnow
 
 DEFAULT_METRIC = "fid"  # shown while no run has reported its FID features yet
 

@@ -41,10 +41,11 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from liftplace.job_status import IN_FLIGHT_STATUSES, TERMINAL_STATUSES
 from liftplace.tables import render_panels
 from server import aggregation
 from server.executors import Executor, Finished
-from server.models import IN_FLIGHT_STATUSES, TERMINAL_STATUSES, Dataset, Job, JobLog, Study, StudyCell, Teacher, utcnow
+from server.models import Dataset, Job, JobLog, Study, StudyCell, Teacher, utcnow
 from server.services.lifecycle import add_log, end_job, fail_waiting_on
 from server.settings import Settings
 from server.tracking import Tracking

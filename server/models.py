@@ -28,11 +28,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-# Job lifecycle: queued -> dispatched (handed to the executor, waiting there for a worker) ->
-# running (the worker has started it) -> one of the terminal states.
-JOB_STATUSES: tuple[str, ...] = ("queued", "dispatched", "running", "succeeded", "failed", "diverged", "cancelled")
-TERMINAL_STATUSES: tuple[str, ...] = ("succeeded", "failed", "diverged", "cancelled")
-IN_FLIGHT_STATUSES: tuple[str, ...] = ("dispatched", "running")  # held by a dispatcher and its executor
+# the job lifecycle (queued -> dispatched -> running -> a terminal status), defined with the API's client
+from liftplace.job_status import JOB_STATUSES, TERMINAL_STATUSES
+
 JOB_KINDS: tuple[str, ...] = ("distill", "teacher")
 TEACHER_SOURCES: tuple[str, ...] = ("local", "preset", "pruned", "shipped")
 TEACHER_STATUSES: tuple[str, ...] = ("ready", "training", "failed")

@@ -31,10 +31,10 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from liftplace import defaults
+from liftplace.job_status import JOB_STATUSES
 from liftplace.methods import AXIS_OPTIONS, FEATKD_LAYER_SETS, FEATKD_LAYERS, METHOD_NAMES, PAPER_METHOD
 from liftplace.presets import PRESET_NAMES
 from liftplace.stats import COLLAPSE_FID
-from server.models import JOB_STATUSES
 
 DEFAULT_STEPS: int = defaults.STEPS
 DEFAULT_FID_SAMPLES: int = defaults.FID_SAMPLES

@@ -19,11 +19,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from liftplace.job_status import JOB_STATUSES, RETRYABLE_STATUSES, TERMINAL_STATUSES
 from liftplace.methods import AXIS_OPTIONS, METHOD_NAMES, PAPER_METHOD
 from liftplace.presets import TEACHER_PRESETS
 from liftplace.shipped import shipped_names
 from server.auth import authenticated
-from server.models import JOB_KINDS, JOB_STATUSES
+from server.models import JOB_KINDS
 from server.schemas import (
     DEFAULT_SEEDS,
     JobCreate,
@@ -93,6 +94,7 @@ def render(request: Request, template: str, page: str, **context: Any) -> Respon
         auth={"writes_need_token": settings.writes_need_token, "reads_need_token": settings.reads_need_token,
               "authenticated": signed_in},
         method_names=list(METHOD_NAMES),
+        job_statuses={"ended": list(TERMINAL_STATUSES), "retryable": list(RETRYABLE_STATUSES)},
         paper_method=PAPER_METHOD,
     )
     response = templates.TemplateResponse(request, template, context)

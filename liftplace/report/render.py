@@ -12,6 +12,7 @@ import platform
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from liftplace.job_status import NOT_ENDED_STATUSES
 from liftplace.methods import PAPER_METHOD
 from liftplace.report.compute import (
     SIGNIFICANCE,
@@ -78,7 +79,7 @@ def try_text(tr: Mapping[str, Any] | None) -> str:
     """One seed's cell of a grid: its FID, its status when it did not succeed, … while it has not ended."""
     if tr is None:
         return ""
-    if tr["status"] in ("queued", "running"):
+    if tr["status"] in NOT_ENDED_STATUSES:
         return "…"
     return fmt(tr["fid"]) if tr["status"] == "succeeded" else tr["status"]
 
@@ -167,7 +168,7 @@ def grid(table: Mapping[str, Any], teachers: Sequence[str], seeds: Sequence[int]
             lines.append(f"| {method} | " + " | ".join(seed_cells(c.get("tries", []), seeds))
                          + f" | {f'**{mean}**' if method in best else mean} | {fmt(c.get('std'))} | {collapses} |")
         lines.append("")
-    if any(tr["status"] in ("queued", "running") for c in table["cells"] for tr in c["tries"]):
+    if any(tr["status"] in NOT_ENDED_STATUSES for c in table["cells"] for tr in c["tries"]):
         lines.append("(… : still queued or running.)")
     return lines
 
@@ -300,7 +301,7 @@ def ablation_table(rows: Sequence[AblationRow], seeds: Sequence[int], reference:
         label = f"**{r.variant}** (reference)" if r.reference else r.variant
         lines.append(f"| {label} | {r.teacher} | {r.method} | " + " | ".join(seed_cells(r.tries, seeds))
                      + f" | {fmt(r.mean)} | {fmt(r.std)} | {r.collapses} | {fmt(r.t)} | {fmt(r.p, 4)} |")
-    if any(t["status"] in ("queued", "running") for r in rows for t in r.tries):
+    if any(t["status"] in NOT_ENDED_STATUSES for r in rows for t in r.tries):
         lines.append("\n(… : still queued or running.)")
     return lines
 

@@ -13,12 +13,11 @@ from collections.abc import Iterable
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
+from liftplace.job_status import IN_FLIGHT_STATUSES, RETRYABLE_STATUSES
 from server import aggregation
 from server.errors import Conflict
-from server.models import IN_FLIGHT_STATUSES, Job, JobLog, StudyCell, Teacher, utcnow
+from server.models import Job, JobLog, StudyCell, Teacher, utcnow
 from server.settings import Settings
-
-RETRYABLE: tuple[str, ...] = ("failed", "diverged", "cancelled")
 
 
 def add_log(session: Session, job_id: int, line: str) -> None:
@@ -85,8 +84,8 @@ def cancel(session: Session, settings: Settings, job: Job) -> bool:
 def requeue(session: Session, job: Job) -> None:
     """Queue a failed, diverged or cancelled job again (it resumes from its checkpoint); Conflict otherwise."""
     job_id = job.id
-    if job.status not in RETRYABLE:
-        raise Conflict(f"job {job_id} is {job.status}; only {', '.join(RETRYABLE)} jobs can be retried")
+    if job.status not in RETRYABLE_STATUSES:
+        raise Conflict(f"job {job_id} is {job.status}; only {', '.join(RETRYABLE_STATUSES)} jobs can be retried")
     for teacher in (job.teacher, job.student_teacher):
         if teacher is not None and teacher.status == "failed":
             raise Conflict(f"job {job_id}: its teacher {teacher.name!r} failed to train; retry the teacher's "

@@ -9,11 +9,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from liftplace.job_status import IN_FLIGHT_STATUSES, JOB_STATUSES
 from liftplace.methods import get_method
 from liftplace.tables import render_panels
 from server import aggregation
 from server.errors import Conflict, NotFound
-from server.models import IN_FLIGHT_STATUSES, JOB_STATUSES, Dataset, Job, Study, StudyCell
+from server.models import Dataset, Job, Study, StudyCell
 from server.schemas import CellRead, Page, StudyCreate, StudyRead, TableRead, invalid
 from server.services.checks import (
     check_distill_options,

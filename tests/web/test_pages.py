@@ -3,12 +3,16 @@ every asset it names is served from this origin, and sign-in follows the server'
 
 from __future__ import annotations
 
+import json
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from liftplace.job_status import RETRYABLE_STATUSES, TERMINAL_STATUSES
+from liftplace.methods import METHOD_NAMES
 from server.app import create_app
 from server.auth import AUTH_COOKIE
 from server.executors import ThreadExecutor
@@ -17,6 +21,7 @@ from server.settings import Settings
 from tests.server.server_testkit import FakeRunner, Harness
 from web import PLOTLY_JS_URL, install, plotly_js_path
 
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = ["/queue", "/jobs/new", "/jobs/1", "/studies", "/studies/new", "/studies/1", "/teachers", "/login"]
 
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # pages read no data: one database is enough
@@ -66,6 +71,19 @@ def test_every_page_renders_with_its_assets_from_this_origin(harness: Harness) -
             assert asset.status_code == 200 and asset.content, (path, url)
         assert 'href="/queue"' in r.text and f'href="{harness.settings.mlflow_ui_url}/"' in r.text
     assert c.get("/", follow_redirects=False).headers["location"] == "/queue"
+
+
+@sqlite_only
+def test_the_pages_get_the_job_statuses_and_methods_from_the_library(harness: Harness) -> None:
+    """The scripts decide what "ended" and "can be retried" mean from the page's data, which the server fills
+    from liftplace.job_status; no script keeps its own list."""
+    text = harness.client.get("/queue").text
+    data = json.loads(re.search(r'<script type="application/json" id="page-data">(.*?)</script>', text, re.S)[1])
+    assert data["job_statuses"] == {"ended": list(TERMINAL_STATUSES), "retryable": list(RETRYABLE_STATUSES)}
+    assert data["methods"] == list(METHOD_NAMES)
+    for script in (ROOT / "web" / "static").glob("*.js"):
+        code = script.read_text()
+        assert '"succeeded", "failed"' not in code and '"failed", "diverged"' not in code, script.name
 
 
 @sqlite_only

@@ -80,8 +80,8 @@
     return (end - new Date(start)) / 1000;
   }
 
-  const ENDED = ["succeeded", "failed", "diverged", "cancelled"];
-  const RETRYABLE = ["failed", "diverged", "cancelled"];
+  const ENDED = data.job_statuses.ended;  // liftplace.job_status, as the server renders it into the page
+  const RETRYABLE = data.job_statuses.retryable;
 
   function badge(status, extra) {
     return el("span", {class: `badge s-${status}`, title: extra || null}, status);

@@ -35,7 +35,7 @@
 
     const actions = [];
     if (j.mlflow_url) actions.push(el("a", {class: "btn", href: j.mlflow_url, target: "_blank", rel: "noopener"}, "MLflow run ↗"));
-    if (j.status === "queued" || j.status === "dispatched" || j.status === "running") {
+    if (!ENDED.includes(j.status)) {
       actions.push(el("button", {class: "btn danger", type: "button", disabled: j.cancel_requested,
                                  onclick: () => jobAction(jobId, "cancel", refresher.now)},
                       j.cancel_requested ? "Cancelling…" : "Cancel"));

@@ -38,7 +38,7 @@
 
   function actions(job) {
     const out = [];
-    if (job.status === "queued" || job.status === "dispatched" || job.status === "running") {
+    if (!ENDED.includes(job.status)) {
       out.push(el("button", {class: "btn small danger", type: "button", disabled: job.cancel_requested,
                              title: job.cancel_requested ? "cancel requested; it stops at its next step" : "cancel this job",
                              onclick: () => jobAction(job.id, "cancel", refresher.now)},

@@ -3,7 +3,7 @@
 "use strict";
 
 (function () {
-  const {el, replace, api, badge, progress, num, int, time, poll, plot, methodColor, toast} = LP;
+  const {el, replace, api, badge, progress, num, int, time, poll, plot, methodColor, toast, ENDED} = LP;
   const studyId = Number(document.getElementById("study").dataset.studyId);
   const $ = (id) => document.getElementById(id);
   let lastPlotKey = null;
@@ -249,7 +249,7 @@
     const o = s.options || {};
     replace($("study-sub"), `#${s.id} · ${s.dataset} · student ratio ${s.student_ratio} · ${int(o.steps)} steps · `,
       `seeds ${s.seeds.join(", ")} · ${d.table.metric || "FID"} · created ${time(s.created_at)}`);
-    const ended = ["succeeded", "failed", "diverged", "cancelled"].reduce((a, k) => a + (s.status_counts[k] || 0), 0);
+    const ended = ENDED.reduce((a, k) => a + (s.status_counts[k] || 0), 0);
     const actions = [el("a", {class: "btn", href: `/queue?study=${s.id}`}, "Jobs in the queue")];
     if (s.status !== "ended") {
       actions.push(el("button", {class: "btn danger", type: "button", onclick: cancelStudy}, "Cancel study"));
