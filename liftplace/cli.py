@@ -9,14 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from liftplace import defaults
 from liftplace.methods import FEATKD_LAYER_SETS, FEATKD_LAYERS, METHOD_NAMES, METHODS, PAPER_METHOD
 
-__all__ = ["HelpFormatter", "main", "build_parser"]
+__all__ = ["HelpFormatter", "main", "build_parser", "run_commands"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -418,6 +418,17 @@ def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     torch.save(images, args.output.with_suffix(".pt"))
     print(f"{args.num_samples} samples -> {args.output}")
     return 0
+
+
+def run_commands(register: Callable[[argparse._SubParsersAction], None], argv: Sequence[str] | None,
+                 prog: str) -> int:
+    """Parse `argv` for the subcommands `register` adds (a module's own entry point, e.g. ``python -m
+    server.cli serve``: the same commands without the rest of the CLI) and run the chosen one."""
+    parser = argparse.ArgumentParser(prog=prog, formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args, sub.choices[args.command]) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from liftplace import defaults
-from liftplace.cli import HelpFormatter, _existing_dir, number_type
+from liftplace.cli import HelpFormatter, _existing_dir, number_type, run_commands
 from liftplace.features import FEATURES, INCEPTION_WEIGHTS_ENV
 from liftplace.fid import FID_NUM_SAMPLES
 from liftplace.stats import COLLAPSE_FID, TABLE_FORMATS
@@ -145,11 +145,7 @@ def _cmd_table(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fid`` or ``table`` without the rest of the CLI (the `liftplace` command does the same)."""
-    parser = argparse.ArgumentParser(prog="liftplace", formatter_class=HelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args, sub.choices[args.command]) or 0)
+    return run_commands(register, argv, "liftplace")
 
 
 if __name__ == "__main__":

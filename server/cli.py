@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from liftplace.cli import HelpFormatter
+from liftplace.cli import HelpFormatter, run_commands
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -96,11 +96,7 @@ def is_loopback(host: str) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m server.cli serve ...` (the same command without the liftplace entry point)."""
-    parser = argparse.ArgumentParser(prog="python -m server.cli")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args, sub.choices[args.command]) or 0)
+    return run_commands(register, argv, "python -m server.cli")
 
 
 if __name__ == "__main__":
