@@ -8,7 +8,7 @@ Welch's t-tests of the paper's method against each baseline under every teacher,
 computed from those numbers, job timings, and a capacity-gap plot (PNG under docs/figures/).
 The section's numbers go to a JSON sidecar beside the page (docs/results/SECTION.json), which
 ``--previous REV`` reads back as commit REV has it (``--previous-section``: another section there, e.g. the
-same study run on another machine).
+same study run on another machine; both may be repeated, to compare with several runs).
 
     python scripts/results_report.py --api http://127.0.0.1:8000 --study stability
     python scripts/results_report.py --convergence runs/conv-s/convergence.csv --section convergence
@@ -59,10 +59,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--presets", nargs="+", help="study preset names: render their plans")
     p.add_argument("--budget", type=int, help="with --convergence: the study's step budget, to compare against")
     p.add_argument("--same-as", help="with --study: another study sharing cells with it; report whether they repeat")
-    p.add_argument("--previous", metavar="REV", help="with --study: compare with the same section at git commit REV "
-                   "(an earlier run of the same command), as its JSON sidecar there has it")
-    p.add_argument("--previous-section", metavar="SECTION", help="with --previous: the section to read there "
-                   "(default: this one), e.g. the same study published from another machine")
+    p.add_argument("--previous", metavar="REV", action="append", default=[],
+                   help="with --study: compare with the same section at git commit REV (an earlier run of the same "
+                   "command), as its JSON sidecar there has it; repeat it to compare with several")
+    p.add_argument("--previous-section", metavar="SECTION", action="append", default=[],
+                   help="with --previous: the section to read there (default: this one), e.g. the same study "
+                   "published from another machine; one per --previous, in the same order")
     p.add_argument("--compare-only", action="store_true", help="with --study and --same-as: write only the comparison")
     p.add_argument("--fragment", type=Path, help="a Markdown file another script wrote (e.g. bench/gpu_estimate.py "
                    "--markdown): put it in --section as it is")
@@ -89,6 +91,9 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--compare-only needs --same-as")
     if args.previous_section and not args.previous:
         p.error("--previous-section needs --previous")
+    if args.previous_section and len(args.previous_section) != len(args.previous):
+        p.error(f"--previous-section: give one per --previous, in the same order, or none (got "
+                f"{len(args.previous)} --previous and {len(args.previous_section)} --previous-section)")
 
 
 def build(args: argparse.Namespace) -> tuple[str, sections.Section | None, Path | None]:
@@ -112,8 +117,8 @@ def build(args: argparse.Namespace) -> tuple[str, sections.Section | None, Path 
     figure = FIGURES / f"{section}-capacity-gap.png"
     if args.compare_only:
         return section, sections.comparison_section(source, args.study, args.same_as, section), figure
-    request = sections.StudyRequest(args.study, section, args.preset, args.same_as, args.previous,
-                                    args.previous_section)
+    request = sections.StudyRequest(args.study, section, args.preset, args.same_as, tuple(args.previous),
+                                    tuple(args.previous_section))
     return section, sections.study_section(source, request, figure, ctx), figure
 
 

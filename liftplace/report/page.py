@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 from collections.abc import Mapping
 from datetime import datetime
@@ -96,6 +97,20 @@ def read_sidecar(rev: str, page: Path, section: str, repo: Path) -> dict[str, An
     raise ReportError(f"--previous: section {section!r} at {rev} predates the JSON sidecars ({rel_sidecar} is not "
                       "in that commit), so its numbers cannot be read; compare with a commit that has the sidecar "
                       "(written by every run of scripts/results_report.py since the sidecars exist)")
+
+
+def previous_machine(rev: str, page: Path, section: str, repo: Path) -> str | None:
+    """The machine a section at commit `rev` was generated on ("x86_64 (AMD EPYC) with 2 CPUs"): its sidecar's
+    `machine`, else the footer of its Markdown (sidecars written before they kept it); None when neither says."""
+    numbers = read_sidecar(rev, page, section, repo)
+    if numbers.get("machine"):
+        return str(numbers["machine"])
+    rel_page = page.resolve().relative_to(repo.resolve()).as_posix()
+    text = _git_show(repo, rev, rel_page).stdout
+    begin, end = markers(section)
+    body = text.split(begin, 1)[1].split(end, 1)[0] if begin in text and end in text else ""
+    found = re.search(r"report written on (.+?) with (\d+) CPUs", body)
+    return f"{found[1]} with {found[2]} CPUs" if found else None
 
 
 def previous_cells(rev: str, page: Path, section: str, repo: Path,

@@ -48,9 +48,10 @@ def params(n: float | None) -> str:
 
 
 def machine() -> str:
-    """Where a report was written (its job times depend on it, and a CPU's floating point its FIDs)."""
+    """Where a report was written (its job times depend on it, and a CPU's floating point its FIDs):
+    "x86_64 (AMD EPYC) with 2 CPUs"."""
     model = cpu_model()
-    return f"report written on {platform.machine()}{f' ({model})' if model else ''} with {os.cpu_count()} CPUs"
+    return f"{platform.machine()}{f' ({model})' if model else ''} with {os.cpu_count()} CPUs"
 
 
 def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str | None:
@@ -237,8 +238,10 @@ def same_cells_lines(other: Mapping[str, Any], differ: Mapping[str, tuple[Any, A
     return lines
 
 
-def previous_lines(rev: str, section: str, rows: Sequence[PreviousCell], variants: Sequence[str] = ()) -> list[str]:
-    """The cells against an earlier run; `variants`: the ablation variants that stood for that run's cells."""
+def previous_lines(rev: str, section: str, rows: Sequence[PreviousCell], variants: Sequence[str] = (),
+                   there: str | None = None, here: str | None = None) -> list[str]:
+    """The cells against an earlier run; `variants`: the ablation variants that stood for that run's cells;
+    `there`, `here`: the machines the earlier section and this one were generated on, when known."""
     if not rows:
         return [f"\nNo cell of this study is in section {section!r} at commit `{rev}`."]
     source = (f"section `{section}` as published at commit `{rev}`, an ablation whose variant"
@@ -249,7 +252,8 @@ def previous_lines(rev: str, section: str, rows: Sequence[PreviousCell], variant
              "there; the seeds run on both sides, the earlier mean over those seeds and the largest difference "
              "of one seed's FID between the runs; Welch's t-test of all the seeds here against all there; and "
              "*within the seed spread*: every seed run on both sides differs by less than the earlier cell's "
-             "seed std (with no seed in common: the means differ by less than the larger std).\n",
+             "seed std (with no seed in common: the means differ by less than the larger std)."
+             + (f" Here: {here}; there: {there or 'not recorded'}." if here else "") + "\n",
              "| teacher | method | mean ± std here | mean ± std there | seeds in both | there, same seeds | "
              "largest seed difference | t | p | within the seed spread |",
              "|---|---|---|---|---|---|---|---|---|---|"]
