@@ -260,6 +260,8 @@ def test_the_welch_table_and_the_verdict_render_to_markdown() -> None:
     waiting = compute.Verdict("big", (), False, True, None, False, None, None)
     assert "**no verdict**" in render.verdict_lines(waiting)[-1]
     assert render.fmt(None) == render.fmt(float("nan")) == "–" and render.fmt(1.23456, 3) == "1.235"
+    assert [render.fmt_difference(x) for x in (0.0, 2.4e-7, 0.0049, 0.005, 2.38, None)] == [
+        "0.00", "2.4e-07", "4.9e-03", "0.01", "2.38", "–"]  # two machines with the same arithmetic: not 0.00
     assert (render.params(1_110_000), render.params(99_500), render.params(None)) == ("1.11M", "99.5K", "?")
 
 
@@ -411,7 +413,9 @@ def test_previous_can_be_repeated_and_names_the_machines_on_both_sides(tmp_path:
     s = sections.study_section(source, req, tmp_path / "f.png", _ctx(results, tmp_path))
     here = render.machine()
     assert f"Here: {here}; there: {intel}." in s.markdown and f"Here: {here}; there: arm64 with 8 CPUs." in s.markdown
-    assert "--previous HEAD --previous HEAD --previous-section a --previous-section b`" in s.markdown
+    assert "--previous HEAD --previous-section a --previous HEAD --previous-section b`" in s.markdown
+    assert "Against section `a` as published at commit `HEAD`" in s.markdown  # not "this section": another one
+    assert s.markdown.count("*within the seed spread*:") == 1 and "machine), in the columns above." in s.markdown
     assert [(c["section"], c["machine"]) for c in s.numbers["previous"]] == [("a", intel), ("b", "arm64 with 8 CPUs")]
     assert [c.largest_seed_difference for c in (s.numbers["previous"][i]["cells"][0] for i in (0, 1))] == [0.5, 0.5]
     assert s.numbers["machine"] == here

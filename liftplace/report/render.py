@@ -71,6 +71,14 @@ def counts(status_counts: Mapping[str, int]) -> str:
     return ", ".join(f"{v} {k}" for k, v in status_counts.items() if v)
 
 
+def fmt_difference(x: float | None) -> str:
+    """A difference between two runs' FIDs: 2 decimals, or 2 significant digits when it is under 0.005 (two
+    machines with the same arithmetic differ by ~1e-7, not by nothing; 0 only when the numbers are equal)."""
+    if x is None or not math.isfinite(x) or x == 0 or abs(x) >= 0.005:
+        return fmt(x)
+    return f"{x:.1e}"
+
+
 def options(opts: Mapping[str, Any]) -> str:
     """Options as "key value" pairs in key order, the unset ones left out."""
     return ", ".join(f"{k} {v}" for k, v in sorted(opts.items()) if v is not None)
@@ -239,21 +247,26 @@ def same_cells_lines(other: Mapping[str, Any], differ: Mapping[str, tuple[Any, A
 
 
 def previous_lines(rev: str, section: str, rows: Sequence[PreviousCell], variants: Sequence[str] = (),
-                   there: str | None = None, here: str | None = None) -> list[str]:
+                   there: str | None = None, here: str | None = None, *, own: bool = True,
+                   explain: bool = True) -> list[str]:
     """The cells against an earlier run; `variants`: the ablation variants that stood for that run's cells;
-    `there`, `here`: the machines the earlier section and this one were generated on, when known."""
+    `there`, `here`: the machines the earlier section and this one were generated on, when known; `own`:
+    the earlier section is this one; `explain`: say what the columns mean (the first comparison does)."""
     if not rows:
         return [f"\nNo cell of this study is in section {section!r} at commit `{rev}`."]
-    source = (f"section `{section}` as published at commit `{rev}`, an ablation whose variant"
-              f"{'s' if len(variants) > 1 else ''} {', '.join(f'*{v}*' for v in variants)} ran with this study's "
-              "options" if variants else f"this section as published at commit `{rev}`")
-    lines = [f"\nAgainst {source} (an earlier run of the same jobs, perhaps "
-             "of other seeds or on another machine): the same teacher and method; mean ± sample std here and "
-             "there; the seeds run on both sides, the earlier mean over those seeds and the largest difference "
-             "of one seed's FID between the runs; Welch's t-test of all the seeds here against all there; and "
-             "*within the seed spread*: every seed run on both sides differs by less than the earlier cell's "
-             "seed std (with no seed in common: the means differ by less than the larger std)."
-             + (f" Here: {here}; there: {there or 'not recorded'}." if here else "") + "\n",
+    if variants:
+        source = (f"section `{section}` as published at commit `{rev}`, an ablation whose variant"
+                  f"{'s' if len(variants) > 1 else ''} {', '.join(f'*{v}*' for v in variants)} ran with this "
+                  "study's options")
+    else:
+        source = f"{'this section' if own else f'section `{section}`'} as published at commit `{rev}`"
+    columns = (": the same teacher and method; mean ± sample std here and there; the seeds run on both sides, the "
+               "earlier mean over those seeds and the largest difference of one seed's FID between the runs; "
+               "Welch's t-test of all the seeds here against all there; and *within the seed spread*: every seed "
+               "run on both sides differs by less than the earlier cell's seed std (with no seed in common: the "
+               "means differ by less than the larger std)" if explain else ", in the columns above")
+    lines = [f"\nAgainst {source} (an earlier run of the same jobs, perhaps of other seeds or on another "
+             f"machine){columns}." + (f" Here: {here}; there: {there or 'not recorded'}." if here else "") + "\n",
              "| teacher | method | mean ± std here | mean ± std there | seeds in both | there, same seeds | "
              "largest seed difference | t | p | within the seed spread |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -261,7 +274,7 @@ def previous_lines(rev: str, section: str, rows: Sequence[PreviousCell], variant
         seeds = ", ".join(map(str, r.seeds_in_both)) or MISSING
         lines.append(f"| {r.teacher} | {r.method} | {fmt(r.mean_here)} ± {fmt(r.std_here)} | {fmt(r.mean_there)} ± "
                      f"{fmt(r.std_there)} | {seeds} | {fmt(r.mean_there_same_seeds)} | "
-                     f"{fmt(r.largest_seed_difference)} | {fmt(r.t)} | {fmt(r.p, 4)} | "
+                     f"{fmt_difference(r.largest_seed_difference)} | {fmt(r.t)} | {fmt(r.p, 4)} | "
                      f"{'yes' if r.within_spread else 'no'} |")
     return lines
 

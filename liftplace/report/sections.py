@@ -94,8 +94,8 @@ class StudyRequest:
         return (f"{SCRIPT} --api URL --study {name}" + (f" --preset {self.preset}" if self.preset else "")
                 + (f" --section {self.section}" if self.section else "")
                 + (f" --same-as {self.same_as}" if self.same_as else "")
-                + "".join(f" --previous {rev}" for rev in self.previous)
-                + "".join(f" --previous-section {s}" for s in self.previous_section))
+                + "".join(f" --previous {rev}" + (f" --previous-section {s}" if self.previous_section else "")
+                          for rev, s in self.previous_pairs("")))
 
 
 def _grid_part(d: StudyData, teacher_params: Mapping[str, int]) -> tuple[list[str], dict[str, Any]]:
@@ -132,12 +132,14 @@ def _against_part(source: ReportSource, d: StudyData, req: StudyRequest, ctx: Re
         lines += render.same_cells_lines(other.study, differ, rows)
         numbers["same_as"] = {"study": other.study["name"], "id": other.study["id"], "differ": differ, "cells": rows}
     comparisons = []
-    for rev, section in req.previous_pairs(req.section or d.study["name"]):
+    own = req.section or d.study["name"]
+    for rev, section in req.previous_pairs(own):
         earlier = previous_cells(rev, ctx.page, section, ctx.repo, d.study["options"])
         rows = compute.previous_cells(d.table, earlier)
         variants = sorted({c["variant"] for c in earlier if "variant" in c})
         there = previous_machine(rev, ctx.page, section, ctx.repo)
-        lines += render.previous_lines(rev, section, rows, variants, there, render.machine())
+        lines += render.previous_lines(rev, section, rows, variants, there, render.machine(),
+                                       own=section == own, explain=not comparisons)
         comparisons.append({"rev": rev, "section": section, "machine": there, "cells": rows})
     if comparisons:
         numbers["previous"] = comparisons
