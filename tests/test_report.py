@@ -260,6 +260,7 @@ def test_the_welch_table_and_the_verdict_render_to_markdown() -> None:
     waiting = compute.Verdict("big", (), False, True, None, False, None, None)
     assert "**no verdict**" in render.verdict_lines(waiting)[-1]
     assert render.fmt(None) == render.fmt(float("nan")) == "–" and render.fmt(1.23456, 3) == "1.235"
+    assert (render.fmt(-1e-9), render.fmt(-0.004), render.fmt(-0.006)) == ("0.00", "0.00", "-0.01")
     assert [render.fmt_difference(x) for x in (0.0, 2.4e-7, 0.0049, 0.005, 2.38, None)] == [
         "0.00", "2.4e-07", "4.9e-03", "0.01", "2.38", "–"]  # two machines with the same arithmetic: not 0.00
     assert (render.params(1_110_000), render.params(99_500), render.params(None)) == ("1.11M", "99.5K", "?")

@@ -36,8 +36,11 @@ MISSING = "–"
 
 
 def fmt(x: float | None, digits: int = 2) -> str:
-    """A number with `digits` decimals; a dash for none (or a non-finite one)."""
-    return MISSING if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+    """A number with `digits` decimals (no sign on one that rounds to zero); a dash for none (or a non-finite one)."""
+    if x is None or not math.isfinite(x):
+        return MISSING
+    text = f"{x:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def params(n: float | None) -> str:
