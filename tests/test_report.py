@@ -237,7 +237,7 @@ def test_a_small_grid_renders_to_markdown() -> None:
         f"| {OURS} | 10.00 | … | 10.00 | – | 0 |",
         "",
         "(… : still queued or running.)"]
-    assert "above 100, the service's threshold" in lines[0]
+    assert "above 100, the service's threshold for fid_digits;" in lines[0]  # each feature space has its own
     empty = _table([_cell("big", "outkd", ["queued"])])
     assert render.grid(empty, ["big"], [0, 1], {}, "fid", 100.0)[4] == "| outkd | … |  | – | – |  |"  # nothing ended
 

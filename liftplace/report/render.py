@@ -166,8 +166,8 @@ def grid(table: Mapping[str, Any], teachers: Sequence[str], seeds: Sequence[int]
     """The Table-6 grid: per teacher, a row per method with its tries by seed; best mean in bold."""
     lines = [f"\n**The Table-6 grid** ({metric}, lower is better; per teacher and method: "
              "the tries by seed, their mean and sample std (ddof = 1) over the succeeded runs, and the collapses "
-             f"— runs that diverged or scored above {collapse_threshold:g}, the service's threshold, set "
-             "for the paper's Inception scale; best mean in bold):\n"]
+             f"— runs that diverged or scored above {collapse_threshold:g}, the service's threshold for "
+             f"{metric}; best mean in bold):\n"]
     for teacher in teachers:
         lines.append(f"*Teacher {teacher} ({params(teacher_params.get(teacher))}):*\n")
         lines.append("| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | std | collapses |")
