@@ -38,7 +38,6 @@ import argparse
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +49,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from server.demo import pick_port, start_mlflow, stop_process_group, wait_http  # noqa: E402
+from server.demo import MlflowServer  # noqa: E402
 
 MLFLOW_START_TIMEOUT_S = 180.0  # a cold `mlflow server` takes ~17 s on a quiet machine; more on a busy one
 UPLOAD_TIMEOUT_S = 1800.0  # at most this long for one checkpoint's upload (then the figure reads "not uploaded")
@@ -62,27 +61,12 @@ MB = 1e6
 # --- the MLflow server ----------------------------------------------------------------------------------
 
 
-class ProxyServer:
-    """``mlflow server --serve-artifacts`` on 127.0.0.1 (a free port): SQLite backend and artifacts in `root`."""
+class ProxyServer(MlflowServer):
+    """The demo's ``mlflow server`` on 127.0.0.1 (a free port): SQLite backend, artifacts proxied by the server
+    (MLflow's default) into `root`."""
 
-    def __init__(self, root: Path):
-        self.root = root
-        self.port = pick_port(0)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> float:
-        """Start it and wait until it answers; the seconds that took."""
-        t0 = time.monotonic()
-        # the demo's server: SQLite store, artifacts proxied (MLflow's default), its own process group
-        self.proc = start_mlflow(self.root, self.port)
-        wait_http(f"{self.url}/health", MLFLOW_START_TIMEOUT_S, self.proc)
-        return time.monotonic() - t0
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process_group(self.proc)
-            self.proc = None
+    def start(self, timeout: float = MLFLOW_START_TIMEOUT_S) -> float:
+        return super().start(timeout)
 
 
 # --- figures --------------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ import os
 import platform
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from liftplace import defaults  # noqa: E402
-from server.demo import pick_port, start_mlflow, stop_process_group, wait_http  # noqa: E402
+from server.demo import MlflowServer  # noqa: E402
 from worker.history import has_spread, log_every_for  # noqa: E402
 
 MLFLOW_START_TIMEOUT_S = 180.0
@@ -55,28 +54,16 @@ EXPERIMENT = "bench-tracking"
 # --- the MLflow server ----------------------------------------------------------------------------------
 
 
-class Server:
-    """`mlflow server` on 127.0.0.1:`port` with a SQLite store in `root` (optionally pinned to `cpus`)."""
+class Server(MlflowServer):
+    """The demo's `mlflow server` on 127.0.0.1 (a free port) with a SQLite store in `root`, pinned to `cpus`
+    (``taskset -c``) when given."""
 
     def __init__(self, root: Path, cpus: str | None):
-        self.root, self.cpus = root, cpus
-        self.port = pick_port(0)
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(root, prefix=["taskset", "-c", cpus] if cpus else [])
         self.db = root / "mlflow.db"
-        self.proc: subprocess.Popen | None = None
 
-    def start(self) -> float:
-        """Start it and wait until it answers; returns the seconds that took."""
-        t0 = time.monotonic()
-        # the demo's server (SQLite store in root/mlflow.db, its own process group), pinned when asked
-        self.proc = start_mlflow(self.root, self.port, ["taskset", "-c", self.cpus] if self.cpus else [])
-        wait_http(f"{self.url}/health", MLFLOW_START_TIMEOUT_S, self.proc)
-        return time.monotonic() - t0
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process_group(self.proc)
-            self.proc = None
+    def start(self, timeout: float = MLFLOW_START_TIMEOUT_S) -> float:
+        return super().start(timeout)
 
     def rows(self, run_id: str) -> dict[str, int]:
         """Metric rows of `run_id` in the store, per metric."""

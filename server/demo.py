@@ -100,6 +100,38 @@ def start_mlflow(data_dir: Path, port: int, prefix: Sequence[str] = ()) -> subpr
     return subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+class MlflowServer:
+    """An MLflow tracking server of `start_mlflow`'s kind on 127.0.0.1 (a free port unless `port` is given):
+    launched, waited for until it answers, and stopped with its whole process group."""
+
+    def __init__(self, root: Path, port: int = 0, prefix: Sequence[str] = ()) -> None:
+        self.root, self.prefix = root, tuple(prefix)
+        self.port = pick_port(port)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def launch(self) -> None:
+        """Start the process and return at once (other work can go on while it boots)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.proc = start_mlflow(self.root, self.port, self.prefix)
+
+    def wait(self, timeout: float = MLFLOW_START_TIMEOUT) -> None:
+        """Until it answers on /health; RuntimeError if it exits first, TimeoutError after `timeout` s."""
+        wait_http(f"{self.url}/health", timeout, self.proc)
+
+    def start(self, timeout: float = MLFLOW_START_TIMEOUT) -> float:
+        """Launch and wait; the seconds that took."""
+        t0 = time.monotonic()
+        self.launch()
+        self.wait(timeout)
+        return time.monotonic() - t0
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process_group(self.proc)
+            self.proc = None
+
+
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -206,10 +238,11 @@ def _start_services(stack: ExitStack, data_dir: Path, port: int, mlflow_port: in
     from web import install as install_web
     from worker.ray_tasks import init_ray, shutdown_ray
 
-    api_url, mlflow_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{mlflow_port}"
+    mlflow = MlflowServer(data_dir, mlflow_port)
+    api_url, mlflow_url = f"http://127.0.0.1:{port}", mlflow.url
     _say(f"starting MLflow at {mlflow_url} ...")
-    mlflow_proc = start_mlflow(data_dir, mlflow_port)
-    stack.callback(stop_process_group, mlflow_proc)
+    mlflow.launch()
+    stack.callback(mlflow.stop)
     settings = Settings(data_dir=data_dir, host="127.0.0.1", port=port, mlflow_tracking_uri=mlflow_url,
                         mlflow_ui_url=mlflow_url, ray_address=None)
     # Ray starts in the main thread (so its shutdown also stops its agents) while MLflow boots.
@@ -218,7 +251,7 @@ def _start_services(stack: ExitStack, data_dir: Path, port: int, mlflow_port: in
     # SIGTERM (kill, a process manager) stops everything the way Ctrl-C does; set after
     # ray.init, which installs a handler of its own that would exit without cleaning up.
     signal.signal(signal.SIGTERM, _interrupt)
-    wait_http(f"{mlflow_url}/health", MLFLOW_START_TIMEOUT, mlflow_proc)
+    mlflow.wait()
     api = ApiServer(create_app(settings, ui=install_web), "127.0.0.1", port)
     api.start()
     stack.callback(api.stop)

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from server.demo import pick_port, start_mlflow, stop_process_group, wait_http
+from server.demo import MlflowServer, pick_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -144,15 +144,12 @@ def ray_head(tmp_path: Path, num_cpus: int = 2, **env: str) -> Iterator[tuple[Ra
 @contextlib.contextmanager
 def mlflow_server(folder: Path) -> Iterator[str]:
     """A real `mlflow server` (SQLite store, artifacts proxied by the server); yields its URL."""
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    proc = start_mlflow(folder, port)
-    url = f"http://127.0.0.1:{port}"
+    server = MlflowServer(folder)
     try:
-        wait_http(url + "/health", timeout=120, proc=proc)
-        yield url
+        server.start(timeout=120)
+        yield server.url
     finally:
-        stop_process_group(proc)
+        server.stop()
 
 
 class Api:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from server.demo import pick_port, start_mlflow, stop_process_group, wait_http
+from server.demo import MlflowServer
 from worker.run import run_job
 from worker.spec import JobSpec
 from worker.tracking import PENDING_FILE
@@ -18,29 +18,10 @@ from worker.tracking import PENDING_FILE
 MLFLOW_START_S = 120  # a cold `mlflow server` takes ~17 s on a quiet machine; more on a busy one
 
 
-class LiveMlflow:
-    """`mlflow server` on 127.0.0.1 with a SQLite store in `root`; `stop()` and `start()` keep port and store."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.port = pick_port(0)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = None
-
-    def start(self) -> None:
-        self.proc = start_mlflow(self.root, self.port)
-        wait_http(f"{self.url}/health", MLFLOW_START_S, self.proc)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process_group(self.proc)
-
-
 @pytest.fixture()
 def live_mlflow(tmp_path):
-    server = LiveMlflow(tmp_path / "mlflow")
-    server.root.mkdir()
-    server.start()
+    server = MlflowServer(tmp_path / "mlflow")  # stop() and start() keep its port and store
+    server.start(MLFLOW_START_S)
     try:
         yield server
     finally:
@@ -51,7 +32,7 @@ class OutageReporter:
     """Stops the server once training passes `at_step`, starts it again `down_s` later (in a thread), and
     notes the steps trained while it was down."""
 
-    def __init__(self, server: LiveMlflow, at_step: int, down_s: float):
+    def __init__(self, server: MlflowServer, at_step: int, down_s: float):
         self.server, self.at_step, self.down_s = server, at_step, down_s
         self.step = 0
         self.stopped_at: int | None = None
@@ -69,7 +50,7 @@ class OutageReporter:
         self.server.stop()
         self.stopped_at, down = self.step, int(time.time() * 1000)
         time.sleep(self.down_s)
-        self.server.start()
+        self.server.start(MLFLOW_START_S)
         self.back_at, self.down_ms = self.step, (down, int(time.time() * 1000))
 
     def should_cancel(self, job_id):
