@@ -416,6 +416,13 @@ def test_previous_can_be_repeated_and_names_the_machines_on_both_sides(tmp_path:
     assert f"Here: {here}; there: {intel}." in s.markdown and f"Here: {here}; there: arm64 with 8 CPUs." in s.markdown
     assert "--previous HEAD --previous-section a --previous HEAD --previous-section b`" in s.markdown
     assert "Against section `a` as published at commit `HEAD`" in s.markdown  # not "this section": another one
+    assert "Not compared" not in s.markdown  # every cell with results here has two seeds there
+    source.add("s2", _table([_cell("big", "outkd", [10.5, 12.0]), _cell("big", OURS, [9.0, 9.5]),
+                             _cell("small", OURS, ["running"])]), dataset="faces")
+    s2 = sections.study_section(source, sections.StudyRequest("s2", "s2", previous=("HEAD",), previous_section=("a",)),
+                                tmp_path / "f.png", _ctx(results, tmp_path))
+    # the running cell (nothing to compare yet) is not listed
+    assert f"Not compared (no cell with two or more succeeded seeds there): big / {OURS}." in s2.markdown
     assert s.markdown.count("*within the seed spread*:") == 1 and "machine), in the columns above." in s.markdown
     assert [(c["section"], c["machine"]) for c in s.numbers["previous"]] == [("a", intel), ("b", "arm64 with 8 CPUs")]
     assert [c.largest_seed_difference for c in (s.numbers["previous"][i]["cells"][0] for i in (0, 1))] == [0.5, 0.5]

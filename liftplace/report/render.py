@@ -251,10 +251,11 @@ def same_cells_lines(other: Mapping[str, Any], differ: Mapping[str, tuple[Any, A
 
 def previous_lines(rev: str, section: str, rows: Sequence[PreviousCell], variants: Sequence[str] = (),
                    there: str | None = None, here: str | None = None, *, own: bool = True,
-                   explain: bool = True) -> list[str]:
+                   explain: bool = True, unmatched: Sequence[str] = ()) -> list[str]:
     """The cells against an earlier run; `variants`: the ablation variants that stood for that run's cells;
     `there`, `here`: the machines the earlier section and this one were generated on, when known; `own`:
-    the earlier section is this one; `explain`: say what the columns mean (the first comparison does)."""
+    the earlier section is this one; `explain`: say what the columns mean (the first comparison does);
+    `unmatched`: this study's cells with results that the earlier run has not (fewer than two seeds there)."""
     if not rows:
         return [f"\nNo cell of this study is in section {section!r} at commit `{rev}`."]
     if variants:
@@ -279,6 +280,8 @@ def previous_lines(rev: str, section: str, rows: Sequence[PreviousCell], variant
                      f"{fmt(r.std_there)} | {seeds} | {fmt(r.mean_there_same_seeds)} | "
                      f"{fmt_difference(r.largest_seed_difference)} | {fmt(r.t)} | {fmt(r.p, 4)} | "
                      f"{'yes' if r.within_spread else 'no'} |")
+    if unmatched:
+        lines.append(f"\nNot compared (no cell with two or more succeeded seeds there): {', '.join(unmatched)}.")
     return lines
 
 

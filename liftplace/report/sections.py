@@ -138,8 +138,11 @@ def _against_part(source: ReportSource, d: StudyData, req: StudyRequest, ctx: Re
         rows = compute.previous_cells(d.table, earlier)
         variants = sorted({c["variant"] for c in earlier if "variant" in c})
         there = previous_machine(rev, ctx.page, section, ctx.repo)
+        compared = {(r.teacher, r.method) for r in rows}
+        unmatched = [f"{c['teacher']} / {c['method']}" for c in d.table["cells"]
+                     if compute.succeeded_fids(c) and (c["teacher"], c["method"]) not in compared]
         lines += render.previous_lines(rev, section, rows, variants, there, render.machine(),
-                                       own=section == own, explain=not comparisons)
+                                       own=section == own, explain=not comparisons, unmatched=unmatched)
         comparisons.append({"rev": rev, "section": section, "machine": there, "cells": rows})
     if comparisons:
         numbers["previous"] = comparisons
