@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -69,25 +68,10 @@ def _command(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def _cpu() -> str:
-    """The CPU's model name (Linux), else platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _environment(threads: int) -> dict[str, Any]:
-    import diffusers
-    import torch
-    import torch_pruning
+    from liftplace.environment import run_environment
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "torch_pruning": torch_pruning.__version__, "device": "cpu", "threads": threads,
-            "machine": platform.machine(), "cpu": _cpu()}
+    return {**run_environment("cpu"), "threads": threads}  # the provenance keeps the thread count a number
 
 
 def _spec(settings, plan, teachers: dict[str, Any], job_id: int, dataset):

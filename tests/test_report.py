@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from liftplace.environment import cpu_model
 from liftplace.methods import PAPER_METHOD
 from liftplace.report import compute, curves, page, render, sections
 from liftplace.report.compute import RealVsReal
@@ -672,10 +673,10 @@ def test_teachers_of_one_recipe_get_the_spread_across_teachers_instead_of_a_capa
 def test_the_machine_line_names_the_processor(tmp_path: Path) -> None:
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC  7B13 64-Core Processor\n")
-    assert render.cpu_model(str(info)) == "AMD EPYC 7B13 64-Core Processor"
-    assert render.cpu_model(str(tmp_path / "none")) is None
+    assert cpu_model(str(info)) == "AMD EPYC 7B13 64-Core Processor"
+    assert cpu_model(str(tmp_path / "none")) is None
     info.write_text("processor\t: 0\n")
-    assert render.cpu_model(str(info)) is None
+    assert cpu_model(str(info)) is None
 
 
 def test_the_teachers_table_says_whether_its_teachers_were_shipped_or_trained() -> None:

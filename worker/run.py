@@ -68,6 +68,7 @@ import torch
 from liftplace import defaults
 from liftplace.config import DistillConfig, TeacherConfig
 from liftplace.device import pick_device
+from liftplace.environment import run_environment
 from worker.spec import (
     ERROR_MAP_FILE,
     LOG_FILE,
@@ -309,6 +310,7 @@ class _Job:
         self.tracker = JobTracker.start(spec)
         self.log(f"MLflow run {self.tracker.run_id} ({'reopened' if self.tracker.resumed else 'new'})")
         self._run_opened(self.tracker.run_id)
+        self._record_environment()
         _check_dataset_here(spec)  # before anything is downloaded or loaded
         if spec.storage == "mlflow":
             self._checkpoint_from_run(reopened_elsewhere=self.tracker.resumed and not local_run)
@@ -316,6 +318,19 @@ class _Job:
         if isinstance(config, DistillConfig):
             return self._distill(config)
         return self._teacher(config)
+
+    def _record_environment(self) -> None:
+        """Where this attempt computes (processor, threads, library versions: a seed's numbers depend on them),
+        in the job's log and as the run's `env.*` tags (a resumed attempt on another node overwrites them; the
+        log keeps every attempt's). A tracking problem is reported, not raised."""
+        from worker.tracking import ENV_TAG_PREFIX
+
+        env = run_environment(self.device)
+        self.log("environment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
+        try:
+            self.tracker.set_tags({f"{ENV_TAG_PREFIX}{k}": v for k, v in env.items()})
+        except Exception as exc:
+            self.tracker.errors.append(f"mlflow: could not record the environment: {_describe(exc)}")
 
     def _outcome(self, status: str, reason: str = "", **fields) -> JobOutcome:
         run_id = self.tracker.run_id if self.tracker is not None else _recorded_run_id(self.out)

@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 RUN_KEY_TAG = "liftplace.run_key"
+ENV_TAG_PREFIX = "liftplace.env."  # a job's run: where its latest attempt computed (liftplace.environment)
 KIND_TAG = "liftplace.kind"  # "distill", "teacher", or "study" (the server's parent runs): one key for all
 PENDING_FILE = "mlflow_pending.json"  # points not confirmed sent at the last checkpoint (and at the end)
 MAX_PARAMS_PER_BATCH = 100

@@ -12,6 +12,7 @@ import platform
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from liftplace.environment import cpu_model
 from liftplace.job_status import NOT_ENDED_STATUSES
 from liftplace.methods import PAPER_METHOD
 from liftplace.report.compute import (
@@ -55,19 +56,6 @@ def machine() -> str:
     "x86_64 (AMD EPYC) with 2 CPUs"."""
     model = cpu_model()
     return f"{platform.machine()}{f' ({model})' if model else ''} with {os.cpu_count()} CPUs"
-
-
-def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str | None:
-    """The processor's model name as Linux reports it ("AMD EPYC ...", "Intel(R) Xeon(R) ..."); None elsewhere."""
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and value.strip():
-                    return " ".join(value.split())
-    except OSError:
-        pass
-    return None
 
 
 def counts(status_counts: Mapping[str, int]) -> str:

@@ -14,10 +14,11 @@ import torch
 
 import worker.run as run_mod
 from liftplace.config import DistillConfig, TeacherConfig
+from liftplace.environment import run_environment
 from liftplace.models import build_unet, count_parameters, load_unet, save_unet
 from worker.run import Reporter, run_job, training_config
-from worker.spec import RUN_ID_FILE, JobSpec
-from worker.tracking import spec_params, spec_tags
+from worker.spec import LOG_FILE, RUN_ID_FILE, JobSpec
+from worker.tracking import ENV_TAG_PREFIX, spec_params, spec_tags
 
 EXPERIMENT = "worker-tests"
 
@@ -226,6 +227,12 @@ def test_teacher_jobs_preset_and_pruned_retrained(tmp_path, mlflow_store):
     run = client.get_run(fresh.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.tags["teacher"] == "tiny" and run.data.tags["method"] == "teacher"
     assert len(client.get_metric_history(fresh.mlflow_run_id, "loss_total")) == 3
+    # where it computed: the run's tags and the job's log (a seed's numbers depend on the processor)
+    env = run_environment("cpu")
+    assert {k: run.data.tags[f"{ENV_TAG_PREFIX}{k}"] for k in env} == env
+    assert {"cpu", "threads", "torch", "device"} <= set(env) and env["torch"] == torch.__version__
+    log = (Path(fresh.model_dir).parent / LOG_FILE).read_text()
+    assert f"environment: python {env['python']}, torch {env['torch']}," in log and f"cpu {env['cpu']}" in log
 
     pruned = run_job(_spec(tmp_path, uri, job_id=202, base_teacher_path=fresh.model_dir, prune_ratio=0.5,
                            teacher_name="tiny-half", **common))
