@@ -382,6 +382,8 @@ class Dispatcher:
         job.diverged_step = outcome.get("diverged_step")
         job.parameters = outcome.get("parameters")
         job.resumed_from_step = outcome.get("resumed_from_step")
+        env = outcome.get("environment")
+        job.environment = {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) and env else None
         job.model_dir = outcome.get("model_dir")
         job.metrics = {**(job.metrics or {}), **_finite_metrics(outcome.get("metrics"))}
         if outcome.get("steps_done"):

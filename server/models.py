@@ -202,6 +202,8 @@ class Job(Base):
     fid_metric: Mapped[str | None] = mapped_column(String(32))
     parameters: Mapped[int | None] = mapped_column(Integer)
     resumed_from_step: Mapped[int | None] = mapped_column(Integer)
+    # where the last attempt computed (liftplace.environment), as its worker reported it; None before 0010
+    environment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     model_dir: Mapped[str | None] = mapped_column(Text)
     mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))

@@ -329,6 +329,10 @@ class JobRead(BaseModel):
     fid_metric: str | None
     parameters: int | None
     resumed_from_step: int | None
+    environment: dict[str, str] | None = Field(None, description="where the job's last attempt computed: "
+                                               "cpu (model name), threads, device, gpu, machine and the python, "
+                                               "torch, diffusers and torch_pruning versions; null before it ended "
+                                               "(or on a service from before it was recorded)")
     mlflow_experiment_id: str | None
     mlflow_run_id: str | None
     mlflow_url: str | None

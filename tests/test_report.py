@@ -209,6 +209,21 @@ def test_the_ablation_rows_against_the_reference_variant_and_their_collapses() -
     assert rows[2].t is None  # one succeeded seed: no test
 
 
+def test_where_the_jobs_computed_is_tallied_from_what_each_worker_reported() -> None:
+    amd = {"cpu": "AMD EPYC", "torch": "2.14.1", "threads": "1"}
+    jobs = [{"finished_at": "t", "environment": amd}, {"finished_at": "t", "environment": amd},
+            {"finished_at": "t", "environment": {"cpu": "x86_64", "gpu": "NVIDIA H200", "torch": "2.14.1",
+                                                 "threads": "16"}},
+            {"finished_at": "t", "environment": None},  # a service from before the record
+            {"finished_at": None, "environment": None}]  # still running: not counted
+    assert compute.environments(jobs) == [("AMD EPYC, torch 2.14.1, 1 thread", 2),
+                                          ("NVIDIA H200, torch 2.14.1, 16 threads", 1), ("not recorded", 1)]
+    header = render.study_header({"name": "s", "id": 1, "mlflow_experiment_id": "1", "mlflow_run_id": "r", "jobs": 4,
+                                  "status_counts": {"succeeded": 4}, "student_ratio": 0.9, "options": {}}, None,
+                                 compute.environments(jobs[:2]))
+    assert "Where the jobs computed (as each worker reported it): AMD EPYC, torch 2.14.1, 1 thread (2 jobs)." in header
+
+
 def test_teacher_and_student_rows_fill_unset_options_with_the_job_defaults() -> None:
     defaults = _report_cli().job_defaults()
     rvr = RealVsReal(8, 4.0, 898, 0.5, 1000)

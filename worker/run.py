@@ -203,6 +203,7 @@ class _Job:
         self.model_dir: str | None = None
         self.parameters: int | None = None
         self.earlier_success = False  # dispatched again after it had succeeded: nothing more to do or log
+        self.environment: dict[str, str] = {}  # where this attempt computes (liftplace.environment)
 
     # --- reporting (never lets a reporter problem end the job) -------------------------------------
 
@@ -295,6 +296,8 @@ class _Job:
         self.out.mkdir(parents=True, exist_ok=True)
         self.log(f"job {spec.job_id} ({spec.kind}, attempt {spec.attempt}) starting on {self.device} "
                  f"(pid {os.getpid()} on {socket.gethostname()})")
+        self.environment = run_environment(self.device)
+        self.log("environment: " + ", ".join(f"{k} {v}" for k, v in self.environment.items()))
         self.progress(0, spec.steps, {})  # the first report: the server now shows the job as running
         if (earlier := _earlier_success(self.out, spec) or self._earlier_success_in_run()) is not None:
             # Dispatched again after it had finished (its server stopped before recording the
@@ -320,15 +323,13 @@ class _Job:
         return self._teacher(config)
 
     def _record_environment(self) -> None:
-        """Where this attempt computes (processor, threads, library versions: a seed's numbers depend on them),
-        in the job's log and as the run's `env.*` tags (a resumed attempt on another node overwrites them; the
-        log keeps every attempt's). A tracking problem is reported, not raised."""
+        """Where this attempt computes (processor, threads, library versions: a seed's numbers depend on them)
+        as the run's `liftplace.env.*` tags (a resumed attempt on another node overwrites them; the job's log
+        keeps every attempt's line). A tracking problem is reported, not raised."""
         from worker.tracking import ENV_TAG_PREFIX
 
-        env = run_environment(self.device)
-        self.log("environment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
         try:
-            self.tracker.set_tags({f"{ENV_TAG_PREFIX}{k}": v for k, v in env.items()})
+            self.tracker.set_tags({f"{ENV_TAG_PREFIX}{k}": v for k, v in self.environment.items()})
         except Exception as exc:
             self.tracker.errors.append(f"mlflow: could not record the environment: {_describe(exc)}")
 
@@ -343,6 +344,7 @@ class _Job:
             model_dir=self.model_dir,
             parameters=self.parameters,
             resumed_from_step=self.resumed_from_step,
+            environment=dict(self.environment),
         )
         base.update(fields)
         return JobOutcome(**base)

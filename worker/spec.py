@@ -146,6 +146,8 @@ class JobOutcome:
     model_digest: str | None = None
     parameters: int | None = None
     resumed_from_step: int | None = None
+    # where this attempt computed (liftplace.environment.run_environment); empty if it failed before knowing
+    environment: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

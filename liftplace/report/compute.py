@@ -90,6 +90,24 @@ def job_span(jobs: Sequence[Mapping[str, Any]]) -> JobSpan | None:
     return JobSpan(min(started), max(finished), (max(finished) - min(started)).total_seconds())
 
 
+def environments(jobs: Sequence[Mapping[str, Any]]) -> list[tuple[str, int]]:
+    """Where the ended jobs computed, most jobs first: ("AMD EPYC, torch 2.14.1, 1 thread", jobs), and
+    ("not recorded", jobs) for those whose service or worker predates the record."""
+    tally: dict[str, int] = {}
+    for j in jobs:
+        if j.get("finished_at") is None:
+            continue
+        env = j.get("environment") or {}
+        if env:
+            threads = env.get("threads", "?")
+            where = (f"{env.get('gpu') or env.get('cpu', '?')}, torch {env.get('torch', '?')}, "
+                     f"{threads} thread{'' if threads == '1' else 's'}")
+        else:
+            where = "not recorded"
+        tally[where] = tally.get(where, 0) + 1
+    return sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
 # --- teachers and students --------------------------------------------------------------------------
 
 

@@ -92,13 +92,17 @@ def seed_cells(tries: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> list
 # --- the study -------------------------------------------------------------------------------------------
 
 
-def study_header(study: Mapping[str, Any], span: JobSpan | None) -> list[str]:
+def study_header(study: Mapping[str, Any], span: JobSpan | None,
+                 where: Sequence[tuple[str, int]] = ()) -> list[str]:
     lines = [f"Study **{study['name']}** (service study id {study['id']}, MLflow experiment "
              f"{study['mlflow_experiment_id']}, parent run `{study['mlflow_run_id']}`): {study['jobs']} jobs, "
              + counts(study["status_counts"]) + "."]
     if span:
         lines.append(f"First job started {span.first:%Y-%m-%d %H:%M} UTC, last ended {span.last:%H:%M} UTC: "
                      f"{span.wall_s / 60:.0f} min of wall time for the distillation jobs.")
+    if where:
+        lines.append("Where the jobs computed (as each worker reported it): "
+                     + "; ".join(f"{w} ({n} job{'' if n == 1 else 's'})" for w, n in where) + ".")
     lines.append(f"Options shared by every job: student ratio {study['student_ratio']}, "
                  + options(study["options"]) + ".\n")
     return lines

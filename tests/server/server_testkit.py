@@ -25,6 +25,9 @@ MLFLOW_UI = "http://mlflow.test"
 # --- a worker acted out ----------------------------------------------------------------------------
 
 
+FAKE_ENVIRONMENT = {"cpu": "Fake CPU 9000", "threads": "1", "device": "cpu", "torch": "0.0"}
+
+
 class FakeRunner:
     """Acts out a worker: reports progress and logs, then ends as `plan(spec)` says.
 
@@ -55,7 +58,8 @@ class FakeRunner:
                         "steps_done": 1, "mlflow_run_id": f"run-{spec.job_id}"}
             time.sleep(0.01)
         outcome = {"mlflow_run_id": f"run-{spec.job_id}", "fid_metric": "fid_digits", "steps_done": spec.steps,
-                   "metrics": {"loss_total": 0.25}, "parameters": 1234, **self.plan(spec)}
+                   "metrics": {"loss_total": 0.25}, "parameters": 1234, "environment": FAKE_ENVIRONMENT,
+                   **self.plan(spec)}
         outcome["job_id"] = spec.job_id
         if spec.kind == "teacher" and outcome["status"] == "succeeded":
             outcome.setdefault("model_dir", str(Path(spec.output_dir) / "model"))

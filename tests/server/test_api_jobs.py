@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from liftplace.methods import METHOD_NAMES
-from tests.server.server_testkit import MLFLOW_UI, FakeRunner, Harness, lost_until
+from tests.server.server_testkit import FAKE_ENVIRONMENT, MLFLOW_UI, FakeRunner, Harness, lost_until
 
 
 def test_create_job_is_queued_and_readable(harness: Harness) -> None:
@@ -104,7 +104,7 @@ def test_lifecycle_queued_running_succeeded(harness: Harness) -> None:
     assert running["progress"]["total"] == 40 and running["progress"]["fraction"] == 1 / 40
     assert running["metrics"]["loss_total"] == 0.5 and "loss_nan" not in running["metrics"]  # NaN never reaches JSON
     assert running["attempts"] == 1 and running["dispatched_at"] and running["started_at"]
-    assert running["mlflow_url"] is None
+    assert running["mlflow_url"] is None and running["environment"] is None  # known when it ends
     # The worker records its MLflow run id in its output folder at start: the URL shows while it runs.
     out = harness.settings.data_dir / "jobs" / str(job["id"])
     out.mkdir(parents=True, exist_ok=True)
@@ -117,6 +117,7 @@ def test_lifecycle_queued_running_succeeded(harness: Harness) -> None:
     assert done["mlflow_run_id"] == f"run-{job['id']}" and done["mlflow_experiment_id"] == "7"
     assert done["mlflow_url"] == f"{MLFLOW_UI}/#/experiments/7/runs/run-{job['id']}"
     assert done["finished_at"] and done["reason"] == "" and done["progress"]["step"] == 40
+    assert done["environment"] == FAKE_ENVIRONMENT  # where it computed, as the worker said
     spec = harness.runner.specs_of(job["id"])[0]
     assert spec.teacher_path == str(harness.settings.teachers_dir / "t-small")
     assert spec.output_dir == str(harness.settings.data_dir / "jobs" / str(job["id"]))

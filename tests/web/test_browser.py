@@ -163,6 +163,8 @@ def test_a_study_submitted_in_the_browser_runs_and_fills_its_dashboard(tmp_path:
             page.wait_for_function(f"() => document.querySelector('{box}')?.naturalWidth > 0")
         assert f"{job['fid']:.2f}" in page.inner_text("#job-stats")
         assert page.get_attribute("#job-actions a", "href") == job["mlflow_url"]
+        env = api.get(f"{server.url}/api/jobs/{job['id']}").json()["environment"]  # the real worker's record
+        assert env["torch"] and env["cpu"] and f"{env['cpu']} · torch {env['torch']}" in page.inner_text("#job-outcome")
         shots(page, "6-job")
 
         page.goto(f"{server.url}/teachers")

@@ -229,7 +229,7 @@ def test_teacher_jobs_preset_and_pruned_retrained(tmp_path, mlflow_store):
     assert len(client.get_metric_history(fresh.mlflow_run_id, "loss_total")) == 3
     # where it computed: the run's tags and the job's log (a seed's numbers depend on the processor)
     env = run_environment("cpu")
-    assert {k: run.data.tags[f"{ENV_TAG_PREFIX}{k}"] for k in env} == env
+    assert {k: run.data.tags[f"{ENV_TAG_PREFIX}{k}"] for k in env} == env == fresh.environment  # and the outcome
     assert {"cpu", "threads", "torch", "device"} <= set(env) and env["torch"] == torch.__version__
     log = (Path(fresh.model_dir).parent / LOG_FILE).read_text()
     assert f"environment: python {env['python']}, torch {env['torch']}," in log and f"cpu {env['cpu']}" in log

@@ -77,6 +77,9 @@
       ["diverged at step", j.diverged_step], ["resumed from step", j.resumed_from_step],
       ["attempts", `${j.attempts} of ${j.max_attempts}`], ["created", time(j.created_at)],
       ["started", time(j.started_at)], ["finished", time(j.finished_at)],
+      // where the last attempt computed: a seed's FID depends on the processor
+      ["computed on", j.environment ? el("span", {class: "mono", title: Object.entries(j.environment).map(([k, v]) => `${k} ${v}`).join("\n")},
+        `${j.environment.gpu || j.environment.cpu || "?"} · torch ${j.environment.torch || "?"} · ${j.environment.threads || "?"} threads`) : null],
       ["MLflow run", j.mlflow_url ? el("a", {href: j.mlflow_url, target: "_blank", rel: "noopener"}, j.mlflow_run_id) : null],
     ]);
   }
