@@ -102,7 +102,18 @@ def read_sidecar(rev: str, page: Path, section: str, repo: Path) -> dict[str, An
 def previous_machine(rev: str, page: Path, section: str, repo: Path) -> str | None:
     """The machine a section at commit `rev` was generated on ("x86_64 (AMD EPYC) with 2 CPUs"): its sidecar's
     `machine`, else the footer of its Markdown (sidecars written before they kept it); None when neither says."""
+    return _machine(read_sidecar(rev, page, section, repo), rev, page, section, repo)
+
+
+def read_previous(rev: str, page: Path, section: str, repo: Path, options: Mapping[str, Any] | None = None
+                  ) -> tuple[list[dict[str, Any]], str | None]:
+    """A section at commit `rev` as a comparison needs it, its sidecar read once: `previous_cells` and
+    `previous_machine`."""
     numbers = read_sidecar(rev, page, section, repo)
+    return _cells(numbers, rev, section, options), _machine(numbers, rev, page, section, repo)
+
+
+def _machine(numbers: Mapping[str, Any], rev: str, page: Path, section: str, repo: Path) -> str | None:
     if numbers.get("machine"):
         return str(numbers["machine"])
     rel_page = page.resolve().relative_to(repo.resolve()).as_posix()
@@ -121,7 +132,11 @@ def previous_cells(rev: str, page: Path, section: str, repo: Path,
     study's `options` (e.g. the regime map's "lr = 0.01, coarse = l1" row for a study run at lr 0.01 with
     the L1 distance), one per teacher and method; each row gets the key `variant`.
     """
-    numbers = read_sidecar(rev, page, section, repo)
+    return _cells(read_sidecar(rev, page, section, repo), rev, section, options)
+
+
+def _cells(numbers: Mapping[str, Any], rev: str, section: str, options: Mapping[str, Any] | None
+           ) -> list[dict[str, Any]]:
     if "cells" in numbers:
         return numbers["cells"]
     if "rows" not in numbers or options is None:
