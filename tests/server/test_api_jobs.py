@@ -146,6 +146,17 @@ def test_failed_and_diverged_jobs_keep_the_reason(harness: Harness) -> None:
     assert harness.wait_status(broken, "failed")["reason"] == "ValueError: the runner itself broke"
 
 
+def test_an_environment_the_worker_garbled_is_stored_as_strings_or_not_at_all(harness: Harness) -> None:
+    """The job's `environment` is what the worker said, as strings; anything but a mapping is dropped (the
+    job itself still ends as the worker said)."""
+    garbled = {0: ["x"], 1: "not a mapping", 2: {}}
+    garbled[3] = {"cpu": "C", "threads": 4}
+    harness.runner.plan = lambda spec: {"status": "succeeded", "fid": 1.0, "environment": garbled[spec.seed]}
+    ids = [harness.submit(seed=s)["id"] for s in range(4)]
+    done = [harness.wait_status(i, "succeeded") for i in ids]
+    assert [d["environment"] for d in done] == [None, None, None, {"cpu": "C", "threads": "4"}]
+
+
 def test_cancel_queued_running_and_ended(harness: Harness) -> None:
     queued = harness.submit(seed=0)
     r = harness.client.post(f"/api/jobs/{queued['id']}/cancel")
